@@ -1,0 +1,77 @@
+"""The ``diffrecon`` command: one subcommand per module in this folder.
+
+Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> int``.
+Problems with the user's input surface as ``diffrecon: error: <sentence>`` and exit
+status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import __version__
+from ..errors import DiffreconError
+
+# Subcommands in the order ``--help`` lists them. Register one here when it works,
+# never as a stub.
+SUBCOMMANDS = ("info", "reconstruct")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffrecon",
+        description="Reconstruct and denoise medical images with diffusion models.",
+    )
+    parser.add_argument("--version", action="version", version=f"diffrecon {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: $DIFFRECON_THREADS or all cores); "
+        "use fewer when another process shares the machine",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
+    return parser
+
+
+def configure_threads(threads: int | None) -> None:
+    """Apply the thread-count setting before any torch work starts."""
+    n = threads if threads is not None else os.environ.get("DIFFRECON_THREADS")
+    if n is None:
+        return
+    n = int(n)
+    if n < 1:
+        raise DiffreconError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        configure_threads(args.threads)
+        return int(args.run(args) or 0)
+    except DiffreconError as exc:
+        if args.debug:
+            raise
+        print(f"diffrecon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffrecon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The one in-memory type every loader returns and every writer takes.
+
+Conventions (read these before touching a loader or a writer):
+
+* ``Volume.data`` is ``(slices, rows, cols)``: slices first, as a viewer scrolls them.
+  float32 for magnitude images; complex64 only where a complex MR image is the point.
+* ``Volume.affine`` maps a homogeneous array index ``(slice, row, col, 1)`` to patient
+  coordinates in millimetres in **RAS+** (NIfTI's convention: x to the patient's Right,
+  y Anterior, z Superior). DICOM's LPS positions are converted on the way in and out.
+* ``Volume.spacing`` is the voxel size in mm along ``(slice, row, col)``; it always
+  agrees with the column norms of ``affine[:3, :3]``.
+* Raw MRI measurements, when the file has them, ride along in ``Volume.kspace`` with
+  fastMRI's layout: centred k-space ``(slices, coils, ky, kx)``, where ``coils`` is 1
+  for single-coil data and the sampling mask runs along ``kx`` (the phase-encode
+  columns of fastMRI's files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODALITIES = ("MR", "CT", "US", "OT")
+
+
+@dataclass
+class KSpace:
+    """Raw Cartesian MRI measurements as a fastMRI file stores them."""
+
+    data: np.ndarray  # complex64 (slices, coils, ky, kx), centred (DC in the middle)
+    multicoil: bool
+    mask: np.ndarray | None = None  # bool, broadcastable to (slices, 1, ky, kx); None = fully sampled
+    sensitivity_maps: np.ndarray | None = None  # complex64 (slices, coils, ky, kx) when known
+    recon_size: tuple[int, int] | None = None  # (rows, cols) of the target, fastMRI's crop
+
+    @property
+    def fully_sampled(self) -> bool:
+        return self.mask is None or bool(np.all(self.mask))
+
+    @property
+    def acceleration(self) -> float:
+        """Ratio of all k-space samples to the acquired ones (1.0 when fully sampled)."""
+        if self.mask is None:
+            return 1.0
+        m = np.broadcast_to(np.asarray(self.mask, bool), self.data.shape[-2:] if np.ndim(self.mask) <= 2 else np.shape(self.mask))
+        return float(m.size / max(int(m.sum()), 1))
+
+
+@dataclass
+class Volume:
+    data: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    modality: str = "OT"
+    units: str = "a.u."  # "HU" for CT after rescale
+    window: tuple[float, float] | None = None  # (center, width) default display window
+    source_path: Path | None = None
+    source_format: str = "memory"  # dicom | nifti | fastmri-h5 | diffrecon-h5 | numpy | memory
+    metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able facts about the source
+    kspace: KSpace | None = None
+    reference: np.ndarray | None = None  # a ground-truth image the file carries (fastMRI targets)
+    # How to put ``data`` back into the source file's own voxel order (nibabel ornt
+    # from our axes to the source's), and the source's affine: writers use them to
+    # write a result in the same geometry as the scan it came from.
+    source_ornt: np.ndarray | None = None
+    source_affine: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume.data must be (slices, rows, cols); got shape {self.data.shape}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}; got {self.modality!r}")
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        self.spacing = tuple(float(s) for s in self.spacing)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.data.shape[0])
+
+    def intensity_range(self) -> tuple[float, float]:
+        mag = np.abs(self.data) if np.iscomplexobj(self.data) else self.data
+        return float(np.min(mag)), float(np.max(mag))
+
+    def orientation(self) -> tuple[str, str, str]:
+        """Direction each array axis increases towards, e.g. ``('S', 'P', 'L')``."""
+        return axis_codes(self.affine)
+
+    def derived(self, data: np.ndarray, **changes: Any) -> "Volume":
+        """A new volume with the same geometry (and provenance) but other voxels.
+
+        Used for reconstructions: the raw measurements are dropped, since they
+        belong to the input, not to the result.
+        """
+        if data.shape[-2:] != self.data.shape[-2:] or data.ndim != 3:
+            raise ValueError(f"derived data must have shape (n, {self.shape[1]}, {self.shape[2]}); got {data.shape}")
+        return replace(self, data=data, kspace=None, reference=None, **changes)
+
+    def select_slices(self, index: slice | list[int] | np.ndarray) -> "Volume":
+        """The chosen slices, with the affine moved so positions stay true."""
+        idx = np.arange(self.n_slices)[index]
+        if idx.size == 0:
+            raise ValueError("no slices selected")
+        affine = self.affine.copy()
+        affine[:3, 3] = self.affine[:3, :3] @ np.array([idx[0], 0.0, 0.0]) + self.affine[:3, 3]
+        if idx.size > 1:
+            step = int(idx[1] - idx[0])
+            if np.all(np.diff(idx) == step):
+                affine[:3, 0] = self.affine[:3, 0] * step
+        ks = None
+        if self.kspace is not None:
+            k = self.kspace
+            mask = k.mask
+            if mask is not None and np.ndim(mask) >= 3 and np.shape(mask)[0] == self.n_slices:
+                mask = mask[idx]
+            ks = replace(
+                k,
+                data=k.data[idx],
+                mask=mask,
+                sensitivity_maps=None if k.sensitivity_maps is None else k.sensitivity_maps[idx],
+            )
+        ref = None if self.reference is None else self.reference[idx]
+        spacing = (float(np.linalg.norm(affine[:3, 0])), self.spacing[1], self.spacing[2])
+        return replace(self, data=self.data[idx], affine=affine, spacing=spacing, kspace=ks, reference=ref,
+                       source_ornt=None, source_affine=None)
+
+
+def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
+    """Anatomical direction (R/L, A/P, S/I) each array axis increases towards."""
+    import nibabel.orientations as nio
+
+    return tuple(nio.aff2axcodes(np.asarray(affine, float)))  # type: ignore[return-value]
+
+
+def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
+    """The affine of an array with no geometry of its own: axial slices, rows towards
+    posterior, columns towards the patient's left (DICOM's usual axial layout)."""
+    ds, dr, dc = (float(s) for s in spacing)
+    a = np.zeros((4, 4))
+    a[0, 2] = -dc  # col -> towards L (x decreases in RAS)
+    a[1, 1] = -dr  # row -> towards P
+    a[2, 0] = ds  # slice -> towards S
+    a[3, 3] = 1.0
+    return a

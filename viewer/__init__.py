@@ -1,0 +1,1 @@
+"""The diffrecon desktop viewer (PySide6 + pyqtgraph). Imports the engine, never the reverse."""
