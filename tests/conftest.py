@@ -13,6 +13,13 @@ import pytest
 # Qt tests run without a display.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+# Under pytest-xdist every worker takes a core: torch must not start a thread per core
+# in each of them (2 workers x 2 threads on 2 cores runs 4x slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @dataclass
 class CliResult:

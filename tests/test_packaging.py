@@ -1,0 +1,59 @@
+"""The package layout the wheel is built from matches the folders on disk."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared_packages() -> set[str]:
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return set(cfg["tool"]["setuptools"]["packages"])
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for top, name in (("engine", "diffrecon"), ("viewer", "diffrecon.viewer")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top)
+            found.add(".".join([name, *rel.parts]) if rel.parts else name)
+    return found
+
+
+def test_every_package_folder_is_declared_in_pyproject():
+    missing = _packages_on_disk() - _declared_packages()
+    assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+
+
+def test_every_declared_package_exists():
+    assert not (_declared_packages() - _packages_on_disk())
+
+
+def test_engine_never_imports_qt():
+    """The engine is a headless library: Qt belongs to viewer/ only."""
+    offenders = []
+    for py in (ROOT / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text(), filename=str(py))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(n.split(".")[0] in {"PySide6", "pyqtgraph", "qasync", "shiboken6"} for n in names):
+                offenders.append(str(py.relative_to(ROOT)))
+    assert not offenders, offenders
+
+
+def test_cli_help_lists_registered_subcommands(cli):
+    from diffrecon.cli.main import SUBCOMMANDS
+
+    result = cli("--help")
+    assert result.code == 0
+    for name in SUBCOMMANDS:
+        assert name in result.out
+    for name in SUBCOMMANDS:
+        sub = cli(name, "--help")
+        assert sub.code == 0 and "usage: diffrecon " + name in sub.out
