@@ -49,7 +49,7 @@ def check_finite(path: str | Path, data: np.ndarray) -> None:
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise VolumeReadError(
-            path, f"{bad} voxel{'s' if bad != 1 else ''} are NaN or infinite; diffrecon needs finite intensities"
+            path, f"{bad} voxel{'s are' if bad != 1 else ' is'} NaN or infinite; diffrecon needs finite intensities"
         )
 
 

@@ -18,7 +18,7 @@ _NUMPY = (".npy", ".npz")
 _DICOM = (".dcm", ".dicom", ".ima")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".nii.gz"):
         return ".nii.gz"
@@ -41,7 +41,7 @@ def detect_format(path: str | Path) -> str:
         raise VolumeReadError(p, "is not a regular file")
     if p.stat().st_size == 0:
         raise VolumeReadError(p, "the file is empty (0 bytes)")
-    ext = _suffix(p)
+    ext = file_suffix(p)
     try:
         head = _magic(p)
     except OSError as exc:
@@ -54,7 +54,9 @@ def detect_format(path: str | Path) -> str:
         return "numpy"
     if ext in _DICOM or head[128:132] == b"DICM":
         return "dicom"
-    # NIfTI-1/2 single files carry their magic at byte 344 / 4; gzip starts with 1f 8b.
+    # DICOM written without the 128-byte preamble starts with a group 0002 or 0008 tag.
+    if ext == "" and head[:2] in (b"\x02\x00", b"\x08\x00"):
+        return "dicom"
     raise VolumeReadError(
         p, "is not a format diffrecon reads (DICOM, NIfTI .nii/.nii.gz, HDF5 .h5, NumPy .npy/.npz)"
     )
@@ -119,7 +121,7 @@ def save_volume(
     ``description`` is a short human label (e.g. "diffusion ddim/dds 25 steps").
     """
     p = Path(path)
-    ext = _suffix(p)
+    ext = file_suffix(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         if ext in _NIFTI:
