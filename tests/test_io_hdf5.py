@@ -11,7 +11,8 @@ import pytest
 from conftest import make_phantom, run_cli
 from diffrecon.errors import VolumeReadError, VolumeWriteError
 from diffrecon.io import Volume, affine_from_spacing, load_volume, save_volume
-from diffrecon.io.hdf5 import center_crop, parse_ismrmrd_header, read_variance
+from diffrecon.io.fastmri import center_crop, parse_ismrmrd_header
+from diffrecon.io.hdf5 import read_variance
 
 SLICES, KY, KX = 3, 64, 48
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import make_phantom, run_cli
 from diffrecon.errors import VolumeReadError
 from diffrecon.io import Volume, affine_from_spacing, load_volume, save_volume
-from diffrecon.io.numpy_io import describe_bytes, read_numpy, sidecar_path
+from diffrecon.io.numpy_io import describe_bytes, read_numpy
+from diffrecon.io.sidecar import sidecar_path
 
 
 def test_npy_3d_loads_with_1mm_voxels(tmp_path):

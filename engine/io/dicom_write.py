@@ -38,6 +38,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from .. import __version__
 from ..errors import VolumeWriteError
+from .sidecar import jsonable, write_json
 from .volume import Volume
 
 _STORAGE = {"MR": MRImageStorage, "CT": CTImageStorage}
@@ -101,17 +102,9 @@ def plane_geometry(affine: np.ndarray, n_slices: int) -> dict[str, Any]:
     }
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def provenance_comment(provenance: dict[str, Any]) -> str:
     """A short, always valid JSON copy of ``provenance`` for ImageComments."""
-    full = json.dumps(provenance, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    full = json.dumps(provenance, default=jsonable, separators=(",", ":"), ensure_ascii=False)
     if len(full) <= _COMMENT_LIMIT:
         return full
     # Too long: keep the short top-level facts, and say where the rest is.
@@ -119,10 +112,10 @@ def provenance_comment(provenance: dict[str, Any]) -> str:
     for key, value in provenance.items():
         trial = {**short, key: value}
         if isinstance(value, (str, int, float, bool)) or value is None:
-            text = json.dumps(trial, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+            text = json.dumps(trial, default=jsonable, separators=(",", ":"), ensure_ascii=False)
             if len(text) <= _COMMENT_LIMIT:
                 short = trial
-    return json.dumps(short, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(short, default=jsonable, separators=(",", ":"), ensure_ascii=False)
 
 
 def _prepare_folder(out_dir: Path) -> None:
@@ -260,9 +253,7 @@ def write_dicom_series(
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
             written.append(path)
         if provenance is not None:
-            sidecar = out_dir / _SIDECAR
-            sidecar.write_text(json.dumps(provenance, default=_json_default, indent=2, ensure_ascii=False) + "\n")
-            written.append(sidecar)
+            written.append(write_json(out_dir / _SIDECAR, provenance))
     except OSError as exc:
         raise VolumeWriteError(out_dir, f"could not be written ({exc.strerror or exc})") from exc
     return written

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import VolumeReadError, VolumeWriteError
 from .checks import check_finite, check_fits_in_memory, check_image_shape
-from .numpy_io import describe_bytes, sidecar_path, write_sidecar
+from .numpy_io import describe_bytes
+from .sidecar import sidecar_path, write_sidecar
 from .volume import Volume
 
 # Display layout of a volume with several slices: axial (see module docstring).

@@ -1,4 +1,4 @@
-"""Reading and writing NumPy arrays (``.npy``, ``.npz``), and the provenance sidecar.
+"""Reading and writing NumPy arrays (``.npy``, ``.npz``).
 
 A ``.npy`` holds one 2D image or 3D ``(slices, rows, cols)`` volume; an ``.npz``
 holds one such array (or several, with ``key`` choosing one) plus, when diffrecon
@@ -8,14 +8,10 @@ geometry get 1 mm voxels in the layout of :func:`affine_from_spacing`.
 Files are never unpickled (``allow_pickle=False`` throughout), and the ``.npy``
 header is read first: its shape is checked against the file's size and the
 machine's memory before a single value is loaded.
-
-The JSON sidecar (``<stem>.json`` beside an output) is written by
-:func:`write_sidecar`, which the NIfTI writer shares.
 """
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +20,7 @@ import numpy as np
 
 from ..errors import VolumeReadError, VolumeWriteError
 from .checks import check_finite, check_fits_in_memory, check_image_shape
+from .sidecar import write_sidecar
 from .volume import Volume, affine_from_spacing
 
 # Names of the geometry arrays write_numpy stores beside the data in an .npz.
@@ -227,35 +224,6 @@ def write_numpy(volume: Volume, path: str | Path, provenance: dict[str, Any] | N
     if provenance is not None:
         written.append(write_sidecar(p, provenance))
     return written
-
-
-def sidecar_path(output: str | Path) -> Path:
-    """``<stem>.json`` beside ``output`` (``scan.nii.gz`` -> ``scan.json``)."""
-    p = Path(output)
-    name = p.name
-    for ext in (".nii.gz", ".nii", ".npy", ".npz", ".h5", ".hdf5", ".gz"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    else:
-        name = p.stem
-    return p.with_name(name + ".json")
-
-
-def write_sidecar(output: str | Path, provenance: dict[str, Any]) -> Path:
-    """Write ``provenance`` as pretty JSON to :func:`sidecar_path` of ``output``."""
-    target = sidecar_path(output)
-    target.write_text(json.dumps(provenance, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    return target
-
-
-def _jsonable(obj: Any) -> Any:
-    """JSON fallback for the NumPy scalars/arrays and paths provenance dicts hold."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def describe_bytes(n: int) -> str:
