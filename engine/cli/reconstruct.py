@@ -13,7 +13,7 @@ import numpy as np
 from .. import __version__
 from ..errors import SettingsError
 from ..io import load_volume, save_volume
-from ..io.loader import _suffix
+from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
 from ..physics.masks import MASK_KINDS
 from ..reconstruct import CLASSICAL_METHODS, ReconRun, reconstruct
@@ -83,7 +83,7 @@ def _output_path(out: str, method: str, several: bool) -> Path:
     p = Path(out)
     if not several:
         return p
-    ext = _suffix(p)
+    ext = file_suffix(p)
     stem = p.name[: len(p.name) - len(ext)] if ext else p.name
     return p.with_name(f"{stem}_{method}{ext}")
 

@@ -61,3 +61,26 @@ class LinearOperator:
     def image_shape(self) -> tuple[int, ...] | None:
         """Shape (C, H, W) of one image this operator takes, if fixed."""
         return None
+
+    def _constant(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The precomputed table ``self.<name>`` on ``like``'s device and in its precision.
+
+        Tables are built once (on the CPU, in single precision) in ``__init__``; the first
+        call from another device or precision converts and caches them, so the hot loop
+        never re-allocates a constant.
+        """
+        table: torch.Tensor = getattr(self, name)
+        double = like.dtype in (torch.float64, torch.complex128)
+        if table.is_complex():
+            dtype = torch.complex128 if double else torch.complex64
+        elif table.is_floating_point():
+            dtype = torch.float64 if double else torch.float32
+        else:  # index tables keep their integer type
+            dtype = table.dtype
+        if table.device == like.device and table.dtype == dtype:
+            return table
+        cache: dict = self.__dict__.setdefault("_constant_cache", {})
+        key = (name, like.device, dtype)
+        if key not in cache:
+            cache[key] = table.to(device=like.device, dtype=dtype)
+        return cache[key]

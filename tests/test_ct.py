@@ -1,0 +1,139 @@
+"""CT: physical units of the projector, FBP, sparse views, low-dose noise, Hounsfield units.
+
+(Adjointness and agreement with scikit-image's radon/iradon are in test_operators.py.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_phantom
+from diffrecon.errors import SettingsError
+from diffrecon.physics import MU_WATER_PER_MM, ParallelBeamRadon, hu_to_mu, mu_to_hu, simulate_low_dose
+
+
+def _water_disc(n: int, radius_px: float) -> torch.Tensor:
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    return torch.from_numpy(((yy**2 + xx**2) <= radius_px**2).astype(np.float32) * MU_WATER_PER_MM)[None, None]
+
+
+def test_line_integrals_are_in_physical_units() -> None:
+    """The central ray through a water disc of diameter 2 r pixels of 0.5 mm integrates to
+    mu_water * 2 r * 0.5 mm, at every angle."""
+    n, radius = 64, 20
+    op = ParallelBeamRadon(n, 12, pixel_size_mm=0.5)
+    sinogram = op.A(_water_disc(n, radius))[0, 0]
+    central = sinogram[:, op.det_count // 2]
+    expected = MU_WATER_PER_MM * (2 * radius + 1) * 0.5  # the disc spans 2r + 1 pixel centres
+    assert torch.allclose(central, torch.full_like(central, expected), rtol=0.03)
+    # FBP divides the pixel size back out: it returns 1/mm.
+    recon = op.fbp(op.A(_water_disc(n, radius)))[0, 0]
+    assert abs(float(recon[n // 2 - 5 : n // 2 + 5, n // 2 - 5 : n // 2 + 5].mean()) / MU_WATER_PER_MM - 1) < 0.02
+
+
+def _circle_phantom(n: int) -> torch.Tensor:
+    image = make_phantom(3, n, n)[1]
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    return torch.from_numpy(image * ((yy**2 + xx**2) < (n // 2 - 2) ** 2))[None, None]
+
+
+@pytest.mark.parametrize("filter_name", ["ramp", "shepp-logan", "cosine", "hann"])
+def test_fbp_of_many_views_recovers_the_phantom(filter_name: str) -> None:
+    n = 64
+    image = _circle_phantom(n)
+    op = ParallelBeamRadon(n, 180)
+    recon = op.fbp(op.A(image), filter_name)
+    error = float((recon - image).norm() / image.norm())
+    # Smoothing windows trade resolution for noise: a clean phantom shows their blur.
+    assert error < {"ramp": 0.09, "shepp-logan": 0.1, "cosine": 0.12, "hann": 0.14}[filter_name]
+
+
+def test_fbp_with_a_wide_detector_and_odd_size() -> None:
+    n = 47
+    image = _circle_phantom(n)
+    op = ParallelBeamRadon(n, 120, det_count=math.ceil(math.sqrt(2) * n))
+    error = float((op.fbp(op.A(image)) - image).norm() / image.norm())
+    assert error < 0.11
+
+
+def test_sparse_views_streak_and_cost_accuracy() -> None:
+    n = 64
+    image = _circle_phantom(n)
+    errors = []
+    for views in (180, 30, 8):
+        op = ParallelBeamRadon(n, views)
+        assert op.A(image).shape == (1, 1, views, n)
+        assert np.allclose(np.diff(op.angles_deg), 180 / views)  # spread over 180 degrees
+        errors.append(float((op.fbp(op.A(image)) - image).norm() / image.norm()))
+    assert errors[0] < errors[1] < errors[2]
+
+
+def test_low_dose_noise_grows_as_dose_falls() -> None:
+    n = 48
+    op = ParallelBeamRadon(n, 60)
+    clean = op.A(_water_disc(n, 18) * 10)  # ~0.2/mm: line integrals up to ~7, few photons
+    variances = []
+    for dose in (1.0, 0.25, 0.05):
+        noisy = simulate_low_dose(clean, dose, photons_full_dose=4096, seed=3)
+        assert torch.isfinite(noisy).all()
+        variances.append(float((noisy - clean).var()))
+    assert variances[0] < variances[1] < variances[2]
+    # Poisson counting: the variance of a line integral p is about exp(p) / I0 (delta method)
+    # where counts are plentiful: check it on the rays that miss the disc (p = 0).
+    air = clean.abs() < 1e-6
+    many = torch.cat([simulate_low_dose(clean, 0.5, seed=s)[air] for s in range(4)])
+    assert abs(float(many.var()) * 4096 * 0.5 - 1) < 0.1
+
+
+def test_low_dose_is_seeded_and_clamps_zero_counts() -> None:
+    sinogram = torch.full((1, 1, 10, 20), 30.0)  # exp(-30) * 4096: nearly always zero photons
+    noisy = simulate_low_dose(sinogram, 0.1, seed=0)
+    assert torch.allclose(noisy, torch.full_like(noisy, -math.log(0.1 / 409.6)))
+    b1 = simulate_low_dose(torch.ones(1, 1, 10, 20), 0.1, seed=5)
+    b2 = simulate_low_dose(torch.ones(1, 1, 10, 20), 0.1, seed=5)
+    b3 = simulate_low_dose(torch.ones(1, 1, 10, 20), 0.1, seed=6)
+    assert torch.equal(b1, b2) and not torch.equal(b1, b3)
+
+
+def test_hounsfield_units_round_trip() -> None:
+    hu = torch.tensor([-1000.0, 0.0, 40.0, 1000.0])
+    mu = hu_to_mu(hu)
+    assert torch.allclose(mu[:2], torch.tensor([0.0, MU_WATER_PER_MM]))
+    assert torch.allclose(mu_to_hu(mu), hu, atol=1e-3)
+    assert abs(hu_to_mu(np.float64(1000.0)) - 2 * MU_WATER_PER_MM) < 1e-12
+
+
+def test_building_is_cheap_and_the_grid_is_reused() -> None:
+    op = ParallelBeamRadon(64, 45)
+    x = torch.rand(2, 1, 64, 64)
+    op.A(x)
+    assert op._constant("grid", x) is op.grid  # float32 on CPU: no copy, no cache entry
+    op.A(x.double())
+    assert op._constant("grid", x.double()) is op._constant("grid", x.double())  # cached once
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"image_size": (32, 40)}, "square image"),
+        ({"image_size": 32, "views": 0}, "at least one view"),
+        ({"image_size": 32, "views": []}, "at least one view"),
+        ({"image_size": 32, "pixel_size_mm": 0.0}, "pixel size"),
+    ],
+)
+def test_bad_geometry_raises_settings_error(kwargs, words) -> None:
+    with pytest.raises(SettingsError, match=words):
+        ParallelBeamRadon(**kwargs)
+
+
+def test_bad_dose_and_filter_raise_settings_error() -> None:
+    with pytest.raises(SettingsError, match="dose fraction"):
+        simulate_low_dose(torch.zeros(1, 1, 4, 4), 0.0)
+    op = ParallelBeamRadon(16, 4)
+    with pytest.raises(SettingsError, match="FBP filter"):
+        op.fbp(torch.zeros(1, 1, 4, 16), "hamming-ish")
+    with pytest.raises(SettingsError, match="16 x 16"):
+        op.A(torch.zeros(1, 1, 16, 17))
