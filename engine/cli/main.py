@@ -17,7 +17,7 @@ from ..errors import DiffreconError
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
-SUBCOMMANDS = ("info", "reconstruct")
+SUBCOMMANDS = ("info", "reconstruct", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,293 @@
+"""Prior files on disk: safetensors only (never pickle), metadata as JSON strings in the header.
+
+Each prior ``NAME`` lives in ``resources/models/`` as
+
+* ``NAME.safetensors``: the EMA weights (float32), what the app ships and loads, plus the
+  metadata that rebuilds everything from the file alone: ``unet_config``, ``schedule``,
+  ``normalisation``, ``modality``, ``channels``, ``training`` (a summary);
+* ``NAME.train.safetensors``: what resuming needs besides the EMA weights above: raw
+  weights, AdamW moments (bfloat16 by default to keep git small; float32 when the
+  resume must be bit-exact), step, the learning-rate horizon and every RNG state;
+* ``NAME.md``: the model card (:func:`write_model_card`);
+* ``NAME.train.jsonl``: one line per validation, for loss curves.
+
+The two weight files carry the same ``step``; resuming refuses a pair that disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import DiffreconError
+from .data import Normalisation
+from .schedules import NoiseSchedule, schedule_from_metadata
+from .unet import UNet, build_unet
+
+PRIOR_FORMAT = "diffrecon-prior/1"
+TRAIN_FORMAT = "diffrecon-train-state/1"
+
+
+@dataclass(frozen=True)
+class PriorPaths:
+    weights: Path  # NAME.safetensors
+    train_state: Path  # NAME.train.safetensors
+    card: Path  # NAME.md
+    log: Path  # NAME.train.jsonl
+
+    @classmethod
+    def for_weights(cls, weights: str | Path) -> PriorPaths:
+        weights = Path(weights)
+        if not weights.name.endswith(".safetensors") or weights.name.endswith(".train.safetensors"):
+            raise DiffreconError(f"{weights}: a prior's file name must end in .safetensors (not .train.safetensors)")
+        stem = weights.parent / weights.name[: -len(".safetensors")]
+        return cls(weights, Path(f"{stem}.train.safetensors"), Path(f"{stem}.md"), Path(f"{stem}.train.jsonl"))
+
+    @property
+    def name(self) -> str:
+        return self.weights.name[: -len(".safetensors")]
+
+
+@dataclass
+class Prior:
+    """A loaded prior: the network (EMA weights, eval mode) and how to use it."""
+
+    model: UNet
+    schedule: NoiseSchedule
+    normalisation: dict[str, Any]  # the header's entry, as written by Normalisation.to_metadata
+    modality: str  # "mri" | "ct" | "ultrasound"
+    channels: int
+    metadata: dict[str, Any]  # every header entry, JSON-decoded
+    path: Path
+
+    @property
+    def normaliser(self) -> Normalisation:
+        """Maps a volume into this prior's intensity domain and back."""
+        return Normalisation.from_metadata(self.normalisation)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write beside the target and rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors creates owner-only files; priors are meant to be shared
+    os.replace(tmp, path)
+
+
+def _encode(meta: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise DiffreconError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DiffreconError(f"{path}: is not a readable safetensors file ({exc})") from exc
+    return tensors, _decode(raw_meta)
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    """Header values are JSON where they were not plain strings when written."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def save_prior(path: str | Path, ema_model: UNet, metadata: dict[str, Any]) -> Path:
+    """Write the shipped weights file; ``metadata`` needs ``schedule``, ``normalisation``, ``modality``."""
+    path = Path(path)
+    meta = {"format": PRIOR_FORMAT, "unet_config": ema_model.config, "channels": ema_model.config["in_channels"],
+            "prediction": "epsilon", "time_input": "continuous t in [0, 1]; step i of T is (i + 1) / T", **metadata}
+    state = {k: v.float() for k, v in ema_model.state_dict().items()}
+    _atomic_save(state, _encode(meta), path)
+    return path
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> Prior:
+    """Rebuild a prior from its ``.safetensors`` file alone, or raise a one-sentence DiffreconError."""
+    path = Path(path)
+    tensors, meta = _read(path)
+    if meta.get("format") != PRIOR_FORMAT:
+        raise DiffreconError(f"{path}: is not a diffrecon prior (its metadata lacks format={PRIOR_FORMAT!r})")
+    missing = [k for k in ("unet_config", "schedule", "normalisation", "modality") if k not in meta]
+    if missing:
+        raise DiffreconError(f"{path}: the prior's metadata is missing {', '.join(missing)}")
+    try:
+        model = build_unet(meta["unet_config"])
+        schedule = schedule_from_metadata(meta["schedule"])
+        Normalisation.from_metadata(meta["normalisation"])  # refuse a prior whose mapping is unknown
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DiffreconError(f"{path}: the prior's network, schedule or normalisation settings do not build ({exc})") from exc
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DiffreconError(f"{path}: the weights do not fit the network its metadata describes ({first})") from exc
+    model.to(device).eval().requires_grad_(False)
+    return Prior(model, schedule, meta["normalisation"], str(meta["modality"]), int(model.config["in_channels"]), meta, path)
+
+
+def save_training_state(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    metadata: dict[str, Any],
+    rng_tensors: dict[str, torch.Tensor],
+    moments_dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """Everything (besides the EMA weights in the prior file) needed to continue training."""
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
+    names = [name for name, _ in model.named_parameters()]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(params) != len(names):
+        raise ValueError("the optimizer must hold exactly the model's parameters, in order")
+    adam_steps = set()
+    for name, p in zip(names, params):
+        st = optimizer.state.get(p)
+        if st:  # empty before the first step
+            tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].to(moments_dtype)
+            tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].to(moments_dtype)
+            adam_steps.add(float(st["step"]))
+    tensors.update({f"rng.{k}": v for k, v in rng_tensors.items()})
+    meta = {"format": TRAIN_FORMAT, "adam_step": adam_steps.pop() if adam_steps else 0.0,
+            "moments_dtype": str(moments_dtype).removeprefix("torch."), **metadata}
+    _atomic_save(tensors, _encode(meta), Path(path))
+    return Path(path)
+
+
+def load_training_state(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore raw weights and AdamW moments in place; return (metadata, rng tensors)."""
+    path = Path(path)
+    tensors, meta = _read(path)
+    if meta.get("format") != TRAIN_FORMAT:
+        raise DiffreconError(f"{path}: is not a diffrecon training state (metadata lacks format={TRAIN_FORMAT!r})")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DiffreconError(f"{path}: the saved weights do not fit this network ({first})") from exc
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for (name, _), p in zip(model.named_parameters(), params):
+        key = f"adam.exp_avg.{name}"
+        if key in tensors:
+            optimizer.state[p] = {
+                "step": torch.tensor(float(meta["adam_step"])),
+                "exp_avg": tensors[key].to(p.dtype),
+                "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"].to(p.dtype),
+            }
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return meta, rng
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON-decoded header of a safetensors file, without loading its tensors."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DiffreconError(f"{path}: is not a readable safetensors file ({exc})") from exc
+    return _decode(raw)
+
+
+def load_ema_weights(path: str | Path, ema_model: nn.Module) -> dict[str, Any]:
+    """Load a prior file's weights into an existing network (used when resuming)."""
+    tensors, meta = _read(Path(path))
+    try:
+        ema_model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DiffreconError(f"{path}: the EMA weights do not fit this network ({first})") from exc
+    return meta
+
+
+RESULTS_HEADING = "## Reconstruction results"
+
+
+def write_model_card(paths: PriorPaths, metadata: dict[str, Any], parameter_count: int) -> Path:
+    """(Re)write ``NAME.md`` from the run's metadata and validation log.
+
+    Everything from the ``## Reconstruction results`` heading on is kept as it is, so
+    results that later work records there survive every checkpoint.
+    """
+    training = metadata["training"]
+    cfg = training["config"]
+    log = [json.loads(line) for line in paths.log.read_text().splitlines() if line.strip()] if paths.log.exists() else []
+    hours = training["elapsed_s"] / 3600
+    lines = [
+        f"# Prior `{paths.name}`",
+        "",
+        f"A diffusion prior for **{metadata['modality']}** images: an epsilon-predicting UNet "
+        f"({parameter_count / 1e6:.2f} M parameters, {cfg['channels']} channel(s): "
+        f"{'complex as real/imaginary' if cfg['channels'] == 2 else 'real'}). "
+        f"Load it with `diffrecon.diffusion.load_prior('{paths.weights.name}')`; the file alone rebuilds the "
+        "network, schedule and intensity normalisation.",
+        "",
+        "## Data and provenance",
+        "",
+        "| scan | provenance | held out (never trained on) |",
+        "|---|---|---|",
+        *[f"| {s['name']} | {s['provenance']} | {s['held_out']} |" for s in training["sources"]],
+        "",
+        f"Training crops: {cfg['size']}x{cfg['size']} from axial, coronal and sagittal slices outside the "
+        "held-out slab, background crops mostly skipped, random flips and intensity scaling"
+        + (", random smooth phase (complex augmentation)." if cfg["channels"] == 2 else "."),
+        f"Intensity normalisation: `{metadata['normalisation']['rule']}` "
+        f"({json.dumps({k: v for k, v in metadata['normalisation'].items() if k != 'rule'})}).",
+        "",
+        "## Recipe",
+        "",
+        f"- UNet: width {cfg['width']}, channel multipliers {cfg['channel_mult']}, {cfg['res_blocks']} residual "
+        f"blocks per level, self-attention ({cfg['attention_heads']} heads) at the lowest resolution only",
+        f"- Noise schedule: {metadata['schedule']['kind']}, T = {metadata['schedule']['steps']}; "
+        "trained at continuous t ~ U[1/T, 1]",
+        f"- AdamW, peak learning rate {cfg['lr']:g}, warm-up "
+        f"{min(cfg['warmup_steps'], (training['horizon'] or 10**9) // 10)} steps, cosine decay to 10% "
+        f"over {training['horizon']} steps; batch {cfg['batch']}; gradient clipping {cfg['grad_clip']:g}; "
+        f"EMA {cfg['ema_decay']} (shipped weights)",
+        f"- Loss: noise MSE + {cfg['freq_loss']:g} x abar(t)-weighted L1 on |FFT| of the x0 estimate",
+        f"- bf16 autocast: {cfg['autocast']}; seed {cfg['seed']}",
+        "",
+        "## Training run",
+        "",
+        f"- Steps: {training['steps']} ({training['steps'] * cfg['batch']} crops) in {hours:.2f} h on a CPU "
+        f"with {training['threads']} torch thread(s)",
+    ]
+    if log:
+        first, best, last = log[0], min(log, key=lambda r: r["val_loss_ema"]), log[-1]
+        lines += [
+            "- Validation (noise MSE on fixed held-out crops, fixed t and noise; EMA weights): "
+            f"{first['val_loss_ema']:.4f} at step {first['step']}, best {best['val_loss_ema']:.4f} at step "
+            f"{best['step']}, last {last['val_loss_ema']:.4f} at step {last['step']} "
+            f"(by t: {last.get('val_loss_ema_by_t')})",
+            f"- Full curve: `{paths.log.name}` (one JSON record per validation)",
+        ]
+    lines += [""]
+    results = f"{RESULTS_HEADING}\n\n_Not measured yet: reconstruction-task results (PSNR/SSIM per task) go here._\n"
+    if paths.card.exists():
+        old = paths.card.read_text()
+        if RESULTS_HEADING in old:
+            results = old[old.index(RESULTS_HEADING):]
+    paths.card.parent.mkdir(parents=True, exist_ok=True)
+    paths.card.write_text("\n".join(lines) + "\n" + results)
+    return paths.card

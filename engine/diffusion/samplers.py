@@ -1,0 +1,259 @@
+"""Reverse-diffusion samplers: DDPM, DDIM and a VP-SDE sampler, each one readable loop.
+
+Samplers are separate from the network (as in diffusers/MONAI): build one with a
+:class:`.schedules.NoiseSchedule` and settings, then call ``sampler.frames(model, shape,
+seed=...)``. ``model(x_t, t) -> eps`` is any epsilon predictor taking continuous ``t``
+(see :mod:`.unet`). ``frames`` is a **generator** that yields a :class:`Frame` after
+every step, which is how the viewer shows the reverse diffusion happen:
+
+* **Seeded**: all randomness comes from a ``torch.Generator`` made from ``seed``, so
+  the same seed gives the same frames bit for bit; no global RNG is touched.
+* **Cancellable**: stop iterating at any time. Nothing is written outside the loop's
+  local variables, grad mode and autocast are entered per step (never held across a
+  ``yield``), and the caller's tensors are never modified in place.
+* **Data-consistency hook**: ``hook(step, t, x_t, x0_hat) -> (x_t, x0_hat)`` is called
+  exactly once per step, after the network's estimate and before the update; the
+  update then uses what the hook returned. Return the same tensors to do nothing.
+
+  - A corrected clean estimate ``x0_hat`` (DDS/DDNM-style data consistency): DDIM moves
+    towards it keeping the network's noise estimate ``eps``; DDPM samples the posterior
+    ``q(x_prev | x_t, x0_hat)``; the VP-SDE uses the score Tweedie's formula gives for
+    the pair, ``-(x_t - sqrt(abar) x0_hat) / (1 - abar)``.
+  - A new ``x_t`` (a DPS-style gradient step, or a projection of the noisy state onto
+    the measurements): the update starts from it, and DDIM's ``eps`` is re-derived from
+    the returned pair (``eps`` follows ``x_t`` only when the hook returns a different
+    tensor object for it).
+  - A hook whose ``requires_grad`` attribute is true gets ``x_t`` with ``requires_grad``
+    set and ``x0_hat`` still attached to the network's graph, so it can differentiate
+    through the network (DPS); otherwise it runs under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .schedules import NoiseSchedule
+from .unet import autocast_context
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class StepHook(Protocol):
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, x0_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The state after one step: ``x_t`` now lives at time ``t`` (0 after the last step)."""
+
+    step: int  # 0-based
+    n_steps: int
+    t: float
+    x_t: torch.Tensor
+    x0_hat: torch.Tensor  # the (possibly hook-corrected) clean estimate this step moved towards
+
+    @property
+    def last(self) -> bool:
+        return self.step == self.n_steps - 1
+
+
+def time_grid(schedule: NoiseSchedule, n_steps: int) -> list[float]:
+    """``n_steps`` times from ``t = 1`` down to the first grid step ``1/T``, on the schedule's grid.
+
+    Evenly spaced discrete steps ``i`` (so DDPM/DDIM see exactly the training table);
+    the sampler's last update goes from ``1/T`` to the clean image at ``t = 0``.
+    """
+    T = schedule.steps
+    if not 1 <= n_steps <= T:
+        raise ValueError(f"steps must be between 1 and {T}; got {n_steps}")
+    idx = torch.linspace(T - 1, 0, n_steps, dtype=torch.float64).round().long()
+    return [float(schedule.time_of_step(i)) for i in idx]
+
+
+class _Sampler:
+    """What every sampler shares: the per-step network call and the hook.
+
+    Every ``frames(model, shape, seed=0, hook=None, x_init=None, device="cpu",
+    autocast=False, clip_x0=None)`` takes: ``shape`` ``(B, C, H, W)`` of the sample;
+    ``x_init`` a starting ``x_1`` instead of fresh noise (copied, never modified);
+    ``autocast`` bf16 network calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]``
+    before the hook sees it.
+
+    Subclasses may override :meth:`_times` (the decreasing times at which the network
+    is called) to start part-way, e.g. from a noised baseline (a "hot start").
+    """
+
+    schedule: NoiseSchedule
+    n_steps: int
+
+    def _times(self) -> list[float]:
+        return time_grid(self.schedule, self.n_steps)
+
+    def _predict(self, model: EpsModel, x_t: torch.Tensor, t: float, step: int, hook: StepHook | None,
+                 autocast: bool, clip_x0: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, x0_hat, eps)`` for this step, after the hook."""
+        wants_grad = hook is not None and bool(getattr(hook, "requires_grad", False))
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device)
+        with torch.set_grad_enabled(wants_grad):
+            if wants_grad:
+                x_t = x_t.detach().requires_grad_(True)
+            with autocast_context(autocast, x_t.device):
+                eps = model(x_t, t_batch)
+            eps = eps.float()
+            x0_hat = self.schedule.x0_from_eps(x_t, eps, t)
+            if clip_x0 is not None:
+                x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+            if hook is not None:
+                new_x_t, new_x0 = hook(step, t, x_t, x0_hat)
+                if new_x_t is not x_t:  # the hook moved the noisy state: its own noise estimate follows
+                    eps = self.schedule.eps_from_x0(new_x_t, new_x0, t)
+                x_t, x0_hat = new_x_t, new_x0
+        return x_t.detach(), x0_hat.detach(), eps.detach()
+
+
+def _start(shape: tuple[int, ...], seed: int, x_init: torch.Tensor | None, device: torch.device | str
+           ) -> tuple[torch.Generator, torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if x_init is not None:
+        return gen, x_init.detach().clone().to(device)  # never alias the caller's tensor
+    return gen, torch.randn(shape, generator=gen, device=device)
+
+
+class DDPMSampler(_Sampler):
+    """Ancestral sampling (Ho et al. 2020) with ``n_steps`` (1000: the original).
+
+    Fewer steps use a respaced schedule (Nichol & Dhariwal 2021): the betas between
+    the chosen times are ``1 - abar(t_k) / abar(t_prev)``. Each step samples the
+    posterior ``q(x_prev | x_t, x0_hat)``, whose mean is a blend of ``x0_hat`` and ``x_t``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, n_steps: int | None = None):
+        self.schedule, self.n_steps = schedule, n_steps or schedule.steps
+
+    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
+               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
+               clip_x0: float | None = None) -> Iterator[Frame]:
+        gen, x = _start(shape, seed, x_init, device)
+        times = self._times()
+        for k, t in enumerate(times):
+            t_prev = times[k + 1] if k + 1 < len(times) else 0.0
+            x, x0_hat, _ = self._predict(model, x, t, k, hook, autocast, clip_x0)
+            abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_prev))
+            beta = 1 - abar / abar_prev
+            # DDPM eq. 7: posterior mean coefficients and variance.
+            coef_x0 = abar_prev**0.5 * beta / (1 - abar)
+            coef_xt = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)
+            var = beta * (1 - abar_prev) / (1 - abar)
+            x = coef_x0 * x0_hat + coef_xt * x
+            if t_prev > 0:
+                x = x + var**0.5 * torch.randn(x.shape, generator=gen, device=x.device)
+            yield Frame(k, len(times), t_prev, x, x0_hat)
+
+
+class DDIMSampler(_Sampler):
+    """DDIM (Song, Meng & Ermon 2021) with any number of steps; ``eta = 0`` is deterministic.
+
+    ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with
+    ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))``;
+    ``eta = 1`` has DDPM's noise level.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, n_steps: int = 25, eta: float = 0.0):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0; got {eta}")
+        self.schedule, self.n_steps, self.eta = schedule, n_steps, eta
+
+    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
+               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
+               clip_x0: float | None = None) -> Iterator[Frame]:
+        gen, x = _start(shape, seed, x_init, device)
+        times = self._times()
+        for k, t in enumerate(times):
+            t_prev = times[k + 1] if k + 1 < len(times) else 0.0
+            x, x0_hat, eps = self._predict(model, x, t, k, hook, autocast, clip_x0)
+            abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_prev))
+            sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+            x = abar_prev**0.5 * x0_hat + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
+            yield Frame(k, len(times), t_prev, x, x0_hat)
+
+
+class VPSDESampler(_Sampler):
+    """Reverse VP-SDE (Song et al. 2021): Euler-Maruyama predictor, optional Langevin corrector.
+
+    Time runs from ``t = 1`` to ``t_min`` in ``n_steps`` equal steps of size ``h``::
+
+        x <- x + h * (beta(t)/2 * x + beta(t) * score) + sqrt(beta(t) * h) * z
+
+    with ``score = -(x - sqrt(abar) x0_hat) / (1 - abar)`` (``= -eps / sqrt(1 - abar)``
+    when no hook changed ``x0_hat``). With ``corrector_steps > 0`` each step
+    ends with that many Langevin moves at the new time (signal-to-noise ``snr``; each
+    costs one more network call, and the hook sees only the predictor's estimate).
+    The last step returns the Tweedie estimate at ``t_min`` (noise-free output).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, n_steps: int = 100, t_min: float = 1e-3,
+                 corrector_steps: int = 0, snr: float = 0.16):
+        if n_steps < 1:
+            raise ValueError(f"steps must be at least 1; got {n_steps}")
+        self.schedule, self.n_steps, self.t_min = schedule, n_steps, t_min
+        self.corrector_steps, self.snr = corrector_steps, snr
+
+    def _times(self) -> list[float]:
+        return torch.linspace(1.0, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
+
+    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
+               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
+               clip_x0: float | None = None) -> Iterator[Frame]:
+        gen, x = _start(shape, seed, x_init, device)
+        times = self._times()
+        for k in range(self.n_steps):
+            t, t_next = times[k], times[k + 1]
+            h = t - t_next
+            x, x0_hat, _ = self._predict(model, x, t, k, hook, autocast, clip_x0)
+            beta = float(self.schedule.beta(t))
+            mean, std = self.schedule.marginal(t)
+            score = -(x - float(mean) * x0_hat) / float(std) ** 2  # Tweedie: honours a hook's x0_hat
+            x = x + h * (0.5 * beta * x + beta * score)
+            if k < self.n_steps - 1:
+                x = x + (beta * h) ** 0.5 * torch.randn(x.shape, generator=gen, device=x.device)
+                for _ in range(self.corrector_steps):
+                    x = self._langevin(model, x, t_next, gen, autocast)
+            else:
+                # Final denoising: report the clean estimate at t_min, as score_sde does.
+                _, x, _ = self._predict(model, x, t_next, k, None, autocast, clip_x0)
+                t_next = 0.0
+            yield Frame(k, self.n_steps, t_next, x, x0_hat)
+
+    def _langevin(self, model: EpsModel, x: torch.Tensor, t: float, gen: torch.Generator,
+                  autocast: bool) -> torch.Tensor:
+        """One corrector move: a Langevin step sized from the target signal-to-noise ratio."""
+        with torch.no_grad(), autocast_context(autocast, x.device):
+            eps = model(x, torch.full((x.shape[0],), t, device=x.device)).float()
+        score = self.schedule.score_from_eps(eps, t)
+        z = torch.randn(x.shape, generator=gen, device=x.device)
+        alpha = 1 - float(self.schedule.beta(t)) / self.schedule.steps  # this grid step's alpha
+        dims = tuple(range(1, x.ndim))
+        step = 2 * alpha * (self.snr * torch.linalg.vector_norm(z, dim=dims)
+                            / torch.linalg.vector_norm(score, dim=dims).clamp_min(1e-12)) ** 2
+        step = step.reshape(-1, *([1] * (x.ndim - 1)))
+        return x + step * score + (2 * step).sqrt() * z
+
+
+def run_to_end(frames: Iterator[Frame]) -> Frame:
+    """Consume a sampler's frames; return the last one (the sample)."""
+    last = None
+    for last in frames:
+        pass
+    if last is None:
+        raise ValueError("the sampler yielded no frames")
+    return last
+
+
+SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "vpsde": VPSDESampler}

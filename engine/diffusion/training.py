@@ -1,0 +1,309 @@
+"""Training a prior: denoising score matching on random crops, with checkpoints that resume exactly.
+
+One step: draw a batch of crops (:class:`.data.CropSampler`), a continuous time
+``t ~ U[1/T, 1]`` and Gaussian noise per crop, make ``x_t``, and regress the noise
+(MSE). Optionally an L1 loss on the magnitude spectrum of the Tweedie estimate
+``x0_hat`` is added (``freq_loss`` weight), itself weighted by ``abar(t)`` so that
+nearly-pure-noise steps, whose ``x0_hat`` means little, do not dominate.
+
+AdamW with linear warm-up and cosine decay to 10% of the peak rate over ``total_steps``
+(the *horizon*; with only a time budget, it is set from the speed of the first steps so
+the decay ends about when the time runs out, and the rate stays at 10% after it). An
+EMA of the weights (0.999, warmed up as ``(1 + n) / (10 + n)``) is what ships. The run
+stops at ``total_steps`` or when ``max_minutes`` have passed, and then saves; it also
+saves every ``checkpoint_minutes``. A resumed run keeps its horizon unless given a new
+``total_steps``. Resuming restores weights, EMA, optimizer, step, horizon and
+all RNG states, so ``5 + 5`` steps equal ``10`` bit for bit (with float32 moments).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import DiffreconError
+from .checkpoint import (
+    PriorPaths,
+    load_ema_weights,
+    load_training_state,
+    read_metadata,
+    save_prior,
+    save_training_state,
+    write_model_card,
+)
+from .data import CropSampler, Normalisation, TrainingSource, validation_crops
+from .schedules import NoiseSchedule, make_schedule
+from .unet import UNet, autocast_context
+
+
+@dataclass
+class TrainConfig:
+    modality: str = "mri"  # mri | ct | ultrasound
+    channels: int = 2  # 2: complex MRI as real/imag; 1: real images
+    size: int = 64  # crop size
+    batch: int = 16
+    lr: float = 2e-4
+    warmup_steps: int = 500  # capped at a tenth of the horizon
+    total_steps: int | None = None  # LR horizon and step limit; None: set from the time budget
+    max_minutes: float | None = None  # time budget for this invocation
+    schedule: str = "linear"
+    width: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2, 3)
+    res_blocks: int = 2
+    attention_heads: int = 4
+    freq_loss: float = 0.1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    seed: int = 0
+    autocast: bool = True  # bf16 on CPU: ~2-3x faster steps here
+    val_every: int = 250
+    val_count: int = 32
+    checkpoint_minutes: float = 10.0
+    exact_moments: bool = False  # float32 AdamW moments in the train file (bit-exact resume, 2x larger)
+    data: list[str] = field(default_factory=list)  # what was trained on, for the card
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        return d
+
+
+def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``peak / 10`` at ``horizon`` (flat after)."""
+    warmup = max(1, min(warmup, horizon // 10))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def magnitude_spectrum_l1(x0_hat: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``weight * L1(|FFT x0_hat| - |FFT x0|)``; 2 channels are one complex image."""
+    def spectrum(x: torch.Tensor) -> torch.Tensor:
+        img = torch.complex(x[:, 0], x[:, 1]) if x.shape[1] == 2 else x[:, 0]
+        return torch.fft.fft2(img, norm="ortho").abs()
+
+    per_sample = (spectrum(x0_hat) - spectrum(x0)).abs().mean(dim=(-2, -1))
+    return (weight * per_sample).mean()
+
+
+class Trainer:
+    """Owns the network, its EMA, the optimizer and every RNG of one training run."""
+
+    def __init__(self, config: TrainConfig, sources: list[TrainingSource], out: str | Path):
+        self.config = config
+        self.sources = sources
+        self.paths = PriorPaths.for_weights(out)
+        self.schedule: NoiseSchedule = make_schedule(config.schedule)
+        self.normalisation = Normalisation.for_modality(config.modality)
+        torch.manual_seed(config.seed)  # weight init
+        self.model = UNet(config.channels, config.width, config.channel_mult, config.res_blocks,
+                          config.attention_heads)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed)
+        self.noise_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.step = 0
+        self.horizon = config.total_steps
+        self.elapsed_s = 0.0  # training time over all invocations
+        val = validation_crops(sources, config.size, config.channels, config.val_count)
+        self.val_x0 = torch.from_numpy(val)
+        val_rng = torch.Generator().manual_seed(4321)  # fixed t and noise: losses comparable across runs
+        self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng)
+        self.val_t = torch.linspace(0.02, 0.98, len(val))
+
+    # ----- one step -----
+
+    def train_step(self) -> float:
+        cfg = self.config
+        x0 = torch.from_numpy(self.crops.sample(cfg.batch))
+        t = torch.rand(cfg.batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
+        noise = torch.randn(x0.shape, generator=self.noise_rng)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        lr = learning_rate(self.step, cfg.lr, cfg.warmup_steps, self.horizon or 10**9)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with autocast_context(cfg.autocast):
+            eps = self.model(x_t, t)
+        loss = F.mse_loss(eps.float(), noise)
+        if cfg.freq_loss > 0:
+            x0_hat = self.schedule.x0_from_eps(x_t, eps.float(), t)
+            loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, self.schedule.alpha_bar(t))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Noise-prediction MSE on the fixed held-out crops, for the raw and the EMA weights."""
+        x_t = self.schedule.add_noise(self.val_x0, self.val_noise, self.val_t)
+        out: dict[str, Any] = {}
+        for label, net in (("val_loss", self.model), ("val_loss_ema", self.ema)):
+            net.eval()
+            per = []
+            for i in range(0, len(x_t), 16):
+                with autocast_context(self.config.autocast):
+                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16])
+                per.append((eps.float() - self.val_noise[i : i + 16]).pow(2).mean(dim=(1, 2, 3)))
+            per_t = torch.cat(per)
+            out[label] = float(per_t.mean())
+            if label == "val_loss_ema":
+                bands = {"t<0.33": self.val_t < 1 / 3, "0.33-0.67": (self.val_t >= 1 / 3) & (self.val_t < 2 / 3),
+                         "t>=0.67": self.val_t >= 2 / 3}
+                out["val_loss_ema_by_t"] = {k: round(float(per_t[m].mean()), 5) for k, m in bands.items()}
+        return out
+
+    # ----- the loop -----
+
+    def run(self, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until ``total_steps``, the time budget or ``stop_after`` more steps; save; return the last log."""
+        cfg = self.config
+        start = time.monotonic()
+        deadline = start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+        if cfg.total_steps is None and deadline == math.inf and stop_after is None:
+            raise DiffreconError("give a number of steps or a time budget (--steps or --minutes)")
+        last_step = min(cfg.total_steps or math.inf, self.step + (stop_after if stop_after is not None else math.inf))
+        last_ckpt = start
+        losses: list[float] = []
+        record: dict[str, Any] = {}
+        tty = sys.stderr.isatty()
+        # In a log file (nohup), one progress line a minute is plenty.
+        bar = tqdm(total=cfg.total_steps or self.horizon, initial=self.step, disable=not progress, unit="step",
+                   dynamic_ncols=tty, mininterval=1.0 if tty else 60.0, desc=self.paths.name)
+        step_at_start, timing_start = self.step, None
+        interrupted = False
+        try:
+            while self.step < last_step and time.monotonic() < deadline:
+                losses.append(self.train_step())
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                if self.step - step_at_start == 5:
+                    timing_start = time.monotonic()  # the first steps warm up oneDNN caches
+                if self.horizon is None and deadline < math.inf and self.step - step_at_start == 25:
+                    per_step = (time.monotonic() - timing_start) / 20
+                    self.horizon = self.step + int((deadline - time.monotonic()) / per_step)
+                    bar.total = self.horizon
+                    bar.write(f"{per_step:.2f} s/step: learning-rate horizon set to {self.horizon} steps")
+                now = time.monotonic()
+                if self.step % cfg.val_every == 0:
+                    record = self._log(losses, now - start)
+                    losses = []
+                    bar.write(json.dumps(record))
+                if now - last_ckpt >= 60 * cfg.checkpoint_minutes:
+                    self.save(now - start)
+                    last_ckpt = now
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C: save what was learnt, then let the caller see the interrupt
+        finally:
+            bar.close()
+        end = time.monotonic()
+        if not interrupted and (losses or not record):
+            record = self._log(losses, end - start)
+        self.save(end - start)
+        if interrupted:
+            raise KeyboardInterrupt
+        return record
+
+    def _log(self, losses: list[float], run_s: float) -> dict[str, Any]:
+        record = {"step": self.step, "elapsed_s": round(self.elapsed_s + run_s, 1),
+                  "lr": learning_rate(max(self.step - 1, 0), self.config.lr, self.config.warmup_steps,
+                                      self.horizon or 10**9),
+                  "train_loss": round(float(np.mean(losses)), 5) if losses else None}
+        record.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.validate().items()})
+        self.paths.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.log, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return record
+
+    # ----- checkpoints -----
+
+    def _metadata(self, elapsed_s: float) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "schedule": self.schedule.to_metadata(),
+            "normalisation": self.normalisation.to_metadata(),
+            "modality": self.config.modality,
+            "training": {
+                "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
+                "threads": torch.get_num_threads(), "config": self.config.to_json(),
+                "sources": [{"name": s.name, "held_out": s.held_out, "provenance": s.provenance}
+                            for s in self.sources],
+            },
+        }
+
+    def save(self, run_s: float = 0.0) -> PriorPaths:
+        """Write the prior, the resume state and the model card (each file atomically)."""
+        elapsed = self.elapsed_s + run_s
+        meta = self._metadata(elapsed)
+        save_prior(self.paths.weights, self.ema, meta)
+        rng = {"noise": self.noise_rng.get_state(), "torch_global": torch.get_rng_state()}
+        save_training_state(
+            self.paths.train_state, self.model, self.optimizer,
+            {"step": self.step, "horizon": self.horizon, "elapsed_s": elapsed,
+             "crop_rng": self.crops.state(), "config": self.config.to_json()},
+            rng, moments_dtype=torch.float32 if self.config.exact_moments else torch.bfloat16,
+        )
+        write_model_card(self.paths, meta, self.model.parameter_count())
+        return self.paths
+
+    def resume(self) -> bool:
+        """Continue from ``NAME.train.safetensors`` if it exists; return whether it did."""
+        if not self.paths.train_state.exists():
+            return False
+        if not self.paths.weights.exists():
+            raise DiffreconError(f"{self.paths.weights}: missing, so {self.paths.train_state.name} cannot resume")
+        meta, rng = load_training_state(self.paths.train_state, self.model, self.optimizer)
+        ema_meta = load_ema_weights(self.paths.weights, self.ema)
+        if ema_meta.get("step") != meta["step"]:
+            raise DiffreconError(f"{self.paths.weights}: its step ({ema_meta.get('step')}) differs from "
+                                 f"{self.paths.train_state.name} ({meta['step']}), so they cannot resume together")
+        saved = meta["config"]
+        for key in ("channels", "width", "channel_mult", "res_blocks", "attention_heads", "schedule", "modality"):
+            if saved.get(key) != self.config.to_json().get(key):
+                raise DiffreconError(f"{self.paths.train_state}: was trained with {key}={saved.get(key)}, "
+                                     f"not {self.config.to_json().get(key)}; drop --resume or match it")
+        self.step = int(meta["step"])
+        # An explicit step count on resume moves the horizon; otherwise the run keeps its own.
+        if self.config.total_steps is None:
+            self.horizon = meta["horizon"]
+        self.elapsed_s = float(meta["elapsed_s"])
+        self.crops.set_state(meta["crop_rng"])
+        self.noise_rng.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch_global"])
+        return True
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The validation records of a run (``NAME.train.jsonl``), oldest first."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = ["TrainConfig", "Trainer", "learning_rate", "magnitude_spectrum_l1", "read_log", "read_metadata"]
