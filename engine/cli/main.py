@@ -17,7 +17,7 @@ from ..errors import DiffreconError
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
-SUBCOMMANDS = ("info", "reconstruct", "train")
+SUBCOMMANDS = ("info", "reconstruct", "train", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        # Bare `diffrecon` opens the desktop viewer on the bundled sample (global options kept).
+        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "view"])
     try:
         configure_threads(args.threads)
         return int(args.run(args) or 0)

@@ -1,0 +1,314 @@
+"""Data consistency for diffusion sampling: pulling a prior's guesses towards the measurements.
+
+An unconditional sampler knows only the prior; a reconstruction must also agree with the
+measurements ``y = A x + noise``. Every sampling step produces Tweedie's estimate of the
+clean image, ``x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``, and the guidance acts on
+it (or on ``x_t``) through the samplers' per-step hook (:mod:`.samplers`):
+
+* ``projection`` (hard data consistency): replace ``x0_hat`` by the nearest image that
+  explains the measurements. MRI uses :meth:`MRIOperator.data_consistency` (k-space
+  replacement; with ``noise_level > 0`` its noise-aware MAP fusion). Any other operator
+  runs CGLS on ``min ||A x - y||`` from ``x0_hat``: started there, its iterates stay in
+  ``x0_hat + range(A^H)``, so they converge to the orthogonal projection onto
+  ``{A x = y}``. With noise it stops at the discrepancy principle (``||A x - y||`` at the
+  expected noise norm) instead of fitting the noise.
+* ``dds`` (Chung et al. 2024, "Decomposed Diffusion Sampler"): only a few conjugate-
+  gradient steps on ``A^H A x = A^H y`` from ``x0_hat`` (run as CGLS). The early-stopped
+  Krylov solution stays close to the clean-image manifold; the sampler then re-noises it
+  with the network's own noise estimate (DDIM), which keeps ``x_t`` on the noisy manifold.
+* ``dps`` (Chung et al. 2023, "Diffusion Posterior Sampling"): a gradient step on
+  ``x_t`` down ``||A x0_hat(x_t) - y||``, differentiated through the network (autograd:
+  a step costs 2-4 plain ones on a CPU). The step is DPS's normalised one,
+  ``zeta * grad ||r||^2 / ||r||``; the sampler then re-derives its noise estimate from
+  the moved ``x_t`` (see the hook contract in :mod:`.samplers`).
+* Denoising and ultrasound (``A = I``, noisy ``y``), for ``projection`` and ``dds``: the
+  measurement mixing of Song et al. 2022 ("Solving inverse problems in medical imaging
+  with score-based generative models"). Read ``x_t / sqrt(abar) = x0 + sigma_t z`` with
+  ``sigma_t^2 = (1 - abar) / abar``; the measurement ``y = x0 + sigma_n n`` is a second
+  noisy view of ``x0``. The inverse-variance fusion of the two puts ``lambda_t = sigma_t^2
+  / (sigma_t^2 + sigma_n^2)`` on ``y``; fresh noise of variance ``lambda_t sigma_t^2``
+  brings the fused state back to exactly the noise level ``sigma_t`` the sampler expects.
+  Early (``sigma_t >> sigma_n``) the state follows ``y``; late the prior has the last word.
+  The hook runs after the network's evaluation at ``x_t``, so the mixed state enters the
+  sampler's update (and the next step's network call), not this step's estimate.
+
+Everything here works in the problem's *working domain* (see :mod:`..measurements`);
+:class:`ModelDomain` maps to and from the prior's input domain.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+
+from ..errors import SettingsError
+from ..physics.base import LinearOperator
+from ..physics.mri import MRIOperator
+from ..physics.noise import IdentityOperator
+
+
+class ModelDomain:
+    """Working-domain images ``(B, 1, H, W)`` <-> the prior's input ``(B, C, H, W)``.
+
+    Intensities: CT's working domain is ``(HU + 1000) / 2000`` and a ``"hu"`` prior's is
+    ``(HU - offset) / scale``: an affine map. Percentile-normalised priors (MRI, ultrasound)
+    and the percentile-normalised working domains of MRI and denoising agree (both divide
+    by the 99.5th percentile of the magnitude), so the map is the identity.
+    Channels: a 2-channel prior reads complex images as real/imaginary (real images get a
+    zero imaginary part and give back the real part); a 1-channel prior takes real images.
+    """
+
+    def __init__(self, normalisation: dict[str, Any], channels: int, modality: str, complex_working: bool):
+        kind = normalisation.get("kind")
+        if (kind == "hu") != (modality == "ct"):
+            raise SettingsError(
+                f"a prior normalised by {kind!r} does not fit {modality} data; use a "
+                f"{'CT' if modality == 'ct' else 'non-CT'} prior"
+            )
+        if complex_working and channels != 2:
+            raise SettingsError("complex MR images need a 2-channel (real/imaginary) prior, not a 1-channel one")
+        if kind == "hu":  # working w: HU = 2000 w - 1000; model m = (HU - offset) / scale
+            self.gain = 2000.0 / float(normalisation["scale"])
+            self.offset = (-1000.0 - float(normalisation["offset"])) / float(normalisation["scale"])
+        else:
+            self.gain, self.offset = 1.0, 0.0
+        self.channels = channels
+        self.complex_working = complex_working
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels == 2:
+            x = x if x.is_complex() else torch.complex(x, torch.zeros_like(x))
+            x = torch.cat([x.real, x.imag], dim=1)
+        return x * self.gain + self.offset
+
+    def from_model(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.offset) / self.gain
+        if self.channels == 2:
+            return torch.complex(x[:, :1], x[:, 1:]) if self.complex_working else x[:, :1]
+        return x
+
+
+# --------------------------------------------------------------------------- solvers
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real part of ``<a, b>`` per batch item, shape ``(B,)``."""
+    prod = (a.conj() * b).real if a.is_complex() else a * b
+    return prod.reshape(prod.shape[0], -1).sum(dim=1)
+
+
+def _per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``(B,)`` coefficient shaped to broadcast over ``like`` (images and measurements
+    may have different numbers of dimensions)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def residual_norm(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||A x - y||`` per batch item, shape ``(B,)``."""
+    r = operator.A(x) - y
+    return _inner(r, r).sqrt()
+
+
+def cgls(operator: LinearOperator, y: torch.Tensor, x_init: torch.Tensor, *, iters: int,
+         stop_residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Least squares ``min ||A x - y||`` by CGLS from ``x_init``, batch-wise.
+
+    CGLS is conjugate gradients on the normal equations, written so that the
+    measurement residual ``r = y - A x`` is at hand every iteration. An item stops (its
+    steps become zero) once ``||r|| <= stop_residual[item]`` (the discrepancy principle)
+    or its normal-equation gradient has fallen by 1e6; the others go on.
+    """
+    x = x_init.clone()
+    r = y - operator.A(x)
+    s = operator.A_adjoint(r)
+    p = s.clone()
+    gamma = _inner(s, s)
+    tiny = gamma * 1e-12
+    stop2 = None if stop_residual is None else stop_residual.reshape(-1).square()
+    ones = torch.ones_like(gamma)
+    for _ in range(iters):
+        active = gamma > tiny
+        if stop2 is not None:
+            active &= _inner(r, r) > stop2
+        if not bool(active.any()):
+            break
+        q = operator.A(p)
+        qq = _inner(q, q)
+        active &= qq > 0
+        # Finished items take zero steps and keep their search direction.
+        alpha = torch.where(active, gamma / qq.where(active, ones), torch.zeros_like(gamma))
+        x = x + _per_item(alpha, x) * p
+        r = r - _per_item(alpha, r) * q
+        s = operator.A_adjoint(r)
+        gamma_new = _inner(s, s)
+        beta = torch.where(active, gamma_new / gamma.where(active, ones), torch.zeros_like(gamma))
+        p = torch.where(_per_item(active, p), s + _per_item(beta, p) * p, p)
+        gamma = torch.where(active, gamma_new, gamma)
+    return x
+
+
+def project(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, noise_level: float = 0.0, *,
+            iters: int = 30) -> torch.Tensor:
+    """The image nearest ``x`` that explains ``y`` (to within the noise when ``noise_level > 0``)."""
+    if isinstance(operator, MRIOperator):
+        return operator.data_consistency(x, y, noise_level, iters=iters)
+    if isinstance(operator, IdentityOperator) and noise_level == 0.0:
+        return y.clone()
+    stop = None
+    if noise_level > 0:
+        # E||n||^2 = m sigma^2 for m measurements of noise std sigma (Morozov's discrepancy principle).
+        m = y[0].numel()
+        stop = torch.full((x.shape[0],), math.sqrt(m) * noise_level, device=x.device)
+    return cgls(operator, y, x, iters=iters, stop_residual=stop)
+
+
+def dds_update(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, *, iters: int = 5) -> torch.Tensor:
+    """DDS: ``iters`` conjugate-gradient steps on ``A^H A x = A^H y`` from ``x``.
+
+    Run as CGLS (the same iterates in exact arithmetic): plain CG on the normal equations
+    stops relative to ``||A^H y||``, and once a singular system (undersampled MRI) is
+    solved its next step divides rounding noise by rounding noise in the null space.
+    """
+    return cgls(operator, y, x, iters=iters)
+
+
+def mixing_weight(alpha_bar: float, noise_level: float) -> float:
+    """``lambda_t = sigma_t^2 / (sigma_t^2 + sigma_n^2)`` with ``sigma_t^2 = (1 - abar) / abar``."""
+    sigma_t2 = (1.0 - alpha_bar) / max(alpha_bar, 1e-12)
+    return sigma_t2 / (sigma_t2 + noise_level**2) if sigma_t2 + noise_level**2 > 0 else 1.0
+
+
+def mix_measurement(x_t: torch.Tensor, y: torch.Tensor, alpha_bar: float, noise_level: float,
+                    noise: torch.Tensor) -> torch.Tensor:
+    """Fuse the noisy state with a measurement ``y = x0 + noise_level n`` (module docstring).
+
+    ``x_t``, ``y`` and ``noise`` (standard normal, shaped like ``x_t``) are model-domain.
+    """
+    lam = mixing_weight(alpha_bar, noise_level)
+    sigma_t = math.sqrt((1.0 - alpha_bar) / max(alpha_bar, 1e-12))
+    scaled = x_t / math.sqrt(alpha_bar)  # x0 + sigma_t z
+    fused = (1.0 - lam) * scaled + lam * y + math.sqrt(lam) * sigma_t * noise
+    return fused * math.sqrt(alpha_bar)
+
+
+# --------------------------------------------------------------------------- per-step hooks
+
+
+def _per_problem(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Apply ``fn`` to each run of ``batch`` items: the K posterior samples of a problem
+    share its operator, whose per-slice tables (masks, coil maps) have ``batch`` items."""
+    if x.shape[0] == batch:
+        return fn(x)
+    return torch.cat([fn(chunk) for chunk in x.split(batch)])
+
+
+class Guidance:
+    """A sampler hook ``(step, t, x_t, x0_hat) -> (x_t, x0_hat)`` on model-domain batches of
+    ``K * B`` items (sample-major: item ``k * B + b`` is sample ``k`` of slice ``b``)."""
+
+    requires_grad = False
+
+    def __init__(self, operator: LinearOperator, y: torch.Tensor, noise_level: float, domain: ModelDomain):
+        self.operator, self.y, self.noise_level, self.domain = operator, y, float(noise_level), domain
+        self.batch = int(y.shape[0])
+
+    def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """The data-consistent version of a model-domain clean estimate (identity if none)."""
+        return x0
+
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, x0_hat: torch.Tensor):
+        return x_t, self.correct_x0(x0_hat)
+
+
+class ProjectionGuidance(Guidance):
+    def __init__(self, *args, iters: int = 30):
+        super().__init__(*args)
+        self.iters = iters
+
+    def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        solve = lambda w: project(self.operator, w, self.y, self.noise_level, iters=self.iters)  # noqa: E731
+        return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
+
+
+class DDSGuidance(Guidance):
+    def __init__(self, *args, iters: int = 5):
+        super().__init__(*args)
+        self.iters = iters
+
+    def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        solve = lambda w: dds_update(self.operator, w, self.y, iters=self.iters)  # noqa: E731
+        return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
+
+
+def autograd_ready(operator: LinearOperator) -> LinearOperator:
+    """``operator``, or a shallow copy whose inference-mode tensors are cloned to normal ones.
+
+    An operator built under ``torch.inference_mode()`` (as the viewer builds its
+    problems) holds tables autograd may not save for the backward pass; DPS needs it to.
+    """
+    tables = {k: v for k, v in vars(operator).items() if isinstance(v, torch.Tensor) and v.is_inference()}
+    if not tables:
+        return operator
+    twin = copy.copy(operator)
+    with torch.inference_mode(False):
+        for name, table in tables.items():
+            setattr(twin, name, table.clone())
+    twin.__dict__.pop("_constant_cache", None)  # converted copies of the old tables
+    return twin
+
+
+class DPSGuidance(Guidance):
+    """``x_t <- x_t - zeta grad_{x_t} ||A x0_hat(x_t) - y||^2 / ||A x0_hat - y||`` per item."""
+
+    requires_grad = True
+
+    def __init__(self, *args, scale: float = 1.0):
+        super().__init__(*args)
+        self.scale = float(scale)
+        self.operator = autograd_ready(self.operator)
+
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, x0_hat: torch.Tensor):
+        residual = lambda w: self.operator.A(w) - self.y  # noqa: E731
+        r = _per_problem(residual, self.domain.from_model(x0_hat), self.batch)
+        norms = _inner(r, r).clamp_min(1e-30).sqrt()
+        (grad,) = torch.autograd.grad(norms.sum(), x_t)
+        # grad ||r||^2 / ||r|| = 2 grad ||r||
+        return x_t.detach() - 2.0 * self.scale * grad, x0_hat.detach()
+
+
+class MixingGuidance(Guidance):
+    """Song et al. 2022 measurement mixing for ``A = I`` (module docstring).
+
+    ``noise(shape)`` draws the fresh standard-normal noise (the caller's seeded stream).
+    """
+
+    def __init__(self, *args, schedule, noise: Callable[[tuple[int, ...]], torch.Tensor]):
+        super().__init__(*args)
+        self.schedule, self.noise = schedule, noise
+        self.y_model = self.domain.to_model(self.y)
+        self.sigma_model = self.noise_level * self.domain.gain
+
+    def __call__(self, step: int, t: float, x_t: torch.Tensor, x0_hat: torch.Tensor):
+        repeats = x_t.shape[0] // self.batch
+        y = self.y_model.repeat(repeats, 1, 1, 1) if repeats > 1 else self.y_model
+        mixed = mix_measurement(x_t, y, float(self.schedule.alpha_bar(t)), self.sigma_model, self.noise(x_t.shape))
+        return mixed, x0_hat
+
+
+def make_guidance(name: str, operator: LinearOperator, y: torch.Tensor, noise_level: float, domain: ModelDomain,
+                  *, schedule=None, noise=None, cg_iters: int = 5, dps_scale: float = 1.0) -> Guidance:
+    """The hook for ``name`` in ``("projection", "dds", "dps")`` on this problem."""
+    if name == "dps":
+        return DPSGuidance(operator, y, noise_level, domain, scale=dps_scale)
+    if name not in ("projection", "dds"):
+        raise SettingsError(f"unknown guidance {name!r}; choose projection, dds or dps")
+    if isinstance(operator, IdentityOperator) and noise_level > 0:
+        if schedule is None or noise is None:
+            raise ValueError("measurement mixing needs the schedule and a noise source")
+        return MixingGuidance(operator, y, noise_level, domain, schedule=schedule, noise=noise)
+    if name == "projection":
+        return ProjectionGuidance(operator, y, noise_level, domain)
+    return DDSGuidance(operator, y, noise_level, domain, iters=cg_iters)

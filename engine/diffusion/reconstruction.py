@@ -1,0 +1,257 @@
+"""Measurement-conditioned diffusion reconstruction, streamed one sampling step at a time.
+
+:func:`stream_reconstruction` turns a :class:`~diffrecon.measurements.ReconProblem` and a
+prior into a generator of :class:`~.frames.ReconFrame`: the viewer draws every frame, the
+CLI keeps the last. One run:
+
+1. maps the problem into the prior's domain (:class:`.guidance.ModelDomain`: complex MR
+   images as real/imaginary channels, CT's ``(HU + 1000) / 2000`` to the prior's HU map);
+2. stacks ``K = options.samples`` posterior samples of each of the ``B`` slices into one
+   batch of ``K * B`` (sample-major), so the network runs once per step for all of them;
+   with ``options.symmetric`` (SRDS / DiffDenoise symmetric sampling) every sample gets
+   an antithetic twin started from the negated noise, ``2 K * B`` items in all;
+3. runs one of E's samplers (:mod:`.samplers`: DDIM, DDPM ancestral, VP-SDE) with the
+   data-consistency hook of :mod:`.guidance` (projection, DDS, DPS, or measurement
+   mixing for denoising);
+4. after each step reports the mean over the samples of the (data-consistent) clean
+   estimate and its per-pixel variance, in the working domain.
+
+**Hot start** (Chung et al. 2022, "Come-Closer-Diffuse-Faster"): instead of pure noise
+at ``t = 1``, start at ``t0 = options.hot_start_t`` from a classical estimate (``baseline``,
+else the zero-filled / FBP / noisy input) noised to that level,
+``x_t0 = sqrt(abar(t0)) x_baseline + sqrt(1 - abar(t0)) z``. A good starting point
+leaves only the fine detail to the prior, so ``round(t0 * steps)`` steps suffice.
+
+Reproducible and cancellable: the initial noise (and the mixing noise) come from a
+generator seeded by ``options.seed``, the samplers' own noise from theirs; grad and
+inference modes are entered per step, never held across a ``yield``. Stopping the
+iteration (``close()``, ``break``, garbage collection) ends the run between two steps
+with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterator
+
+import torch
+
+from ..errors import SettingsError
+from ..measurements import ReconProblem
+from .checkpoint import Prior
+from .frames import GUIDANCE, SAMPLERS, DiffusionOptions, ReconFrame
+from .guidance import Guidance, ModelDomain, make_guidance
+from .samplers import DDIMSampler, DDPMSampler, VPSDESampler
+from .schedules import NoiseSchedule
+
+#: Tweedie estimates are clamped to [-CLIP_X0, CLIP_X0] in the model domain before the
+#: guidance sees them: at the first steps ``1 / sqrt(abar)`` amplifies the network's
+#: error ~100x, and every working domain keeps real images well inside this range.
+CLIP_X0 = 3.0
+AUTOCAST = True  # bf16 network calls: the priors are trained under bf16 autocast as well
+
+#: Per-modality defaults, chosen on held-out validation slices with
+#: ``python -m diffrecon.benchmarks.diffusion --quality`` (figures in the model cards).
+MODALITY_DEFAULTS: dict[str, dict] = {
+    "mri": {"sampler": "ddim", "guidance": "dds"},
+    "ct": {"sampler": "ddim", "guidance": "dds"},
+    "denoise": {"sampler": "ddim", "guidance": "projection"},  # A = I: measurement mixing
+    "ultrasound": {"sampler": "ddim", "guidance": "projection"},
+}
+
+
+def default_options(modality: str, **overrides) -> DiffusionOptions:
+    """:class:`DiffusionOptions` with this modality's measured defaults; ``overrides`` that
+    are not None win."""
+    chosen = {**MODALITY_DEFAULTS.get(modality, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return DiffusionOptions(**chosen)
+
+
+# --------------------------------------------------------------------------- samplers that start late
+# E's samplers always start at t = 1; a hot start needs their time grid to begin at t0.
+
+
+def _discrete_times(schedule: NoiseSchedule, n_steps: int, start_t: float) -> list[float]:
+    """``n_steps`` grid times from the grid step at ``start_t`` down to ``1/T``."""
+    top = min(schedule.steps - 1, max(0, round(start_t * schedule.steps) - 1))
+    idx = torch.linspace(top, 0, min(n_steps, top + 1), dtype=torch.float64).round().long()
+    return [float(schedule.time_of_step(i)) for i in idx]
+
+
+class _LateDDIM(DDIMSampler):
+    def __init__(self, schedule: NoiseSchedule, n_steps: int, eta: float, start_t: float):
+        super().__init__(schedule, n_steps, eta)
+        self.start_t = start_t
+
+    def _times(self) -> list[float]:
+        return _discrete_times(self.schedule, self.n_steps, self.start_t)
+
+
+class _LateDDPM(DDPMSampler):
+    def __init__(self, schedule: NoiseSchedule, n_steps: int, start_t: float):
+        super().__init__(schedule, n_steps)
+        self.start_t = start_t
+
+    def _times(self) -> list[float]:
+        return _discrete_times(self.schedule, self.n_steps, self.start_t)
+
+
+class _LateVPSDE(VPSDESampler):
+    def __init__(self, schedule: NoiseSchedule, n_steps: int, start_t: float):
+        super().__init__(schedule, n_steps)
+        self.start_t = start_t
+
+    def _times(self) -> list[float]:
+        return torch.linspace(self.start_t, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
+
+
+def step_count(options: DiffusionOptions, schedule: NoiseSchedule) -> int:
+    """Sampling steps (= frames) of a run: ``options.steps``, or ``round(hot_start_t * steps)``
+    when hot; never more than the schedule's grid steps before the start."""
+    if not options.hot_start:
+        return min(options.steps, schedule.steps) if options.sampler != "sde" else options.steps
+    n = max(1, round(options.hot_start_t * options.steps))
+    return min(n, max(1, round(options.hot_start_t * schedule.steps))) if options.sampler != "sde" else n
+
+
+def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule):
+    """E's sampler for ``options.sampler``, starting at ``hot_start_t`` for a hot start."""
+    n = step_count(options, schedule)
+    start = options.hot_start_t if options.hot_start else 1.0
+    if options.sampler == "ddim":
+        return _LateDDIM(schedule, n, options.eta, start) if start < 1 else DDIMSampler(schedule, n, options.eta)
+    if options.sampler == "ddpm":
+        return _LateDDPM(schedule, n, start) if start < 1 else DDPMSampler(schedule, n)
+    return _LateVPSDE(schedule, n, start) if start < 1 else VPSDESampler(schedule, n)
+
+
+def check_options(options: DiffusionOptions) -> None:
+    if options.sampler not in SAMPLERS:
+        raise SettingsError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if options.guidance not in GUIDANCE:
+        raise SettingsError(f"unknown guidance {options.guidance!r}; choose one of {', '.join(GUIDANCE)}")
+    if options.steps < 1 or options.samples < 1:
+        raise SettingsError(f"steps and samples must be at least 1; got {options.steps} and {options.samples}")
+    if options.hot_start and not 0.0 < options.hot_start_t <= 1.0:
+        raise SettingsError(f"the hot-start time must be in (0, 1]; got {options.hot_start_t}")
+    if options.eta < 0 or options.cg_iters < 1:
+        raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {options.eta} and {options.cg_iters}")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """Initial and mixing noise: a stream apart from the sampler's (which is seeded by ``seed``)."""
+    return torch.Generator().manual_seed((int(seed) * 6364136223846793005 + 1442695040888963407) % 2**63)
+
+
+def _hot_start_image(problem: ReconProblem, baseline: torch.Tensor | None) -> torch.Tensor:
+    """The working-domain image a hot start noises: ``baseline``, else the problem's input.
+
+    MR images are complex, but zero-filled inputs and many baselines are magnitudes:
+    those borrow the phase of the least-squares image ``A^+ y``.
+    """
+    complex_working = problem.operator.image_dtype.is_complex
+    if baseline is None and complex_working:
+        return problem.operator.A_dagger(problem.y)
+    image = (problem.observed if baseline is None else baseline).detach()
+    if complex_working and not image.is_complex():
+        phase = torch.angle(problem.operator.A_dagger(problem.y))
+        image = torch.polar(image.float(), phase)
+    return image
+
+
+def _summarise(samples: torch.Tensor, n_samples: int, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean and unbiased per-pixel variance over the samples (``|x - mean|^2`` for complex)."""
+    stacked = samples.reshape(n_samples, batch, *samples.shape[1:])
+    mean = stacked.mean(dim=0)
+    if n_samples == 1:
+        return mean, None
+    spread = (stacked - mean).abs().square() if stacked.is_complex() else (stacked - mean).square()
+    return mean, spread.sum(dim=0) / (n_samples - 1)
+
+
+def stream_reconstruction(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
+                          baseline: torch.Tensor | None = None) -> Iterator[ReconFrame]:
+    """Reconstruct ``problem`` with ``prior``; yield a :class:`ReconFrame` after every step.
+
+    ``baseline``: a working-domain ``(B, 1, H, W)`` classical estimate for the hot start.
+    The last frame (``frame.done``) holds the result: ``x0`` the posterior mean over the
+    samples, ``variance`` their per-pixel variance (None for a single sample).
+    """
+    check_options(options)
+    operator, y = problem.operator, problem.y
+    complex_working = operator.image_dtype.is_complex
+    domain = ModelDomain(prior.normalisation, prior.channels, problem.modality, complex_working)
+    batch = int(y.shape[0])
+    height, width = problem.observed.shape[-2:]
+    n_samples = options.samples * (2 if options.symmetric else 1)
+    shape = (n_samples * batch, prior.channels, int(height), int(width))
+    schedule = prior.schedule
+    own = _own_generator(options.seed)
+
+    def fresh_noise(item_shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal noise; with ``symmetric`` the second half is the first half negated."""
+        if not options.symmetric:
+            return torch.randn(item_shape, generator=own)
+        half = torch.randn((item_shape[0] // 2, *item_shape[1:]), generator=own)
+        return torch.cat([half, -half])
+
+    with torch.inference_mode(False):  # tensors the DPS graph may use must not be inference tensors
+        y = y.clone()
+        guidance: Guidance = make_guidance(
+            options.guidance, operator, y, problem.noise_level, domain, schedule=schedule, noise=fresh_noise,
+            cg_iters=options.cg_iters, dps_scale=options.dps_scale,
+        )
+        x_init = fresh_noise(shape)
+        if options.hot_start:
+            start_t = options.hot_start_t
+            clean = domain.to_model(_hot_start_image(problem, baseline)).float()
+            clean = clean.repeat(n_samples, 1, 1, 1)
+            mean, std = (float(v) for v in schedule.marginal(start_t))
+            x_init = mean * clean + std * x_init
+
+    model = prior.model
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x.contiguous(memory_format=torch.channels_last), t)
+
+    model.to(memory_format=torch.channels_last)  # oneDNN's fast layout for CPU convolutions
+    sampler = make_sampler(options, schedule)
+    frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
+                            autocast=AUTOCAST, clip_x0=CLIP_X0)
+    total = step_count(options, schedule)
+    start = time.perf_counter()
+    try:
+        for index in range(total):
+            # DPS differentiates through the network; everything else runs without autograd.
+            with torch.inference_mode(not guidance.requires_grad):
+                frame = next(frames)
+                if frame.last:
+                    # DDIM/DDPM end at t = 0 with x_t = x0_hat; the VP-SDE's final Tweedie
+                    # denoising runs without the hook, so it gets the data consistency here.
+                    final = frame.x_t if options.sampler != "sde" else guidance.correct_x0(frame.x_t)
+                    x0_samples = domain.from_model(final)
+                else:
+                    x0_samples = domain.from_model(frame.x0_hat)
+                mean, variance = _summarise(x0_samples, n_samples, batch)
+                x_t = domain.from_model(frame.x_t[:batch])
+            yield ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=mean, variance=variance,
+                             elapsed=time.perf_counter() - start)
+    finally:
+        frames.close()  # cancellation: the sampler's generator ends here too
+
+
+def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
+                       baseline: torch.Tensor | None = None) -> ReconFrame:
+    """Run :func:`stream_reconstruction` to the end; return the last frame."""
+    last = None
+    for last in stream_reconstruction(problem, prior, options, baseline=baseline):
+        pass
+    assert last is not None  # at least one step always runs
+    return last
+
+
+__all__ = ["CLIP_X0", "MODALITY_DEFAULTS", "check_options", "default_options", "make_sampler", "reconstruct_to_end", "step_count", "stream_reconstruction"]

@@ -1,0 +1,88 @@
+"""The viewer's Qt-free parts: geometry from the affine, window/level and its presets, export of layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffrecon.io.volume import Volume, affine_from_spacing
+from diffrecon.viewer.geometry import SliceGeometry, direction_label
+from diffrecon.viewer.run_controller import processing_order
+from diffrecon.viewer.windowing import WindowLevel, auto_window, initial_window, load_presets, presets_for
+
+
+def test_edge_labels_follow_the_affine():
+    axial = SliceGeometry(affine_from_spacing((2.0, 0.5, 0.5)), (3, 10, 12), (2.0, 0.5, 0.5))
+    assert axial.edge_labels() == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert axial.slice_label() == "S"
+    # A coronal slab stored with rows towards inferior and columns towards the patient's right.
+    coronal = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
+    assert SliceGeometry(coronal, (3, 10, 12), (1, 1, 1)).edge_labels() == {
+        "top": "S", "bottom": "I", "left": "L", "right": "R"}
+    # 30 degrees oblique columns: main letter first, then the secondary one.
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    assert direction_label(np.array([-c, s, 0.0])) == "LA"
+
+
+def test_pixels_and_positions_in_millimetres():
+    g = SliceGeometry(affine_from_spacing((2.0, 0.5, 0.25)), (3, 10, 12), (2.0, 0.5, 0.25))
+    assert g.extent_mm == (3.0, 5.0)  # 12 columns of 0.25 mm, 10 rows of 0.5 mm: the true aspect
+    assert g.pixel_at(0.3, 4.9) == (9, 1)
+    assert g.pixel_at(3.1, 1.0) is None
+    np.testing.assert_allclose(g.patient_position(1, 2, 4), [-1.0, -1.0, 2.0])
+    assert g.format_position(1, 2, 4) == "L 1.0  P 1.0  S 2.0 mm"
+    assert g.slice_location(2) == "S 4.0 mm"
+
+
+def test_window_level_and_drag():
+    w = WindowLevel.from_range(-100.0, 300.0)
+    assert (w.level, w.width, w.low, w.high) == (100.0, 400.0, -100.0, 300.0)
+    wider = w.dragged(50, 0, data_span=1000.0)
+    assert wider.width == pytest.approx(500.0) and wider.level == w.level
+    brighter = w.dragged(0, -25, data_span=1000.0)  # dragging up raises the level
+    assert brighter.level == pytest.approx(150.0)
+    assert w.dragged(-10_000, 0, 1000.0).width > 0
+    assert w.describe("HU") == "W 400 HU  L 100 HU"
+
+
+def test_presets_file_has_the_radiology_ct_windows_and_auto_mri():
+    presets = load_presets()
+    ct = {p.name: (p.width, p.level) for p in presets_for("CT", "HU", presets)}
+    assert ct == {"Brain": (80, 40), "Soft tissue": (400, 40), "Lung": (1500, -600), "Bone": (2500, 480)}
+    mr = presets_for("MR", "a.u.", presets)
+    assert mr and all(p.auto_percentiles is not None for p in mr)
+    data = np.linspace(0, 100, 10_001, dtype=np.float32).reshape(1, 1, -1)
+    window = mr[0].window_for(data)
+    assert window.low == pytest.approx(1.0, abs=0.05) and window.high == pytest.approx(99.5, abs=0.05)
+
+
+def test_auto_window_ignores_the_empty_background():
+    data = np.zeros((1, 100, 100), np.float32)
+    data[0, 25:75, 25:75] = np.linspace(50, 150, 2500).reshape(50, 50)
+    w = auto_window(data, 0.0, 100.0)
+    assert w.low == pytest.approx(50.0) and w.high == pytest.approx(150.0)
+    assert initial_window(data, (40.0, 400.0), "HU") == WindowLevel(40.0, 400.0)
+    assert initial_window(data, None, "HU") == WindowLevel(40.0, 400.0)
+
+
+def test_the_slice_on_screen_is_processed_first():
+    assert processing_order(6, 4, whole_volume=True) == [4, 5, 0, 1, 2, 3]
+    assert processing_order(6, 4, whole_volume=False) == [4]
+
+
+def test_export_writes_only_computed_slices_at_their_positions(tmp_path):
+    from diffrecon.errors import DiffreconError
+    from diffrecon.io import load_volume
+    from diffrecon.viewer.export import export_volume
+    from diffrecon.viewer.session import Session
+
+    volume = Volume(np.random.default_rng(0).random((4, 16, 16), dtype=np.float32), (3.0, 1.0, 1.0),
+                    affine_from_spacing((3.0, 1.0, 1.0)), modality="MR")
+    session = Session(volume)
+    with pytest.raises(DiffreconError, match="press Run"):
+        export_volume(session, "recon", tmp_path / "none.nii.gz")
+    session.layers["recon"].put(np.array([1, 2]), volume.data[1:3] * 2)
+    export_volume(session, "recon", tmp_path / "two.nii.gz")
+    back = load_volume(tmp_path / "two.nii.gz")
+    np.testing.assert_allclose(back.data, volume.data[1:3] * 2, rtol=1e-6)
+    np.testing.assert_allclose(back.affine[:3, 3], volume.affine[:3, :3] @ [1, 0, 0] + volume.affine[:3, 3])

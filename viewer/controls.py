@@ -1,0 +1,248 @@
+"""The settings panel: task and measurement settings, diffusion settings, Run and Cancel.
+
+It knows nothing of threads or volumes: it turns its widgets into a
+``MeasurementSettings`` + ``DiffusionOptions`` pair and says when they change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                               QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from diffrecon.diffusion.frames import GUIDANCE, SAMPLERS, DiffusionOptions
+from diffrecon.measurements import MeasurementSettings
+from diffrecon.physics.masks import MASK_KINDS
+from diffrecon.reconstruct import METHODS_FOR
+
+from .paths import available_models, default_model_for, prior_modality
+
+TASKS = (("mri", "MRI reconstruction"), ("ct", "CT reconstruction"), ("denoise", "Denoising"),
+         ("ultrasound", "Ultrasound despeckling"))
+BROWSE = "Browse..."
+
+
+def _combo(items, current=None) -> QComboBox:
+    box = QComboBox()
+    for value, label in items:
+        box.addItem(label, value)
+    if current is not None:
+        box.setCurrentIndex(max(box.findData(current), 0))
+    return box
+
+
+def _spin(lo, hi, value, step=1.0, decimals=None, suffix="", special=None):
+    box = QDoubleSpinBox() if decimals is not None else QSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+        box.setSingleStep(step)
+    box.setRange(lo, hi)
+    box.setValue(value)
+    if suffix:
+        box.setSuffix(suffix)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+class ControlPanel(QWidget):
+    measurementChanged = Signal()  # the input image must be recomputed
+    taskChanged = Signal(str)
+    modelChanged = Signal()
+    runRequested = Signal()
+    cancelRequested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumWidth(250)
+        self.setMaximumWidth(330)
+        outer = QVBoxLayout(self)
+
+        task = QGroupBox("Task and measurements")
+        form = QFormLayout(task)
+        self.modality = _combo(TASKS, "mri")
+        self.simulate = QCheckBox("Scan is the ground truth (simulate)")
+        self.simulate.setToolTip("Simulate measurements from the scan and score every method against it")
+        self.acceleration = _spin(2.0, 12.0, 4.0, 0.5, 1, "x")
+        self.mask_kind = _combo([(m, m) for m in MASK_KINDS], "random")
+        self.views = _spin(2, 720, 60)
+        self.dose = _spin(0.0, 1.0, 0.0, 0.05, 2, special="noiseless")
+        self.dose.setToolTip("Dose fraction of 4096 photons per detector bin; 'noiseless' adds no noise")
+        self.noise_sigma = _spin(0.005, 1.0, 0.1, 0.01, 3)
+        self.seed = _spin(0, 2**31 - 1, 0)
+        form.addRow("Task", self.modality)
+        form.addRow(self.simulate)
+        form.addRow("Acceleration", self.acceleration)
+        form.addRow("Mask", self.mask_kind)
+        form.addRow("CT views", self.views)
+        form.addRow("CT dose", self.dose)
+        form.addRow("Noise sigma", self.noise_sigma)
+        form.addRow("Seed", self.seed)
+        self._task_form = form
+        outer.addWidget(task)
+
+        diffusion = QGroupBox("Diffusion")
+        dform = QFormLayout(diffusion)
+        self.model = QComboBox()
+        self.model.setToolTip("The diffusion prior (a .safetensors file)")
+        self.sampler = _combo([(s, s.upper() if s != "sde" else "VP-SDE") for s in SAMPLERS], "ddim")
+        guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dps": "DPS"}
+        self.guidance = _combo([(g, guidance_names.get(g, g)) for g in GUIDANCE], "dds")
+        self.steps = _spin(1, 1000, 25)
+        self.samples = _spin(1, 16, 4)
+        self.samples.setToolTip("Posterior samples: their spread is the uncertainty map (needs 2 or more)")
+        self.scope = _combo([("slice", "Current slice"), ("volume", "Whole volume")], "slice")
+        dform.addRow("Model", self.model)
+        dform.addRow("Sampler", self.sampler)
+        dform.addRow("Guidance", self.guidance)
+        dform.addRow("Steps", self.steps)
+        dform.addRow("Samples", self.samples)
+        dform.addRow("Slices", self.scope)
+        outer.addWidget(diffusion)
+
+        base = QGroupBox("Baseline")
+        bform = QFormLayout(base)
+        self.baseline = QComboBox()
+        bform.addRow("Method", self.baseline)
+        outer.addWidget(base)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setDefault(True)
+        self.run_button.setToolTip("Reconstruct with the settings above (Ctrl+R)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop after the current step (Esc)")
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        outer.addLayout(buttons)
+        outer.addStretch(1)
+
+        self._scan_has_kspace = False
+        self._fill_models()
+        self._task_changed()
+        self.modality.currentIndexChanged.connect(self._task_changed)
+        for w in (self.acceleration, self.views, self.dose, self.noise_sigma, self.seed):
+            w.valueChanged.connect(self.measurementChanged)
+        self.mask_kind.currentIndexChanged.connect(self.measurementChanged)
+        self.simulate.toggled.connect(self.measurementChanged)
+        self.model.activated.connect(self._model_activated)
+        self.run_button.clicked.connect(self.runRequested)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+
+    # ----- model list -----
+
+    def _fill_models(self, select: Path | None = None) -> None:
+        """Priors found in resources/models (labelled with their modality), 'none', 'Browse...'."""
+        self.model.blockSignals(True)
+        self.model.clear()
+        for path in available_models():
+            modality = prior_modality(path)
+            self.model.addItem(f"{path.stem} ({modality.upper() if modality else '?'})", str(path))
+        if select is not None and self.model.findData(str(select)) < 0:
+            modality = prior_modality(Path(select))
+            self.model.addItem(f"{Path(select).stem} ({modality.upper() if modality else '?'})", str(select))
+        self.model.addItem("none (baseline only)", "")
+        self.model.addItem(BROWSE, None)
+        if select is not None:
+            self.model.setCurrentIndex(self.model.findData(str(select)))
+        else:
+            default = default_model_for(self.task)
+            self.model.setCurrentIndex(self.model.findData(str(default) if default else ""))
+        self.model.blockSignals(False)
+
+    def _model_activated(self, index: int) -> None:
+        if self.model.itemData(index) is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a diffusion prior", "", "Priors (*.safetensors)")
+            self._fill_models(Path(path) if path else None)
+        self.modelChanged.emit()
+
+    def set_model(self, path: Path | None) -> None:
+        self._fill_models(path)
+        self.modelChanged.emit()
+
+    def refresh_models(self) -> None:
+        """Pick up priors that appeared since start (e.g. a training run's first checkpoint)."""
+        self._fill_models(self.model_path)
+
+    @property
+    def model_path(self) -> Path | None:
+        data = self.model.currentData()
+        return Path(data) if data else None
+
+    # ----- task -----
+
+    @property
+    def task(self) -> str:
+        return self.modality.currentData()
+
+    def _task_changed(self) -> None:
+        task = self.task
+        locked = task == "ct" or (task == "mri" and not self._scan_has_kspace)
+        self.simulate.blockSignals(True)
+        if locked:
+            self.simulate.setChecked(True)
+        elif task == "mri" and self._scan_has_kspace:
+            self.simulate.setChecked(False)  # raw k-space: reconstruct what was measured
+        self.simulate.setEnabled(not locked)
+        self.simulate.setToolTip("An image-only scan can only be the ground truth of a simulation" if locked else
+                                 "Simulate measurements from the scan and score every method against it")
+        self.simulate.blockSignals(False)
+        rows = {self.acceleration: task == "mri", self.mask_kind: task == "mri", self.views: task == "ct",
+                self.dose: task == "ct", self.noise_sigma: task == "denoise"}
+        for widget, visible in rows.items():
+            self._task_form.setRowVisible(widget, visible)
+        current = self.baseline.currentData()
+        self.baseline.blockSignals(True)
+        self.baseline.clear()
+        for method in METHODS_FOR[task][1:]:
+            self.baseline.addItem(method.upper() if method == "tv" else method, method)
+        self.baseline.addItem("none", None)
+        keep = current is not None and self.baseline.findData(current) >= 0
+        self.baseline.setCurrentIndex(self.baseline.findData(current) if keep else 0)
+        self.baseline.blockSignals(False)
+        default = default_model_for(task)  # a prior fits one modality: follow the task
+        self.model.setCurrentIndex(self.model.findData(str(default) if default else ""))
+        self.modelChanged.emit()
+        self.taskChanged.emit(task)
+        self.measurementChanged.emit()
+
+    def set_task(self, task: str, simulate: bool, scan_has_kspace: bool) -> None:
+        """Set by the window from the scan: e.g. an image-only MRI file must be simulated."""
+        self._scan_has_kspace = scan_has_kspace
+        self.modality.blockSignals(True)
+        self.modality.setCurrentIndex(self.modality.findData(task))
+        self.modality.blockSignals(False)
+        self.simulate.blockSignals(True)
+        self.simulate.setChecked(simulate)
+        self.simulate.blockSignals(False)
+        self._task_changed()
+
+    # ----- settings out -----
+
+    def measurement_settings(self) -> MeasurementSettings:
+        dose = self.dose.value()
+        return MeasurementSettings(
+            modality=self.task, acceleration=self.acceleration.value(), mask=self.mask_kind.currentData(),
+            views=int(self.views.value()), dose=dose if dose > 0 else None,
+            noise_sigma=self.noise_sigma.value(), seed=int(self.seed.value()),
+        )
+
+    def diffusion_options(self) -> DiffusionOptions:
+        return DiffusionOptions(sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
+                                steps=int(self.steps.value()), samples=int(self.samples.value()),
+                                seed=int(self.seed.value()))
+
+    @property
+    def baseline_method(self) -> str | None:
+        return self.baseline.currentData()
+
+    @property
+    def whole_volume(self) -> bool:
+        return self.scope.currentData() == "volume"
+
+    def set_running(self, running: bool) -> None:
+        self.cancel_button.setEnabled(running)
+        self.run_button.setText("Restart" if running else "Run")

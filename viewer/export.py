@@ -1,0 +1,110 @@
+"""Writing what the viewer shows: reconstruction and uncertainty volumes, and the metrics table.
+
+Volumes go through the engine's ``save_volume`` (NIfTI, DICOM derived series, HDF5)
+with provenance: the run's settings, the model, the diffrecon version and the input
+file. Only the slices the run computed are written, with their true positions.
+The four-pane PNG is grabbed by the window (it needs Qt); everything here is headless.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from diffrecon import __version__
+from diffrecon.errors import DiffreconError
+
+from .session import Session
+
+# What each exportable layer is called in files and provenance.
+EXPORTS = {
+    "recon": ("diffusion", "diffusion reconstruction"),
+    "sigma": ("uncertainty", "per-pixel standard deviation over the posterior samples"),
+    "baseline": ("baseline", "classical baseline"),
+    "input": ("input", "measured input image"),
+}
+VOLUME_FILTERS = "NIfTI (*.nii.gz *.nii);;HDF5 (*.h5);;DICOM series folder (*)"
+
+
+def provenance(session: Session, layer: str) -> dict:
+    run = session.run.provenance
+    return {
+        "diffrecon_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "diffrecon view",
+        "input": None if session.path is None else str(session.path),
+        "output": EXPORTS[layer][1],
+        "method": {"recon": "diffusion", "sigma": "diffusion", "baseline": run.get("baseline")}.get(layer, "input"),
+        "settings": run.get("settings"),
+        "simulate": run.get("simulate"),
+        "diffusion": run.get("diffusion"),
+        "model": run.get("model"),
+        "slices": run.get("slices"),
+    }
+
+
+def computed_slices(session: Session, layer: str) -> np.ndarray:
+    done = np.flatnonzero(session.layers[layer].filled)
+    if done.size == 0:
+        raise DiffreconError(f"there is no {EXPORTS[layer][0]} to export yet; press Run first")
+    return done
+
+
+def export_volume(session: Session, layer: str, path: str | Path) -> list[Path]:
+    """Write one layer (only its computed slices) where the extension says; return the files."""
+    from diffrecon.io import save_volume
+
+    slices = computed_slices(session, layer)
+    geometry = session.volume.select_slices(slices)
+    data = session.layers[layer].data[slices].astype(np.float32)
+    window = session.volume.window if layer != "sigma" else None
+    out = geometry.derived(data, window=window)
+    variance = None
+    path = Path(path)
+    if layer == "recon" and path.name.lower().endswith((".h5", ".hdf5")):
+        sigma = session.layers["sigma"]
+        if sigma.filled[slices].all():
+            variance = sigma.data[slices] ** 2  # HDF5 keeps the uncertainty next to the image
+    label = EXPORTS[layer][0]
+    description = f"diffrecon {label} ({session.run.provenance.get('settings', {}).get('modality', '')})".strip()
+    return save_volume(out, path, provenance=provenance(session, layer), variance=variance, description=description)
+
+
+def export_metrics_csv(session: Session, path: str | Path) -> Path:
+    """One row per pane with PSNR, SSIM, NMSE, MAE, plus the settings that produced them."""
+    if not session.metrics:
+        raise DiffreconError("there are no metrics to export; run with a reference (simulate) first")
+    path = Path(path)
+    run = session.run.provenance
+    settings = run.get("settings") or {}
+    diffusion = run.get("diffusion") or {}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["pane", "method", "psnr", "ssim", "nmse", "mae", "slices", "input", "settings",
+                             "model", "sampler", "guidance", "steps", "samples", "diffrecon_version"])
+            for pane, values in session.metrics.items():
+                method = {"diffusion": "diffusion", "baseline": run.get("baseline"), "input": "input"}.get(pane, pane)
+                writer.writerow([
+                    pane, method, *(_number(values.get(k)) for k in ("psnr", "ssim", "nmse", "mae")),
+                    " ".join(str(s) for s in run.get("slices", [])), "" if session.path is None else session.path,
+                    " ".join(f"{k}={v}" for k, v in settings.items()), run.get("model") or "",
+                    diffusion.get("sampler", ""), diffusion.get("guidance", ""), diffusion.get("steps", ""),
+                    diffusion.get("samples", ""), __version__,
+                ])
+    except OSError as exc:
+        raise DiffreconError(f"{path}: could not be written ({exc.strerror or exc})") from exc
+    return path
+
+
+def _number(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.6g}"

@@ -1,0 +1,84 @@
+"""Measuring that the GUI stays responsive while the engine samples.
+
+:class:`StallMeter` runs a 10 ms timer on the GUI thread and records how late each tick
+fires: the longest lateness is the longest time the event loop could not react (a
+user's click or drag waited that long). :class:`FrameRate` counts frames drawn.
+"""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QObject, Qt, QTimer
+
+
+class StallMeter(QObject):
+    INTERVAL_MS = 10
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._timer = QTimer(self)
+        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._timer.setInterval(self.INTERVAL_MS)
+        self._timer.timeout.connect(self._tick)
+        self._last = 0.0
+        self.longest_ms = 0.0
+        self.ticks = 0
+        self.late_ms: list[float] = []
+
+    def start(self) -> None:
+        self.longest_ms = 0.0
+        self.ticks = 0
+        self.late_ms = []
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._timer.isActive()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        late_ms = (now - self._last) * 1000.0 - self.INTERVAL_MS
+        self._last = now
+        self.ticks += 1
+        self.longest_ms = max(self.longest_ms, late_ms)
+        self.late_ms.append(late_ms)
+
+    def percentile_ms(self, q: float) -> float:
+        """Lateness below which ``q`` percent of the ticks fired (one busy moment is not the norm)."""
+        if not self.late_ms:
+            return 0.0
+        ordered = sorted(self.late_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100.0))]
+
+    def count_over(self, ms: float) -> int:
+        return sum(1 for late in self.late_ms if late > ms)
+
+
+class FrameRate:
+    """Frames drawn between start() and the last frame: frames per second while sampling."""
+
+    def __init__(self):
+        self.start()
+
+    def start(self) -> None:
+        self.frames = 0
+        self._first = None
+        self._last = None
+
+    def frame(self) -> None:
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = now
+        self._last = now
+        self.frames += 1
+
+    @property
+    def per_second(self) -> float:
+        if self.frames < 2 or self._last == self._first:
+            return 0.0
+        return (self.frames - 1) / (self._last - self._first)

@@ -1,0 +1,323 @@
+"""The main window: panes, settings, menus, status bar; opening files and exporting results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QScrollArea, QSlider,
+                               QSplitter, QVBoxLayout, QWidget)
+
+from diffrecon.io import load_volume
+from diffrecon.io.volume import Volume
+
+from .controls import ControlPanel
+from .display import PaneRenderer
+from .metrics_table import MetricsTable
+from .pane_grid import PaneGrid
+from .paths import default_sample
+from .run_controller import RunController
+from .session import Session
+from .window_actions import WindowActions
+from .windowing import load_presets, presets_for
+from .workers import JobSlot
+
+
+class MainWindow(QMainWindow):
+    scanLoaded = Signal(object)  # the Session
+    loadFailed = Signal(str)
+
+    def __init__(self, settings: QSettings | None = None, parent=None):
+        super().__init__(parent)
+        self.settings = settings or QSettings("diffrecon", "viewer")
+        self.session: Session | None = None
+        self.presets = load_presets()
+        self.setWindowTitle("diffrecon")
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+
+        self.grid = PaneGrid()
+        self.renderer = PaneRenderer(self.grid)
+        self.controls = ControlPanel()
+        self.metrics = MetricsTable()
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setEnabled(False)
+        self.slice_label = QLabel("")
+        self.slice_label.setMinimumWidth(90)
+        self.readout = QLabel("")  # the pixel under the cursor: position in mm and every pane's value
+        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.readout.setMinimumHeight(18)
+        self._build_layout()
+
+        self.status_text = QLabel("")  # a label, not showMessage: it never times out or hides
+        self.progress = QProgressBar()
+        self.progress.setMinimumWidth(260)
+        self.progress.setMaximumWidth(320)
+        self.progress.setTextVisible(True)
+        self.progress.setVisible(False)
+        self.statusBar().addWidget(self.status_text, 1)
+        self.statusBar().addPermanentWidget(self.progress)
+        self.last_status = ""
+        self.last_status_error = False
+
+        self.runner = RunController(self)
+        self.loader = JobSlot(self._loaded, self._load_failed, lambda cancelled: None)
+        self.commands = WindowActions(self)  # menus and toolbar (not "actions": QWidget.actions() exists)
+        self.preset_box = QComboBox()
+        self.preset_box.setToolTip("Window/level preset (right-drag in a pane to adjust)")
+        self.preset_box.setPlaceholderText("custom")
+        self.preset_box.setMinimumWidth(150)
+        self.preset_box.activated.connect(self._preset_chosen)
+        self.commands.toolbar.addWidget(QLabel(" W/L "))
+        self.commands.toolbar.addWidget(self.preset_box)
+
+        self._inputs_timer = QTimer(self)  # debounce: settle the spin boxes before recomputing
+        self._inputs_timer.setSingleShot(True)
+        self._inputs_timer.setInterval(250)
+        self._inputs_timer.timeout.connect(self.runner.start_inputs)
+        self.controls.measurementChanged.connect(self._measurement_changed)
+        self.controls.taskChanged.connect(self._task_changed)
+        self.controls.modelChanged.connect(self._model_changed)
+        self.controls.baseline.currentIndexChanged.connect(self._baseline_changed)
+        self.controls.runRequested.connect(self.runner.start_run)
+        self.controls.cancelRequested.connect(self.runner.cancel)
+        self.grid.sliceStep.connect(lambda step: self.set_slice(self.slider.value() + step))
+        self.grid.windowDrag.connect(self._window_drag)
+        self.grid.hovered.connect(self._hovered)
+        self.grid.left.connect(lambda: self.readout.setText(""))
+        self.slider.valueChanged.connect(self.set_slice)
+        self.renderer.render_all()
+
+    def _build_layout(self) -> None:
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidget(self.controls)
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_layout.addWidget(scroll, 1)
+        panel = self.controls.layout()
+        panel.insertWidget(panel.count() - 1, self.metrics)  # right under Run, above the stretch
+        side.setMaximumWidth(360)
+        main = QWidget()
+        main_layout = QVBoxLayout(main)
+        main_layout.setContentsMargins(0, 0, 0, 0)
+        main_layout.addWidget(self.grid, 1)
+        readout_row = QHBoxLayout()
+        readout_row.setContentsMargins(8, 2, 8, 0)
+        readout_row.addWidget(self.readout, 1)
+        main_layout.addLayout(readout_row)
+        row = QHBoxLayout()
+        row.setContentsMargins(6, 2, 6, 2)
+        row.addWidget(QLabel("Slice"))
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.slice_label)
+        main_layout.addLayout(row)
+        splitter = QSplitter()
+        splitter.addWidget(side)
+        splitter.addWidget(main)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([330, 1070])
+        self.setCentralWidget(splitter)
+
+    # ----- status -----
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        self.last_status, self.last_status_error = text, error
+        self.status_text.setStyleSheet("color: #ff6a55;" if error else "")
+        self.status_text.setText(text)
+        self.status_text.setToolTip(text)
+
+    def show_metrics(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        if not s.metrics and s.layers["reference"].filled.any():
+            text = "Scores against the reference appear after Run."
+        elif not s.metrics:
+            text = "No reference here: metrics need a ground truth (simulate) or a target in the file."
+        else:
+            n = len(s.run.slices)
+            text = f"Against the reference, over {n} slice{'s' if n != 1 else ''} (working domain)."
+        self.metrics.show_metrics(s.metrics, text)
+
+    # ----- opening scans -----
+
+    def open_path(self, path: str | Path) -> None:
+        """Read a scan on a worker thread; errors go to the status bar, the current scan stays."""
+        path = Path(path)
+        self.show_status(f"Opening {path.name}...")
+        self.loader.start("load", lambda cancelled: iter([(path, load_volume(path))]))
+
+    def open_default_sample(self) -> None:
+        self.open_path(default_sample())
+
+    def _load_failed(self, sentence: str) -> None:
+        self.show_status(sentence, error=True)
+        self.loadFailed.emit(sentence)
+
+    def _loaded(self, item: tuple[Path, Volume]) -> None:
+        path, volume = item
+        self.runner.cancel(quiet=True)
+        self.session = Session(volume, path)
+        task, simulate = _task_for(volume)
+        self.controls.set_task(task, simulate, volume.kspace is not None)
+        self.renderer.options.task = task
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, volume.n_slices - 1)
+        self.slider.setValue(self.session.slice_index)
+        self.slider.setEnabled(volume.n_slices > 1)
+        self.slider.blockSignals(False)
+        self._fill_presets()
+        self._update_descriptions()
+        self.renderer.attach(self.session)
+        self._update_slice_label()
+        self.show_metrics()
+        self.setWindowTitle(f"diffrecon: {self.session.title()}")
+        self.commands.add_recent(path)
+        self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}.")
+        self._inputs_timer.stop()  # the task change above asked for inputs too: compute them once
+        self.runner.start_inputs()
+        self._model_changed()
+        self.scanLoaded.emit(self.session)
+
+    # ----- settings changes -----
+
+    def _measurement_changed(self) -> None:
+        if self.session is None:
+            return
+        self._update_descriptions()
+        self._inputs_timer.start()
+
+    def _model_changed(self) -> None:
+        path = self.controls.model_path
+        self.renderer.options.model_name = None if path is None else path.stem
+        if self.session is not None:
+            self.renderer.render("recon")
+            self.renderer.render("variance")
+
+    def _task_changed(self, task: str) -> None:
+        self.renderer.options.task = task
+        self._update_descriptions()
+
+    def _update_descriptions(self) -> None:
+        kspace = self.session.volume.kspace if self.session is not None else None
+        try:
+            text = self.controls.measurement_settings().describe()
+        except Exception:  # an impossible combination: the status bar says why at Run
+            text = ""
+        if (kspace is not None and not kspace.fully_sampled and self.controls.task == "mri"
+                and not self.controls.simulate.isChecked()):
+            text = f"MRI {kspace.acceleration:.1f}x, the file's own mask"  # the panel's mask does not apply
+        self.renderer.options.measurement = text
+        method = self.controls.baseline_method
+        self.renderer.options.baseline_name = None if method is None else self.controls.baseline.currentText()
+
+    def _baseline_changed(self) -> None:
+        self._update_descriptions()
+        if self.session is not None:
+            self.renderer.render("baseline")
+
+    # ----- slices, window/level, cursor -----
+
+    def set_slice(self, index: int) -> None:
+        if self.session is None:
+            return
+        index = self.session.set_slice(index)
+        if self.slider.value() != index:
+            self.slider.blockSignals(True)
+            self.slider.setValue(index)
+            self.slider.blockSignals(False)
+        self._update_slice_label()
+        self.renderer.render_all()
+
+    def _update_slice_label(self) -> None:
+        s = self.session
+        self.slice_label.setText(f"{s.slice_index + 1} / {s.n_slices}")
+
+    def _fill_presets(self) -> None:
+        self.preset_box.clear()
+        v = self.session.volume
+        self.current_presets = presets_for(v.modality, v.units, self.presets)
+        for preset in self.current_presets:
+            self.preset_box.addItem(preset.name)
+        self.preset_box.setCurrentIndex(-1)
+        self.commands.set_preset_shortcuts(self.current_presets)
+
+    def apply_preset(self, index: int) -> None:
+        if self.session is None or not 0 <= index < len(self.current_presets):
+            return
+        preset = self.current_presets[index]
+        self.session.window = preset.window_for(self.session.display_data())
+        self.preset_box.setCurrentIndex(index)
+        self.renderer.update_levels()
+        self.show_status(f"Window preset {preset.name}: {self.session.window.describe(self.session.units)}.")
+
+    def _preset_chosen(self, index: int) -> None:
+        self.apply_preset(index)
+
+    def _window_drag(self, pane: str, dx: float, dy: float) -> None:
+        if self.session is None or pane == "variance" or self.renderer.is_error_pane(pane):
+            return
+        self.session.window = self.session.window.dragged(dx, dy, self.session.data_span())
+        self.preset_box.setCurrentIndex(-1)
+        self.renderer.update_levels()
+
+    def _hovered(self, x_mm: float, y_mm: float) -> None:
+        s = self.session
+        if s is None:
+            return
+        pixel = s.geometry.pixel_at(x_mm, y_mm)
+        if pixel is None:
+            self.readout.setText("")
+            return
+        row, col = pixel
+        units = "" if s.units in ("a.u.", "") else f" {s.units}"
+        values = []
+        for layer, label in (("input", "input"), ("recon", "diffusion"), ("baseline", "baseline"),
+                             ("sigma", "σ"), ("reference", "reference")):
+            v = s.value_at(layer, row, col)
+            if v is not None:
+                values.append(f"{label} {v:.4g}{units}")
+        if not s.has("input"):
+            values.insert(0, f"scan {s.display_data()[s.slice_index, row, col]:.4g}{units}")
+        position = s.geometry.format_position(s.slice_index, row, col)
+        self.readout.setText(f"{position}   voxel ({col}, {row}, {s.slice_index})   " + "   ".join(values))
+
+    # ----- drag and drop, closing -----
+
+    def dragEnterEvent(self, ev):
+        if ev.mimeData().hasUrls():
+            ev.acceptProposedAction()
+
+    def dropEvent(self, ev):
+        urls = [u for u in ev.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_path(urls[0].toLocalFile())
+            ev.acceptProposedAction()
+
+    def closeEvent(self, ev):
+        self._inputs_timer.stop()
+        self.runner.shutdown()
+        self.loader.cancel()
+        self.loader.wait_all()
+        super().closeEvent(ev)
+
+
+def _task_for(volume: Volume) -> tuple[str, bool]:
+    """(task, simulate) a scan suggests.
+
+    Raw k-space: reconstruct it as measured. An image-only MR or CT scan can only be
+    the ground truth of a simulation. NIfTI has no modality field; such images are
+    nearly always MRI (the bundled T1 sample is one), so they start as simulated MRI.
+    """
+    if volume.kspace is not None:
+        return "mri", False
+    if volume.units == "HU" or volume.modality == "CT":
+        return "ct", True
+    if volume.modality == "MR" or volume.source_format == "nifti":
+        return "mri", True
+    if volume.modality == "US":
+        return "ultrasound", False
+    return "denoise", True
