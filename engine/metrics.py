@@ -19,9 +19,10 @@ with the volume's. :class:`Stopwatch` measures seconds per slice for the same ta
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -75,7 +76,9 @@ def ssim(reference: Any, estimate: Any, data_range: float | None = None) -> floa
 
 def _ssim_per_slice(ref: np.ndarray, est: np.ndarray, peak: float) -> np.ndarray:
     if min(ref.shape[1:]) < SSIM_WIN_SIZE:
-        raise DiffreconError(f"SSIM needs slices of at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE} pixels; got {ref.shape[1:]}.")
+        raise DiffreconError(
+            f"SSIM needs slices of at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE} pixels; got {ref.shape[1:]}."
+        )
     return np.array(
         [structural_similarity(r, e, data_range=peak, win_size=SSIM_WIN_SIZE) for r, e in zip(ref, est)]
     )
@@ -165,7 +168,7 @@ class Stopwatch:
     laps: list[float] = field(default_factory=list)
 
     @contextmanager
-    def running(self) -> Iterator["Stopwatch"]:
+    def running(self) -> Iterator[Stopwatch]:
         start = time.perf_counter()
         try:
             yield self

@@ -216,10 +216,12 @@ def reconstruct(
             if stds[m]:
                 outcome.variance = np.square(np.concatenate(stds[m])).astype(np.float32)
                 if ref is not None:
-                    from .diffusion.uncertainty import calibration
+                    from .diffusion.uncertainty import calibration, ideal_coverage
 
                     obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
                     outcome.calibration = calibration(ref, est, np.concatenate(stds_w[m]), mask=obj)
+                    if not diffusion.options.symmetric:  # the yardstick assumes independent samples
+                        outcome.calibration["ideal_coverage_2sigma"] = ideal_coverage(diffusion.options.samples)
         outcomes[m] = outcome
     observed_metrics = evaluate(ref, np.concatenate(observed_w)) if ref is not None else None
     return ReconRun(source.slice_index, np.concatenate(observed), outcomes, observed_metrics,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,11 +10,20 @@ import pytest
 import pywt
 import torch
 from conftest import make_phantom
-from skimage.restoration import denoise_tv_chambolle
-
 from diffrecon.baselines import PARAMETERS, run_baseline
 from diffrecon.baselines.defaults import DEFAULTS, default_params, task_for
-from diffrecon.baselines.denoise import bm3d_available, bm3d_denoise, median_denoise, rereference_bmode
+from diffrecon.baselines.denoise import (
+    bm3d_available,
+    bm3d_denoise,
+    median_denoise,
+    rereference_bmode,
+)
+from diffrecon.baselines.tuning import (
+    PSNR_TOLERANCE_DB,
+    best_per_method,
+    training_slices,
+    tune,
+)
 from diffrecon.baselines.tv import (
     divergence,
     gradient,
@@ -23,8 +33,14 @@ from diffrecon.baselines.tv import (
     tv_objective,
     tv_reconstruct,
 )
-from diffrecon.baselines.wavelet import OrthoWavelet2D, l1_wavelet_objective, l1_wavelet_reconstruct
+from diffrecon.baselines.wavelet import (
+    OrthoWavelet2D,
+    l1_wavelet_objective,
+    l1_wavelet_reconstruct,
+)
+from diffrecon.datasets import load_dataset, training_blocks, validation_slices
 from diffrecon.errors import DiffreconError, SettingsError
+from diffrecon.measurements import MeasurementSettings
 from diffrecon.metrics import psnr
 from diffrecon.physics import (
     IdentityOperator,
@@ -34,6 +50,7 @@ from diffrecon.physics import (
     make_mask,
     simulate_bmode,
 )
+from skimage.restoration import denoise_tv_chambolle
 
 
 @pytest.fixture(autouse=True)
@@ -152,15 +169,20 @@ def test_objectives_decrease(mri_problem):
     op, _, y = mri_problem
     lam = 3e-3
     tv_objectives, wavelet_objectives = [], []
-    tv_reconstruct(op, y, lam, iters=200, callback=lambda k, x: tv_objectives.append(tv_objective(op, y, x, lam).item()))
-    l1_wavelet_reconstruct(op, y, lam, iters=100, levels=2,
-                           callback=lambda k, x: wavelet_objectives.append(l1_wavelet_objective(op, y, x, lam, levels=2).item()))
-    starts = (tv_objective(op, y, op.A_dagger(y), lam).item(), l1_wavelet_objective(op, y, op.A_dagger(y), lam, levels=2).item())
+    def tv(x: torch.Tensor) -> float:
+        return tv_objective(op, y, x, lam).item()
+
+    def wavelet(x: torch.Tensor) -> float:
+        return l1_wavelet_objective(op, y, x, lam, levels=2).item()
+
+    tv_reconstruct(op, y, lam, iters=200, callback=lambda k, x: tv_objectives.append(tv(x)))
+    l1_wavelet_reconstruct(op, y, lam, iters=100, levels=2, callback=lambda k, x: wavelet_objectives.append(wavelet(x)))
+    starts = (tv(op.A_dagger(y)), wavelet(op.A_dagger(y)))
     for history, start in zip((tv_objectives, wavelet_objectives), starts):
         # Neither method is monotone step by step (PDHG, FISTA), but both are at checkpoints.
         checkpoints = [history[i] for i in (9, 24, 49, len(history) // 2, len(history) - 1)]
         assert checkpoints[-1] < start
-        assert all(b <= a * (1 + 1e-4) for a, b in zip(checkpoints, checkpoints[1:])), checkpoints
+        assert all(b <= a * (1 + 1e-4) for a, b in itertools.pairwise(checkpoints)), checkpoints
     # Near convergence the last steps change the objective by well under a percent.
     assert abs(tv_objectives[-1] - tv_objectives[-20]) < 5e-3 * tv_objectives[-1]
 
@@ -287,7 +309,7 @@ def test_bm3d_is_optional_and_says_how_to_get_it(noisy_batch):
 
 
 def test_run_baseline_runs_every_method_its_modality_allows(mri_problem, ct_problem, noisy_batch):
-    op, x, y = mri_problem
+    op, _, y = mri_problem
     torch.testing.assert_close(run_baseline("zero-filled", op, y, modality="mri"), op.A_dagger(y))
     ct_op, _, sinogram = ct_problem
     torch.testing.assert_close(run_baseline("fbp", ct_op, sinogram, modality="ct", params={"filter": "hann"}),
@@ -332,3 +354,33 @@ def test_defaults_exist_for_every_task_and_follow_the_problem():
     # Denoising TV weights grow in proportion to the noise level between tuned points.
     low, high = (default_params("tv", "denoise", None, s)["lam"] for s in (0.09, 0.11))
     assert high / low == pytest.approx(0.11 / 0.09)
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def test_tuning_scores_every_grid_point_and_prefers_cheaper_runs():
+    slices = make_phantom(2, 48, 48) * 800.0  # any intensity scale: the working domain rescales
+    settings = MeasurementSettings(modality="denoise", noise_sigma=0.1, seed=0)
+    rows = tune("denoise", slices, settings, methods=["median", "tv"], lams=[0.05, 0.1], iters=[5, 40])
+    assert [r["method"] for r in rows].count("tv") == 4 and [r["method"] for r in rows].count("median") == 3
+    noisy = rows[0]["psnr"]
+    assert all(r["psnr"] > noisy for r in rows[1:])
+    chosen = best_per_method(rows)
+    assert chosen["tv"]["psnr"] >= max(r["psnr"] for r in rows if r["method"] == "tv") - PSNR_TOLERANCE_DB
+    # Equal scores: the run with fewer iterations is chosen.
+    equal = [{"method": "tv", "lam": 1.0, "iters": 200, "psnr": 30.0, "ssim": 0.9},
+             {"method": "tv", "lam": 1.0, "iters": 100, "psnr": 29.95, "ssim": 0.9}]
+    assert best_per_method(equal)["tv"]["iters"] == 100
+
+
+def test_tuning_never_sees_the_held_out_slab():
+    try:
+        volume = load_dataset("colin27")
+    except DiffreconError:
+        pytest.skip("colin27 is not installed")
+    picked = training_slices("colin27", 6)
+    held_out = volume.data[validation_slices(volume, "colin27")]
+    for image in picked:
+        assert not any(np.array_equal(image, other) for other in held_out)
+        assert any(np.array_equal(image, other) for block in training_blocks(volume, "colin27") for other in block)

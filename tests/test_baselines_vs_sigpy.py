@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_phantom
-from skimage.transform import resize
-
 from diffrecon.baselines import run_baseline
 from diffrecon.baselines.tv import regularization_scale
 from diffrecon.errors import DiffreconError
 from diffrecon.metrics import psnr
 from diffrecon.physics import MRIOperator, make_mask
+from skimage.transform import resize
 
 sigpy_mri = pytest.importorskip("sigpy.mri")
 

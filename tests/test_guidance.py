@@ -22,7 +22,7 @@ from diffrecon.diffusion.guidance import (
     project,
     residual_norm,
 )
-from diffrecon.diffusion.uncertainty import calibration, calibration_curve
+from diffrecon.diffusion.uncertainty import calibration, calibration_curve, ideal_coverage
 from diffrecon.errors import SettingsError
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
 from diffrecon.physics.base import LinearOperator
@@ -196,3 +196,16 @@ def test_calibration_compares_complex_means_by_magnitude_and_honours_a_mask():
     mask[..., :2, :] = True
     std[..., 2:, :] = 0.0
     assert calibration(reference, mean, std, mask=mask)["coverage_2sigma"] == 1.0
+
+
+def test_ideal_coverage_is_what_honest_finite_samples_reach():
+    assert ideal_coverage(4) == pytest.approx(0.829, abs=0.002)
+    assert ideal_coverage(10_000) == pytest.approx(0.9545, abs=0.001)
+    # Simulate: truth and K samples drawn from the same per-pixel Gaussian posterior.
+    g = np.random.default_rng(8)
+    k, centre, spread = 4, g.random((64, 64)), 0.05 + 0.1 * g.random((64, 64))
+    truth = centre + spread * g.standard_normal((200, 64, 64))
+    samples = centre + spread * g.standard_normal((k, 200, 64, 64))
+    std = samples.std(axis=0, ddof=1)
+    got = calibration(truth, samples.mean(axis=0), std)["coverage_2sigma"]
+    assert got == pytest.approx(ideal_coverage(k), abs=0.01)

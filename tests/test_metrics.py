@@ -7,8 +7,6 @@ import time
 import numpy as np
 import pytest
 from conftest import make_phantom
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
 from diffrecon.errors import DiffreconError
 from diffrecon.metrics import (
     Stopwatch,
@@ -20,6 +18,7 @@ from diffrecon.metrics import (
     psnr,
     ssim,
 )
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 @pytest.fixture

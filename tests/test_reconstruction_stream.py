@@ -266,16 +266,17 @@ def test_cli_diffusion_writes_mean_variance_report_and_model_provenance(cli, tmp
 
     out, report = tmp_path / "recon.npy", tmp_path / "report.json"
     result = cli("reconstruct", phantom_file, "--simulate", "--modality", "mri", "--method", "diffusion",
-                 "--model", saved_prior, "--steps", "3", "--samples", "2", "--guidance", "projection",
+                 "--model", saved_prior, "--steps", "3", "--samples", "2", "--no-symmetric", "--guidance", "projection",
                  "--out", out, "--report", report)
     assert result.code == 0, result.err
     mean, variance = load_volume(out), load_volume(tmp_path / "recon_var.npy")
     assert mean.data.shape == variance.data.shape == (2, 16, 16)
     assert np.isfinite(variance.data).all() and (variance.data >= 0).all() and variance.data.max() > 0
     figures = json.loads(report.read_text())["methods"]["diffusion"]
-    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error"}
+    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error", "ideal_coverage_2sigma"}
     assert 0.0 <= figures["calibration"]["coverage_2sigma"] <= 1.0
     assert figures["params"]["samples"] == 2 and figures["params"]["guidance"] == "projection"
+    assert not figures["params"]["symmetric"]
     provenance = json.loads(next(tmp_path.glob("recon*.json")).read_text())
     assert provenance["model"]["path"] == str(saved_prior) and provenance["model"]["step"] == 30
 

@@ -136,12 +136,14 @@ def input_images(volume: Volume, settings: MeasurementSettings, simulate: bool, 
                  cancelled: Cancelled, batch_size: int = 8) -> Iterator[SliceImages]:
     """The measured input image (zero-filled / FBP / noisy) and the reference, batch by batch."""
     source = make_source(volume, settings, simulate, slices)
-    with torch.inference_mode():
-        for idx in batches_of(list(source.slice_index), batch_size):
-            if cancelled():
-                return
+    for idx in batches_of(list(source.slice_index), batch_size):
+        if cancelled():
+            return
+        # inference mode per batch, never held across a yield (it would leak into the consumer)
+        with torch.inference_mode():
             problem = source.problem(idx)
-            yield SliceImages("input", idx, source.to_volume_units(problem.observed), reference_images(source, problem))
+            images = SliceImages("input", idx, source.to_volume_units(problem.observed), reference_images(source, problem))
+        yield images
 
 
 def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[SliceImages | JobSummary]:
@@ -155,19 +157,22 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
     start = time.perf_counter()
     source = make_source(volume, request.settings, request.simulate, request.slices)
     scores = _MetricAccumulator(source)
-    with torch.inference_mode():
-        for idx in batches_of(list(source.slice_index), request.batch_size):
-            if cancelled():
-                return
+    for idx in batches_of(list(source.slice_index), request.batch_size):
+        if cancelled():
+            return
+        with torch.inference_mode():  # per batch, never held across a yield
             problem = source.problem(idx)
             scores.add_reference(problem)
             scores.add("input", problem.observed)
             reference = reference_images(source, problem)
-            yield SliceImages("input", idx, source.to_volume_units(problem.observed), reference)
-            if request.baseline:
+            images = SliceImages("input", idx, source.to_volume_units(problem.observed), reference)
+        yield images
+        if request.baseline:
+            with torch.inference_mode():
                 estimate = solve(request.baseline, problem)
                 scores.add("baseline", estimate)
-                yield SliceImages("baseline", idx, source.to_volume_units(estimate), reference)
+                images = SliceImages("baseline", idx, source.to_volume_units(estimate), reference)
+            yield images
     yield JobSummary(scores.result(), time.perf_counter() - start, np.asarray(source.slice_index))
 
 
@@ -233,12 +238,15 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
                 last = frame
                 with torch.inference_mode():
                     sigma = None if frame.variance is None else sigma_in_volume_units(source, frame.x0, frame.variance)
-                    yield DisplayFrame(
+                    display = DisplayFrame(
                         step=frame.step, total=frame.total, done_steps=done, total_steps=total_steps,
                         slices=idx, estimate=source.to_volume_units(frame.x0.detach()),
                         sample=source.to_volume_units(frame.x_t.detach()), sigma=sigma, t=float(frame.t),
                         elapsed=time.perf_counter() - start,
                     )
+                # Yield outside the `with`: a generator suspended inside inference_mode would
+                # leave the consumer's thread in inference mode (and leak it if abandoned).
+                yield display
                 if cancelled():
                     return
         finally:

@@ -136,10 +136,13 @@ def _checked(method: str, params: dict[str, Any]) -> dict[str, Any]:
             what = "an integer" if kind is int else "a number"
             raise SettingsError(f"{method}'s {key} must be {what}, not {value!r}.") from None
         if number < bound or (number == bound and not inclusive):
-            raise SettingsError(f"{method}'s {key} must be {'at least' if inclusive else 'above'} {bound:g}; got {value!r}.")
+            limit = "at least" if inclusive else "above"
+            raise SettingsError(f"{method}'s {key} must be {limit} {bound:g}; got {value!r}.")
         out[key] = number
     if "wavelet" in params and not _is_orthogonal_wavelet(params["wavelet"]):
-        raise SettingsError(f"{method}'s wavelet must be an orthogonal one such as db4, haar or sym8, not {params['wavelet']!r}.")
+        raise SettingsError(
+            f"{method}'s wavelet must be an orthogonal one such as db4, haar or sym8, not {params['wavelet']!r}."
+        )
     return out
 
 
@@ -150,7 +153,9 @@ def _is_orthogonal_wavelet(name: Any) -> bool:
         return False
 
 
-def warm_start(operator: LinearOperator, y: torch.Tensor, modality: str, noise_level: float = 0.0) -> torch.Tensor | None:
+def warm_start(
+    operator: LinearOperator, y: torch.Tensor, modality: str, noise_level: float = 0.0
+) -> torch.Tensor | None:
     """Where the iterative methods start: FBP (with its tuned filter) for CT; for MRI the
     solvers' own default, ``Aᴴy`` (the zero-filled image)."""
     if modality != "ct":

@@ -27,7 +27,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,10 @@ def training_slices(name: str, count: int, min_foreground: float = 0.3) -> np.nd
     return np.stack([candidates[i] for i in picks])
 
 
-def make_problem(modality: str, slices: np.ndarray, settings: MeasurementSettings) -> tuple[ProblemSource, ReconProblem]:
+def make_problem(
+    modality: str, slices: np.ndarray, settings: MeasurementSettings
+) -> tuple[ProblemSource, ReconProblem]:
+    """The simulated problem ``diffrecon reconstruct --simulate`` would make from these slices."""
     is_ct = modality == "ct"
     volume = Volume(slices.astype(np.float32), modality="CT" if is_ct else "MR", units="HU" if is_ct else "a.u.")
     source = ProblemSource(volume, settings, simulate=True)
@@ -86,15 +90,19 @@ def _score(source: ProblemSource, problem: ReconProblem, x: torch.Tensor) -> dic
     return evaluate(magnitude(problem.reference), magnitude(x))
 
 
-def _iterative_rows(method, run, lams: Iterable[float], iters: Iterable[int], extra: dict[str, Any],
-                    source, problem) -> list[dict[str, Any]]:
+#: ``run(lam, iters, callback)``: one iterative reconstruction that reports each iterate
+IterativeRun = Callable[[float, int, Callable[[int, torch.Tensor], None]], torch.Tensor]
+
+
+def _iterative_rows(method: str, run: IterativeRun, lams: Iterable[float], iters: Iterable[int],
+                    extra: dict[str, Any], source: ProblemSource, problem: ReconProblem) -> list[dict[str, Any]]:
     """One run per weight; the image is scored at every checkpoint in ``iters``."""
-    checkpoints = sorted(set(int(i) for i in iters))
+    checkpoints = sorted({int(i) for i in iters})
     rows = []
     for lam in lams:
         snapshots: dict[int, torch.Tensor] = {}
 
-        def keep(k: int, x: torch.Tensor) -> None:
+        def keep(k: int, x: torch.Tensor, snapshots: dict[int, torch.Tensor] = snapshots) -> None:
             if k + 1 in checkpoints:
                 snapshots[k + 1] = x.clone()
 
@@ -112,7 +120,12 @@ def tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, me
          lams: Iterable[float] | None = None, iters: Iterable[int] = ITERS,
          levels: Iterable[int] = (2, 3, 4)) -> list[dict[str, Any]]:
     """Every grid point of every method, as rows of metrics."""
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # scoped: a library call must not switch autograd off for its caller
+        return _tune(modality, slices, settings, methods=methods, lams=lams, iters=iters, levels=levels)
+
+
+def _tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, methods: Iterable[str],
+          lams: Iterable[float] | None, iters: Iterable[int], levels: Iterable[int]) -> list[dict[str, Any]]:
     source, problem = make_problem(modality, slices, settings)
     op, y, sigma = problem.operator, problem.y, problem.noise_level
     denoising = modality in ("denoise", "ultrasound")
@@ -134,7 +147,8 @@ def tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, me
                 continue
             for scale in (0.8, 1.0, 1.25, 1.5):
                 denoised = bm3d_denoise(y, sigma or None, sigma_scale=scale)
-                rows.append({"method": "bm3d", "sigma_scale": scale, **_score(source, problem, finish(denoised, modality, y))})
+                rows.append({"method": "bm3d", "sigma_scale": scale,
+                             **_score(source, problem, finish(denoised, modality, y))})
         elif method == "tv" and denoising:
             rows += _iterative_rows("tv", lambda lam, n, cb: tv_denoise(y, lam, iters=n, callback=cb),
                                     lams, iters, {}, source, problem)
@@ -207,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nchosen per method (fewest iterations within {PSNR_TOLERANCE_DB} dB of the best PSNR and "
           f"{SSIM_TOLERANCE} of the best SSIM):")
     for method, row in best_per_method(rows).items():
-        settings_text = ", ".join(f"{k}={row[k]}" for k in ("filter", "size", "sigma_scale", "levels", "lam", "iters") if k in row)
+        keys = ("filter", "size", "sigma_scale", "levels", "lam", "iters")
+        settings_text = ", ".join(f"{k}={row[k]}" for k in keys if k in row)
         print(f"  {method:<11} {settings_text:<40} PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}")
     return 0
 

@@ -26,7 +26,7 @@ norm changes, so tuned defaults transfer across intensity scalings and image siz
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,7 +40,7 @@ NORM_SAFETY = 1.02
 PRIMAL_STEP_TIMES_LAM = 0.02
 DATA_SHARE = 0.5
 
-_norm_cache: "weakref.WeakKeyDictionary[LinearOperator, dict[tuple, float]]" = weakref.WeakKeyDictionary()
+_norm_cache: weakref.WeakKeyDictionary[LinearOperator, dict[tuple, float]] = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- gradient and TV

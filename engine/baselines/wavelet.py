@@ -34,7 +34,7 @@ on the crop), so the transform stays orthonormal and the prox exact.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pywt
 import torch
@@ -75,14 +75,10 @@ class OrthoWavelet2D:
         self._synthesis = torch.einsum("pak,qbl->pqabkl", synthesis_1d, synthesis_1d).reshape(4, 4, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_complex():  # real and imaginary parts are transformed as two images
-            return torch.view_as_complex(self._forward_real(torch.view_as_real(x).movedim(-1, 0)).movedim(0, -1).contiguous())
-        return self._forward_real(x)
+        return _as_two_real_images(self._forward_real, x)
 
     def inverse(self, coeffs: torch.Tensor) -> torch.Tensor:
-        if coeffs.is_complex():
-            return torch.view_as_complex(self._inverse_real(torch.view_as_real(coeffs).movedim(-1, 0)).movedim(0, -1).contiguous())
-        return self._inverse_real(coeffs)
+        return _as_two_real_images(self._inverse_real, coeffs)
 
     def _forward_real(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -119,6 +115,14 @@ class OrthoWavelet2D:
             height, width = 2 * height, 2 * width
             x[..., :height, :width] = F.pixel_shuffle(parities, 2)
         return x.reshape(shape)
+
+
+def _as_two_real_images(transform: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a real linear ``transform`` to a complex ``x`` part by part (real inputs pass through)."""
+    if not x.is_complex():
+        return transform(x)
+    parts = torch.view_as_real(x).movedim(-1, 0)  # (2, ...): real and imaginary images
+    return torch.view_as_complex(transform(parts).movedim(0, -1).contiguous())
 
 
 def _polyphase_synthesis(wave: pywt.Wavelet) -> tuple[torch.Tensor, tuple[int, int]]:

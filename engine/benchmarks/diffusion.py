@@ -105,7 +105,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     prior.model = counter
     problem = _synthetic_mri(args.size)
     options = DiffusionOptions(sampler=args.sampler, guidance=args.guidance, steps=args.steps,
-                               samples=args.samples, hot_start=args.hot_start)
+                               samples=args.samples, hot_start=args.hot_start, symmetric=args.symmetric)
     reconstruct_to_end(problem, prior, DiffusionOptions(**{**options.to_dict(), "steps": 2}))  # warm-up
     walls = []
     for _ in range(args.repeats):
@@ -114,10 +114,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         reconstruct_to_end(problem, prior, options)
         walls.append(time.perf_counter() - start)
     nfe = counter.calls
-    forward = forward_seconds(counter.net, (args.samples, prior.channels, args.size, args.size))
+    batch = args.samples * (2 if args.symmetric else 1)
+    forward = forward_seconds(counter.net, (batch, prior.channels, args.size, args.size))
     wall = statistics.median(walls)
     return {"size": args.size, "steps": args.steps, "samples": args.samples, "sampler": args.sampler,
-            "guidance": args.guidance, "hot_start": args.hot_start, "threads": torch.get_num_threads(),
+            "guidance": args.guidance, "hot_start": args.hot_start, "symmetric": args.symmetric,
+            "threads": torch.get_num_threads(),
             "seconds_per_slice": wall, "runs": [round(w, 3) for w in walls], "nfe": nfe,
             "forward_seconds": forward, "overhead_ratio": wall / (nfe * forward)}
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="ddim", help="speed: which sampler")
     p.add_argument("--guidance", default="dds", help="speed: which guidance")
     p.add_argument("--hot-start", action="store_true", help="speed: hot start (fewer steps)")
+    p.add_argument("--symmetric", action="store_true", help="speed: symmetric pairs (twice the batch)")
     p.add_argument("--size", type=int, default=256, help="speed: image size")
     p.add_argument("--repeats", type=int, default=3, help="speed: timed runs (the median is reported)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -221,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result, tuple(c for c in columns if any(c in r for r in result))))
     else:
         result = speed(args)
-        print(f"{result['size']}^2, {result['steps']} steps, {result['samples']} sample(s), {result['sampler']} + "
-              f"{result['guidance']}{' (hot start)' if result['hot_start'] else ''}, {result['threads']} thread(s)")
+        print(f"{result['size']}^2, {result['steps']} steps, {result['samples']} sample(s)"
+              f"{' x 2 (symmetric)' if result['symmetric'] else ''}, {result['sampler']} + {result['guidance']}"
+              f"{' (hot start)' if result['hot_start'] else ''}, {result['threads']} thread(s)")
         print(f"  {result['seconds_per_slice']:.2f} s per slice (runs: {result['runs']})")
         print(f"  {result['nfe']} network evaluations x {result['forward_seconds']:.3f} s per forward")
         print(f"  overhead ratio wall / (NFE x forward) = {result['overhead_ratio']:.2f}")

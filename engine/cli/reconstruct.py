@@ -71,13 +71,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="data consistency: projection (hard; measurement mixing for denoising), dds (CG steps), "
                          "dps (likelihood gradient; slower) (default: the modality's)")
     df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    df.add_argument("--samples", type=int, default=4,
+    df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
-                         "variance <out>_var (default 4; 1 writes no variance)")
+                         "variance <out>_var (default 1, which with symmetric sampling is a pair)")
+    df.add_argument("--symmetric", action=argparse.BooleanOptionalAction,
+                    help="pair every sample with one started from the negated noise and average (SRDS); "
+                         "default: the modality's (on for all)")
     df.add_argument("--hot-start", action="store_true",
                     help="start at --hot-start-t from the TV reconstruction instead of noise (fewer steps)")
     df.add_argument("--hot-start-t", type=float, default=0.4, help="where the hot start enters, in (0, 1] (default 0.4)")
-    df.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0)")
+    df.add_argument("--eta", type=float, help="DDIM stochasticity, 0 (deterministic) to 1 (default: the modality's)")
     p.set_defaults(run=run)
 
 
@@ -168,8 +171,8 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     from ..diffusion.reconstruction import check_options, default_options
 
     options = default_options(modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
-                              samples=args.samples, eta=args.eta, hot_start=args.hot_start,
-                              hot_start_t=args.hot_start_t, seed=args.seed)
+                              samples=args.samples, eta=args.eta, symmetric=args.symmetric,
+                              hot_start=args.hot_start, hot_start_t=args.hot_start_t, seed=args.seed)
     check_options(options)
     # The hot start enters from the modality's iterative baseline (TV), as the viewer's does.
     return DiffusionSetup(load_prior(path), options, baseline=METHODS_FOR[modality][1])
@@ -236,5 +239,7 @@ def _print_summary(result: ReconRun) -> None:
     for name, o in result.outcomes.items():
         if o.calibration is not None:
             c = o.calibration
-            print(f"{name}: {c['coverage_2sigma']:.1%} of object pixels within 2 std of the truth; rank "
+            ideal = c.get("ideal_coverage_2sigma")
+            honest = f" (an honest posterior: {ideal:.1%} with this many samples)" if ideal is not None else ""
+            print(f"{name}: {c['coverage_2sigma']:.1%} of object pixels within 2 std of the truth{honest}; rank "
                   f"correlation of std with |error| {c['spearman_std_error']:.2f}", file=sys.stderr)

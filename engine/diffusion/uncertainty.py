@@ -15,6 +15,12 @@ std can be trusted:
 :func:`calibration_curve` bins pixels by predicted std and reports the RMS error in each
 bin (a reliability diagram: a calibrated std lies on the diagonal).
 
+With few samples even an honest posterior covers less than 95 %: the mean of ``K``
+samples misses the truth by ``N(0, sigma^2 (1 + 1/K))`` and the sample std has only
+``K - 1`` degrees of freedom, so ``|error| / (std sqrt(1 + 1/K))`` is Student-t with
+``K - 1`` degrees of freedom. :func:`ideal_coverage` is that yardstick (0.83 for
+``K = 4``): compare ``coverage_2sigma`` with it, not with 0.95.
+
 Complex (MR) means are compared by magnitude, as the reference is a magnitude image.
 Pass ``mask`` to score only some pixels (e.g. the head, not the air around it, where
 every method is trivially right).
@@ -66,6 +72,15 @@ def calibration(reference: ArrayLike, mean: ArrayLike, std: ArrayLike,
     return {"coverage_2sigma": coverage, "spearman_std_error": rho}
 
 
+def ideal_coverage(samples: int, width: float = 2.0) -> float:
+    """The ``coverage_2sigma`` an honest Gaussian posterior reaches with ``samples`` draws:
+    ``P(|t_{K-1}| <= width / sqrt(1 + 1/K))`` (module docstring)."""
+    if samples < 2:
+        raise ValueError(f"a spread needs at least 2 samples; got {samples}")
+    bound = width / np.sqrt(1.0 + 1.0 / samples)
+    return float(2.0 * stats.t.cdf(bound, df=samples - 1) - 1.0)
+
+
 def calibration_curve(reference: ArrayLike, mean: ArrayLike, std: ArrayLike, *, bins: int = 10,
                       mask: ArrayLike | None = None) -> dict[str, list[float]]:
     """Reliability diagram: pixels in ``bins`` equal-count bins of predicted std, with each
@@ -80,4 +95,4 @@ def calibration_curve(reference: ArrayLike, mean: ArrayLike, std: ArrayLike, *, 
     }
 
 
-__all__ = ["calibration", "calibration_curve"]
+__all__ = ["calibration", "calibration_curve", "ideal_coverage"]
