@@ -53,6 +53,17 @@ def assert_one_sentence_error(result: CliResult, *, mentions: str | None = None)
     return lines[0]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests use small tensors: one thread is fastest, and leaves the other core free."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -53,14 +53,6 @@ from diffrecon.physics import (
 from skimage.restoration import denoise_tv_chambolle
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small images: one thread is fastest, and leaves the other core to whoever shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _image(size: int = 64, seed: int = 0) -> np.ndarray:
     """A phantom slice with smooth texture added, so it is not purely piecewise constant."""

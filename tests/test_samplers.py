@@ -15,14 +15,6 @@ from diffrecon.diffusion.schedules import NoiseSchedule, make_schedule
 from diffrecon.diffusion.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is fastest, and leaves the other core to whoever shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 MU, S = 0.5, 0.2  # the "data": every pixel ~ N(MU, S^2), independently
 
 

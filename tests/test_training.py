@@ -28,14 +28,6 @@ from diffrecon.errors import DiffreconError
 from safetensors.torch import save_file
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is fastest, and leaves the other core to whoever shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_config(**changes) -> TrainConfig:
     base = dict(modality="mri", channels=2, size=16, batch=4, lr=2e-3, warmup_steps=2, width=8,

@@ -14,14 +14,6 @@ from diffrecon.diffusion.unet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is fastest, and leaves the other core to whoever shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_unet(in_channels: int = 1, seed: int = 0) -> UNet:
     """A ~12k-parameter UNet with random (not zero-initialised) weights, so outputs depend on inputs."""
