@@ -32,15 +32,6 @@ WEIGHTS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small images: one thread is fastest, and leaves the other core to whoever shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _brain_slice() -> np.ndarray:
     """A 128x128 axial slice 35 mm above the AC from colin27's superior training block, in [0, ~1]."""
     try:
