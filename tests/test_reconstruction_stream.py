@@ -8,62 +8,20 @@ small enough that every run below takes well under a second.
 from __future__ import annotations
 
 import inspect
-import math
 import threading
 
 import numpy as np
 import pytest
 import torch
-
 from diffrecon.diffusion.checkpoint import Prior
 from diffrecon.diffusion.frames import DiffusionOptions
 from diffrecon.diffusion.guidance import ModelDomain, residual_norm
 from diffrecon.diffusion.reconstruction import reconstruct_to_end, stream_reconstruction
 from diffrecon.diffusion.samplers import DDIMSampler, run_to_end
-from diffrecon.diffusion.schedules import make_schedule
-from diffrecon.diffusion.unet import UNet
 from diffrecon.measurements import ReconProblem
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
 from diffrecon.physics.noise import IdentityOperator
-
-SIZE = 16
-
-
-def disks(n: int, generator: torch.Generator, complex_phase: bool) -> torch.Tensor:
-    """``n`` images of three overlapping disks, intensities in [0.3, 1]; (n, 2 or 1, S, S)."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
-    c = torch.rand(n, 3, 4, generator=generator)
-    img = torch.zeros(n, SIZE, SIZE)
-    for k in range(3):
-        cx, cy = (c[:, k, 0] - 0.5).view(-1, 1, 1), (c[:, k, 1] - 0.5).view(-1, 1, 1)
-        r = (0.2 + 0.4 * c[:, k, 2]).view(-1, 1, 1)
-        img = torch.where((xx - cx) ** 2 + (yy - cy) ** 2 < r**2, (0.3 + 0.7 * c[:, k, 3]).view(-1, 1, 1), img)
-    img = img[:, None]
-    if not complex_phase:
-        return img
-    phase = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * math.pi + 0.5 * xx
-    return torch.cat([img * phase.cos(), img * phase.sin()], dim=1)
-
-
-def train_tiny_prior(channels: int, steps: int = 30) -> Prior:
-    torch.manual_seed(0)
-    net = UNet(channels, width=4, channel_mult=(1, 2), res_blocks=1, attention_heads=1)
-    schedule = make_schedule("linear")
-    optimiser = torch.optim.AdamW(net.parameters(), lr=5e-3)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x0 = disks(16, gen, channels == 2)
-        t = torch.rand(16, generator=gen) * 0.999 + 0.001
-        noise = torch.randn(x0.shape, generator=gen)
-        loss = (net(schedule.add_noise(x0, noise, t), t) - noise).square().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    net.eval().requires_grad_(False)
-    modality = "mri" if channels == 2 else "ct"
-    norm = {"kind": "percentile", "percentile": 99.5} if channels == 2 else {"kind": "hu", "offset": -1000.0,
-                                                                               "scale": 2000.0}
-    return Prior(net, schedule, norm, modality, channels, {"step": steps}, None)
+from tiny_priors import SIZE, disks, train_tiny_prior
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -205,7 +163,7 @@ def test_hot_start_needs_fewer_network_evaluations_and_keeps_a_good_start(ct_pri
                              baseline=problem.reference)
     assert cold_calls == 10 and counted.calls == 3 and hot.total == 3
     # Entering at t = 0.3 from the truth ends nearer the truth than starting from noise.
-    error = lambda x: float((x - problem.reference).norm())  # noqa: E731
+    error = lambda x: float((x - problem.reference).norm())
     assert error(hot.x0) < error(cold.x0)
 
 
@@ -224,7 +182,7 @@ def test_denoising_mixes_in_the_measurement(ct_prior):
     prior = Prior(ct_prior.model, ct_prior.schedule, {"kind": "percentile"}, "denoise", 1, {}, None)
     free = unconditional(prior, problem, 10)
     out = reconstruct_to_end(problem, prior, DiffusionOptions(steps=10, samples=2)).x0
-    error = lambda x: float((x - truth).norm())  # noqa: E731
+    error = lambda x: float((x - truth).norm())
     assert error(out) < error(free)  # the measurement steered it
     assert error(out) < 1.5 * error(y)  # and it is not far from the noisy data either
 

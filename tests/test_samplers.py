@@ -74,6 +74,18 @@ def test_ddim_time_grid_uses_the_training_steps() -> None:
         time_grid(sched, 1001)
 
 
+def test_a_late_start_runs_only_the_grid_below_it() -> None:
+    """A hot start: every sampler takes ``start_t`` and never steps above it."""
+    sched = make_schedule("linear")
+    late = time_grid(sched, 25, start_t=0.4)
+    assert late[0] == pytest.approx(0.4) and late[-1] == pytest.approx(0.001) and len(late) == 25
+    assert len(time_grid(sched, 1000, start_t=0.4)) == 400  # no more steps than the grid has below 0.4
+    assert DDIMSampler(sched, 10, start_t=0.4)._times()[0] == pytest.approx(0.4)
+    assert VPSDESampler(sched, 10, start_t=0.4)._times()[0] == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        time_grid(sched, 10, start_t=0.0)
+
+
 def tiny_net() -> UNet:
     torch.manual_seed(0)
     net = UNet(in_channels=2, width=8, channel_mult=(1, 2), res_blocks=1, attention_heads=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 
 from .. import __version__
@@ -17,7 +18,7 @@ from ..errors import DiffreconError
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
-SUBCOMMANDS = ("info", "reconstruct", "train", "view")
+SUBCOMMANDS = ("info", "reconstruct", "bench", "train", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +57,13 @@ def configure_threads(threads: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(given)
     if args.command is None:
         # Bare `diffrecon` opens the desktop viewer on the bundled sample (global options kept).
-        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "view"])
+        given.append("view")
+        args = parser.parse_args(given)
+    args.command_line = "diffrecon " + shlex.join(str(a) for a in given)  # recorded in outputs' provenance
     try:
         configure_threads(args.threads)
         return int(args.run(args) or 0)

@@ -189,7 +189,7 @@ def _provenance(args: argparse.Namespace, result: ReconRun, method: str) -> dict
     return {
         "diffrecon_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "diffrecon " + " ".join(sys.argv[1:]) if sys.argv and "diffrecon" in sys.argv[0] else None,
+        "command": getattr(args, "command_line", None),
         "input": str(args.path),
         "simulate": bool(args.simulate),
         "method": method,

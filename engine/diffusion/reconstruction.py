@@ -10,7 +10,7 @@ CLI keeps the last. One run:
    batch of ``K * B`` (sample-major), so the network runs once per step for all of them;
    with ``options.symmetric`` (SRDS / DiffDenoise symmetric sampling) every sample gets
    an antithetic twin started from the negated noise, ``2 K * B`` items in all;
-3. runs one of E's samplers (:mod:`.samplers`: DDIM, DDPM ancestral, VP-SDE) with the
+3. runs one of the samplers (:mod:`.samplers`: DDIM, DDPM ancestral, VP-SDE) with the
    data-consistency hook of :mod:`.guidance` (projection, DDS, DPS, or measurement
    mixing for denoising);
 4. after each step reports the mean over the samples of the (data-consistent) clean
@@ -32,7 +32,7 @@ with nothing left behind.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -74,44 +74,6 @@ def default_options(modality: str, **overrides) -> DiffusionOptions:
     return DiffusionOptions(**chosen)
 
 
-# --------------------------------------------------------------------------- samplers that start late
-# E's samplers always start at t = 1; a hot start needs their time grid to begin at t0.
-
-
-def _discrete_times(schedule: NoiseSchedule, n_steps: int, start_t: float) -> list[float]:
-    """``n_steps`` grid times from the grid step at ``start_t`` down to ``1/T``."""
-    top = min(schedule.steps - 1, max(0, round(start_t * schedule.steps) - 1))
-    idx = torch.linspace(top, 0, min(n_steps, top + 1), dtype=torch.float64).round().long()
-    return [float(schedule.time_of_step(i)) for i in idx]
-
-
-class _LateDDIM(DDIMSampler):
-    def __init__(self, schedule: NoiseSchedule, n_steps: int, eta: float, start_t: float):
-        super().__init__(schedule, n_steps, eta)
-        self.start_t = start_t
-
-    def _times(self) -> list[float]:
-        return _discrete_times(self.schedule, self.n_steps, self.start_t)
-
-
-class _LateDDPM(DDPMSampler):
-    def __init__(self, schedule: NoiseSchedule, n_steps: int, start_t: float):
-        super().__init__(schedule, n_steps)
-        self.start_t = start_t
-
-    def _times(self) -> list[float]:
-        return _discrete_times(self.schedule, self.n_steps, self.start_t)
-
-
-class _LateVPSDE(VPSDESampler):
-    def __init__(self, schedule: NoiseSchedule, n_steps: int, start_t: float):
-        super().__init__(schedule, n_steps)
-        self.start_t = start_t
-
-    def _times(self) -> list[float]:
-        return torch.linspace(self.start_t, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
-
-
 def step_count(options: DiffusionOptions, schedule: NoiseSchedule) -> int:
     """Sampling steps (= frames) of a run: ``options.steps``, or ``round(hot_start_t * steps)``
     when hot; never more than the schedule's grid steps before the start."""
@@ -122,14 +84,14 @@ def step_count(options: DiffusionOptions, schedule: NoiseSchedule) -> int:
 
 
 def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule):
-    """E's sampler for ``options.sampler``, starting at ``hot_start_t`` for a hot start."""
+    """The sampler for ``options.sampler``, starting at ``hot_start_t`` for a hot start."""
     n = step_count(options, schedule)
     start = options.hot_start_t if options.hot_start else 1.0
     if options.sampler == "ddim":
-        return _LateDDIM(schedule, n, options.eta, start) if start < 1 else DDIMSampler(schedule, n, options.eta)
+        return DDIMSampler(schedule, n, options.eta, start_t=start)
     if options.sampler == "ddpm":
-        return _LateDDPM(schedule, n, start) if start < 1 else DDPMSampler(schedule, n)
-    return _LateVPSDE(schedule, n, start) if start < 1 else VPSDESampler(schedule, n)
+        return DDPMSampler(schedule, n, start_t=start)
+    return VPSDESampler(schedule, n, start_t=start)
 
 
 def check_options(options: DiffusionOptions) -> None:

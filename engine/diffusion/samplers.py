@@ -62,16 +62,21 @@ class Frame:
         return self.step == self.n_steps - 1
 
 
-def time_grid(schedule: NoiseSchedule, n_steps: int) -> list[float]:
-    """``n_steps`` times from ``t = 1`` down to the first grid step ``1/T``, on the schedule's grid.
+def time_grid(schedule: NoiseSchedule, n_steps: int, start_t: float = 1.0) -> list[float]:
+    """``n_steps`` times from ``start_t`` down to the first grid step ``1/T``, on the schedule's grid.
 
     Evenly spaced discrete steps ``i`` (so DDPM/DDIM see exactly the training table);
-    the sampler's last update goes from ``1/T`` to the clean image at ``t = 0``.
+    the sampler's last update goes from ``1/T`` to the clean image at ``t = 0``. A
+    ``start_t`` below 1 (a hot start) begins at the grid step nearest to it, and never
+    takes more steps than the grid has below it.
     """
     T = schedule.steps
     if not 1 <= n_steps <= T:
         raise ValueError(f"steps must be between 1 and {T}; got {n_steps}")
-    idx = torch.linspace(T - 1, 0, n_steps, dtype=torch.float64).round().long()
+    if not 0.0 < start_t <= 1.0:
+        raise ValueError(f"the start time must be in (0, 1]; got {start_t}")
+    top = min(T - 1, max(0, round(start_t * T) - 1))
+    idx = torch.linspace(top, 0, min(n_steps, top + 1), dtype=torch.float64).round().long()
     return [float(schedule.time_of_step(i)) for i in idx]
 
 
@@ -84,15 +89,17 @@ class _Sampler:
     ``autocast`` bf16 network calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]``
     before the hook sees it.
 
-    Subclasses may override :meth:`_times` (the decreasing times at which the network
-    is called) to start part-way, e.g. from a noised baseline (a "hot start").
+    Every sampler takes ``start_t`` (default 1): a hot start begins part-way, at
+    ``x_init`` = a classical estimate noised to ``start_t``, and runs only the steps below it.
     """
 
     schedule: NoiseSchedule
     n_steps: int
+    start_t: float = 1.0
 
     def _times(self) -> list[float]:
-        return time_grid(self.schedule, self.n_steps)
+        """The decreasing times at which the network is called."""
+        return time_grid(self.schedule, self.n_steps, self.start_t)
 
     def _predict(self, model: EpsModel, x_t: torch.Tensor, t: float, step: int, hook: StepHook | None,
                  autocast: bool, clip_x0: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,8 +139,8 @@ class DDPMSampler(_Sampler):
     posterior ``q(x_prev | x_t, x0_hat)``, whose mean is a blend of ``x0_hat`` and ``x_t``.
     """
 
-    def __init__(self, schedule: NoiseSchedule, n_steps: int | None = None):
-        self.schedule, self.n_steps = schedule, n_steps or schedule.steps
+    def __init__(self, schedule: NoiseSchedule, n_steps: int | None = None, start_t: float = 1.0):
+        self.schedule, self.n_steps, self.start_t = schedule, n_steps or schedule.steps, start_t
 
     def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
                x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
@@ -163,10 +170,10 @@ class DDIMSampler(_Sampler):
     ``eta = 1`` has DDPM's noise level.
     """
 
-    def __init__(self, schedule: NoiseSchedule, n_steps: int = 25, eta: float = 0.0):
+    def __init__(self, schedule: NoiseSchedule, n_steps: int = 25, eta: float = 0.0, start_t: float = 1.0):
         if eta < 0:
             raise ValueError(f"eta must be >= 0; got {eta}")
-        self.schedule, self.n_steps, self.eta = schedule, n_steps, eta
+        self.schedule, self.n_steps, self.eta, self.start_t = schedule, n_steps, eta, start_t
 
     def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
                x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
@@ -187,7 +194,7 @@ class DDIMSampler(_Sampler):
 class VPSDESampler(_Sampler):
     """Reverse VP-SDE (Song et al. 2021): Euler-Maruyama predictor, optional Langevin corrector.
 
-    Time runs from ``t = 1`` to ``t_min`` in ``n_steps`` equal steps of size ``h``::
+    Time runs from ``start_t`` (default 1) to ``t_min`` in ``n_steps`` equal steps of size ``h``::
 
         x <- x + h * (beta(t)/2 * x + beta(t) * score) + sqrt(beta(t) * h) * z
 
@@ -199,14 +206,16 @@ class VPSDESampler(_Sampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, n_steps: int = 100, t_min: float = 1e-3,
-                 corrector_steps: int = 0, snr: float = 0.16):
+                 corrector_steps: int = 0, snr: float = 0.16, start_t: float = 1.0):
         if n_steps < 1:
             raise ValueError(f"steps must be at least 1; got {n_steps}")
-        self.schedule, self.n_steps, self.t_min = schedule, n_steps, t_min
+        if not t_min < start_t <= 1.0:
+            raise ValueError(f"the start time must be in ({t_min}, 1]; got {start_t}")
+        self.schedule, self.n_steps, self.t_min, self.start_t = schedule, n_steps, t_min, start_t
         self.corrector_steps, self.snr = corrector_steps, snr
 
     def _times(self) -> list[float]:
-        return torch.linspace(1.0, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
+        return torch.linspace(self.start_t, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
 
     def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
                x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
@@ -256,4 +265,5 @@ def run_to_end(frames: Iterator[Frame]) -> Frame:
     return last
 
 
-SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "vpsde": VPSDESampler}
+#: the samplers by the names the CLI, viewer and options use
+SAMPLERS = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "sde": VPSDESampler}

@@ -27,19 +27,23 @@ def conjugate_gradient(
 
     Each batch item runs its own CG (step sizes per item), so one converged image
     does not stop the others. Stops early when every item's residual norm falls
-    below ``tol`` times its right-hand side norm.
+    below ``tol`` times its *initial* residual norm (a warm start ``x0`` that is nearly
+    right then stops at once instead of chasing round-off). A search direction that
+    ``M`` (nearly) annihilates, as happens on singular systems such as an undersampled
+    MRI normal operator, takes no step: dividing by its tiny curvature blew up to 1e9.
     """
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - apply_A(x) if x0 is not None else rhs.clone()
     p = r.clone()
     rs = _dot(r, r)
-    rhs_norm = _dot(rhs, rhs).clamp_min(1e-30)
+    stop = tol**2 * rs.clamp_min(1e-30)
     for _ in range(iters):
-        if bool((rs <= tol**2 * rhs_norm).all()):
+        if bool((rs <= stop).all()):
             break
         Ap = apply_A(p)
         denom = _dot(p, Ap)
-        alpha = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+        curved = denom > 1e-10 * _dot(p, p)
+        alpha = torch.where(curved, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
         x = x + alpha * p
         r = r - alpha * Ap
         rs_new = _dot(r, r)

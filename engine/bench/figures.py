@@ -1,0 +1,118 @@
+"""The bench's pictures: one image grid per chosen slice, and the steps-ablation plot.
+
+matplotlib draws them headless (Agg backend): labelled tiles, one window for all
+images of a grid, one scale for all error maps, so a glance compares like with like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runner import INPUT, SliceImages
+
+#: (level, width) the CT grids use: the brain window head-CT readers use (W 80 / L 40)
+CT_WINDOW = (40.0, 80.0)
+BACKGROUND = "#161616"
+TEXT = "#e8e8e8"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def display_range(images: SliceImages) -> tuple[float, float]:
+    """The window every image tile shares: CT's brain window, else 0 to the truth's 99.5th percentile."""
+    if images.units == "HU":
+        level, width = CT_WINDOW
+        return level - width / 2, level + width / 2
+    return 0.0, float(np.percentile(images.ground_truth, 99.5)) or 1.0
+
+
+def _tile_title(label: str, metrics: dict[str, float] | None) -> str:
+    if not metrics or "psnr" not in metrics:
+        return label
+    return f"{label}\n{metrics['psnr']:.2f} dB · SSIM {metrics.get('ssim', float('nan')):.3f}"
+
+
+def save_grid(images: SliceImages, path: Path, *, tile_inches: float = 2.4) -> Path:
+    """Top row: truth, input, every method (same window); bottom row: the diffusion std and
+    every column's |error| against the truth (same scale)."""
+    plt = _pyplot()
+    columns = list(images.images)  # the input (if shown) first, then the methods
+    n = len(columns) + 1
+    low, high = display_range(images)
+    errors = {k: np.abs(images.images[k] - images.ground_truth) for k in columns}
+    method_errors = [errors[k] for k in columns if k != INPUT] or list(errors.values())
+    err_max = float(np.percentile(np.concatenate([e.ravel() for e in method_errors]), 99.5)) or 1.0
+    fig, axes = plt.subplots(2, n, figsize=(tile_inches * n, tile_inches * 2 + 0.9), facecolor=BACKGROUND,
+                             squeeze=False)
+    unit = f" {images.units}" if images.units and images.units not in ("arbitrary", "a.u.") else ""
+    for ax in axes.ravel():
+        ax.set_facecolor(BACKGROUND)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    axes[0, 0].imshow(images.ground_truth, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+    axes[0, 0].set_title("ground truth", color=TEXT, fontsize=9)
+    for j, key in enumerate(columns, start=1):
+        axes[0, j].imshow(images.images[key], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        axes[0, j].set_title(_tile_title(key, images.metrics.get(key)), color=TEXT, fontsize=9)
+        axes[1, j].imshow(errors[key], cmap="magma", vmin=0, vmax=err_max, interpolation="nearest")
+        axes[1, j].set_title(f"|error| {key}", color=TEXT, fontsize=8)
+    if images.std is not None:
+        std_max = float(np.percentile(images.std, 99.5)) or 1.0
+        im = axes[1, 0].imshow(images.std, cmap="viridis", vmin=0, vmax=std_max, interpolation="nearest")
+        axes[1, 0].set_title(f"σ {images.std_method}", color=TEXT, fontsize=8)
+        bar = fig.colorbar(im, ax=axes[1, 0], fraction=0.046, pad=0.02)
+        bar.ax.tick_params(colors=TEXT, labelsize=7)
+    else:
+        axes[1, 0].text(0.5, 0.5, "no variance\n(one sample)", color=TEXT, ha="center", va="center",
+                        transform=axes[1, 0].transAxes, fontsize=8)
+    fig.suptitle(f"{images.task} · {images.data} slice {images.slice} · window {low:g}–{high:g}{unit} · "
+                 f"|error| 0–{err_max:.3g}{unit}", color=TEXT, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, facecolor=BACKGROUND)
+    plt.close(fig)
+    return path
+
+
+def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
+                       reference: tuple[str, float] | None = None) -> Path:
+    """PSNR (left axis) and seconds per slice (right axis) against sampling steps (log scale)."""
+    plt = _pyplot()
+    steps = [r["steps"] for r in table]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.errorbar(steps, [r["psnr"] for r in table], yerr=[r["psnr_sd"] for r in table], marker="o",
+                color="#1f77b4", capsize=3, label="PSNR (mean ± SD)")
+    if reference is not None:
+        ax.axhline(reference[1], color="#7f7f7f", linestyle="--", label=f"{reference[0]} (best classical)")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(steps)
+    ax.set_xticklabels([str(s) for s in steps])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("PSNR (dB)", color="#1f77b4")
+    twin = ax.twinx()
+    twin.plot(steps, [r["seconds_per_slice"] for r in table], marker="s", color="#d62728", label="seconds/slice")
+    twin.set_yscale("log")
+    twin.set_ylabel("seconds per slice", color="#d62728")
+    lines = ax.get_legend_handles_labels()
+    lines2 = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,103 @@
+"""The bench's written results: ``results.json`` (everything) and ``results.md`` (for people)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..io.sidecar import write_json
+from .statistics import HIGHER_IS_BETTER
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if metric == "psnr":
+        return f"{value:.2f}"
+    if metric == "ssim":
+        return f"{value:.4f}"
+    if metric == "seconds":
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _p(value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Per task: mean ± SD per method, then the paired differences to the best classical method."""
+    s = results["settings"]
+    lines = [
+        f"# diffrecon bench: {s['modality']}",
+        "",
+        f"{results['created']} · diffrecon {results['diffrecon_version']} · torch {results['environment']['torch']}"
+        f" · {results['environment']['threads']} thread(s) on {results['environment']['cpu_count']} core(s)"
+        f" ({results['environment']['machine']})",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        "Data: " + "; ".join(f"{d['label']} slices {d['slices_text']}"
+                             + (" (held out from the shipped priors' training)" if d["held_out"] else "")
+                             for d in results["data"]),
+        "",
+    ]
+    model = results.get("model")
+    if model:
+        lines += [f"Prior: `{model['path']}` (step {model.get('step')}); diffusion options per method in "
+                  f"results.json.", ""]
+    for task, methods in results["summary"].items():
+        lines += [f"## {task}", "", "| method | PSNR (dB) | SSIM | NMSE | MAE | s/slice | n |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, stats in methods.items():
+            cells = []
+            for metric in ("psnr", "ssim", "nmse", "mae", "seconds"):
+                st = stats.get(metric)
+                cells.append("–" if st is None else f"{_fmt(st['mean'], metric)} ± {_fmt(st['sd'], metric)}")
+            n = stats.get("psnr", {}).get("n", 0)
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {n} |")
+        comps = [c for c in results["comparisons"] if c["task"] == task]
+        if comps:
+            ref = comps[0]["reference"]
+            lines += ["", f"Paired differences to the best classical method ({ref}), per slice; paired t-test, "
+                          f"Bonferroni-corrected over all {comps[0]['comparisons']} comparisons of this run:", "",
+                      "| method | ΔPSNR (dB) | p | p (Bonferroni) | ΔSSIM | p | p (Bonferroni) |",
+                      "|---|---|---|---|---|---|---|"]
+            by_method: dict[str, dict[str, dict]] = {}
+            for c in comps:
+                by_method.setdefault(c["method"], {})[c["metric"]] = c
+            for method, per in by_method.items():
+                cells = []
+                for metric in ("psnr", "ssim"):
+                    c = per.get(metric)
+                    if c is None:
+                        cells += ["–"] * 3
+                        continue
+                    cells += [f"{c['mean_difference']:+.{2 if metric == 'psnr' else 4}f} ± "
+                              f"{_fmt(c['sd_difference'], metric)}", _p(c["p"]), _p(c["p_bonferroni"])]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if results.get("ablation_table"):
+        lines += ["## Steps ablation", "", f"{results['ablation_method']} on {results['ablation_task']}:", "",
+                  "| steps | PSNR (dB) | SSIM | s/slice | n |", "|---|---|---|---|---|"]
+        for r in results["ablation_table"]:
+            lines.append(f"| {r['steps']} | {r['psnr']:.2f} ± {r['psnr_sd']:.2f} | {r['ssim']:.4f} | "
+                         f"{r['seconds_per_slice']:.2f} | {r['n']} |")
+        lines.append("")
+    if results.get("figures"):
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in results["figures"]] + [""]
+    lines += ["Higher is better for " + ", ".join(k.upper() for k, v in HIGHER_IS_BETTER.items() if v)
+              + "; lower for NMSE, MAE and seconds. Metrics follow fastMRI's conventions, in the working domain "
+                "(see `diffrecon.metrics`).", ""]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(out / "results.json", results)
+    md_path = out / "results.md"
+    md_path.write_text(markdown(results), encoding="utf-8")
+    return json_path, md_path

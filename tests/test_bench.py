@@ -1,0 +1,158 @@
+"""``diffrecon bench``: task/method parsing, the paired statistics, and the whole report (--quick)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_one_sentence_error, make_phantom
+from scipy.stats import ttest_rel
+from tiny_priors import train_tiny_prior
+
+from diffrecon.bench import parse_methods, parse_settings, parse_steps
+from diffrecon.bench.statistics import paired_comparisons, summarise
+from diffrecon.errors import SettingsError
+from diffrecon.io import load_volume, save_volume
+from diffrecon.io.volume import Volume
+
+
+def test_settings_text_becomes_tasks_with_checked_values():
+    tasks = parse_settings("4x, acceleration=8+mask=equispaced", "mri")
+    assert [t.label for t in tasks] == ["4x", "acceleration=8+mask=equispaced"]
+    assert tasks[1].settings(3).acceleration == 8.0 and tasks[1].settings(3).mask == "equispaced"
+    assert tasks[1].settings(3).seed == 3
+    ct = parse_settings(None, "ct")  # the issue's grid: 30/60/120 views and 25 % dose
+    assert [t.settings(0).views for t in ct] == [30, 60, 120, 180] and ct[3].settings(0).dose == 0.25
+    assert parse_settings("sigma=0.2", "denoise")[0].settings(0).noise_sigma == 0.2
+    for bad, words in [("speed=3", "unknown setting"), ("views=many", "must be a int"), ("4", "key=value"),
+                       ("views=1", "at least 2 views"), ("4x,4x", "twice")]:
+        with pytest.raises(SettingsError, match=words):
+            parse_settings(bad, "ct" if "views" in bad else "mri")
+
+
+def test_method_text_becomes_baselines_and_diffusion_variants():
+    specs = parse_methods("tv, diffusion, diffusion:ddpm//50/hot", "mri", have_prior=True)
+    assert [s.base for s in specs] == ["tv", "diffusion", "diffusion"]
+    assert specs[2].overrides == {"sampler": "ddpm", "steps": 50, "hot_start": True}
+    assert [s.label for s in parse_methods(None, "ct", have_prior=True)] == ["fbp", "tv", "l1-wavelet", "diffusion"]
+    assert "diffusion" not in [s.label for s in parse_methods(None, "denoise", have_prior=False)]
+    for bad, words in [("fbp", "does not apply to mri"), ("diffusion:fast", "unknown sampler"),
+                       ("diffusion:ddim/dds/0", "positive"), ("tv:x", "no variant"), ("tv,tv", "twice")]:
+        with pytest.raises(SettingsError, match=words):
+            parse_methods(bad, "mri", have_prior=True)
+    assert parse_steps("25,10,25") == [10, 25]
+    with pytest.raises(SettingsError):
+        parse_steps("0,10")
+
+
+def test_paired_comparisons_match_scipy_and_bonferroni_over_all_of_them():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(8):
+        base = 25 + rng.normal()
+        for method, shift in [("tv", 0.0), ("l1-wavelet", -0.5 + 0.1 * rng.normal()), ("diffusion", 2 + 0.3 * rng.normal())]:
+            rows.append({"task": "4x", "data": "scan", "slice": s, "method": method, "psnr": base + shift,
+                         "ssim": 0.7 + shift / 100, "nmse": 0.01, "mae": 0.02, "seconds": 1.0})
+    summary = summarise(rows)
+    assert summary["4x"]["tv"]["psnr"]["n"] == 8
+    comps = paired_comparisons(rows, summary, ["tv", "l1-wavelet"], ["diffusion"])
+    assert {c["reference"] for c in comps} == {"tv"}  # the best classical method by mean PSNR
+    diff = next(c for c in comps if c["method"] == "diffusion" and c["metric"] == "psnr")
+    a = np.array([r["psnr"] for r in rows if r["method"] == "diffusion"])
+    b = np.array([r["psnr"] for r in rows if r["method"] == "tv"])
+    assert diff["mean_difference"] == pytest.approx((a - b).mean())
+    assert diff["p"] == pytest.approx(ttest_rel(a, b).pvalue)
+    assert diff["comparisons"] == 4  # 2 methods x 2 metrics
+    assert diff["p_bonferroni"] == pytest.approx(min(1.0, 4 * diff["p"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_file(tmp_path_factory):
+    from diffrecon.diffusion.checkpoint import save_prior
+
+    prior = train_tiny_prior(2)
+    path = tmp_path_factory.mktemp("prior") / "tiny.safetensors"
+    return save_prior(path, prior.model, {"schedule": prior.schedule.to_metadata(),
+                                          "normalisation": prior.normalisation, "modality": "mri", "step": 30})
+
+
+@pytest.fixture
+def mri_scan(tmp_path):
+    path = tmp_path / "scan.npy"
+    save_volume(Volume(make_phantom(3, 24, 24), modality="MR"), path)
+    return path
+
+
+def test_quick_bench_writes_every_part_of_the_report(cli, tmp_path, tiny_prior_file, mri_scan):
+    out = tmp_path / "bench"
+    args = ("bench", mri_scan, "--modality", "mri", "--settings", "4x,8x", "--methods",
+            "zero-filled,tv,diffusion,diffusion:ddim/projection", "--model", tiny_prior_file,
+            "--steps", "10,25,50", "--quick", "--out", out)
+    result = cli(*args)
+    assert result.code == 0, result.err
+    results = json.loads((out / "results.json").read_text())
+    # two middle slices x 2 tasks x 4 methods (MRI's input is the zero-filled column: not repeated)
+    assert len(results["per_slice"]) == 2 * 2 * 4
+    assert {r["method"] for r in results["per_slice"]} == {"zero-filled", "tv", "diffusion", "diffusion:ddim/projection"}
+    for row in results["per_slice"]:
+        assert all(math.isfinite(row[k]) for k in ("psnr", "ssim", "nmse", "mae", "seconds"))
+    assert set(results["summary"]) == {"4x", "8x"}
+    assert results["command"].startswith("diffrecon bench") and results["model"]["step"] == 30
+    assert results["settings"]["tasks"][1]["acceleration"] == 8.0 and results["diffrecon_version"]
+    comps = results["comparisons"]
+    assert comps and all(c["reference"] in ("zero-filled", "tv") for c in comps)
+    assert all(c["p_bonferroni"] >= c["p"] for c in comps if not math.isnan(c["p"]))
+    # the ablation keeps several step counts even in quick mode
+    assert len({r["steps"] for r in results["ablation_table"]}) >= 2
+    md = (out / "results.md").read_text()
+    assert "## 4x" in md and "## 8x" in md and "Bonferroni" in md and "## Steps ablation" in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["ablation_steps.png", "grid_4x_scan_001.png", "grid_8x_scan_001.png"]
+    import matplotlib.image
+
+    grid = matplotlib.image.imread(out / "grid_4x_scan_001.png")
+    assert grid.shape[1] > 1.5 * grid.shape[0] and grid.std() > 0.05  # a wide grid of tiles, not blank
+    case = out / "cases" / "4x_scan_001"
+    names = sorted(p.name for p in case.glob("*.nii.gz"))
+    assert names == sorted(["ground-truth.nii.gz", "zero-filled.nii.gz", "tv.nii.gz", "diffusion.nii.gz",
+                            "diffusion-ddim-projection.nii.gz"])
+    truth = load_volume(case / "ground-truth.nii.gz").data
+    assert truth.shape == (1, 24, 24) and np.allclose(truth[0], make_phantom(3, 24, 24)[1], atol=1e-5)
+
+    # same seed: the same scores, slice by slice
+    again = cli(*args[:-1], tmp_path / "again")
+    assert again.code == 0, again.err
+    rerun = json.loads((tmp_path / "again" / "results.json").read_text())["per_slice"]
+    assert [(r["method"], r["psnr"]) for r in rerun] == [(r["method"], r["psnr"]) for r in results["per_slice"]]
+
+
+def test_ct_bench_scores_fbp_and_tv_on_the_same_sinogram(cli, tmp_path):
+    hu = (make_phantom(2, 32, 32) * 1400 - 1000).astype(np.float32)
+    scan = tmp_path / "ct.nii.gz"
+    save_volume(Volume(hu, modality="CT", units="HU"), scan)
+    out = tmp_path / "ct"
+    result = cli("bench", scan, "--modality", "ct", "--settings", "views=12,dose=0.25+views=24", "--methods", "fbp,tv",
+                 "--quick", "--no-cases", "--out", out)
+    assert result.code == 0, result.err
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["per_slice"]}
+    assert methods == {"input", "fbp", "tv"}  # CT's input (ramp FBP) differs from the tuned FBP method
+    s = results["summary"]["views=12"]
+    assert s["tv"]["psnr"]["mean"] > s["input"]["psnr"]["mean"]
+    assert not (out / "cases").exists()
+
+
+def test_bad_bench_requests_get_one_sentence(cli, tmp_path, mri_scan):
+    out = tmp_path / "o"
+    assert_one_sentence_error(cli("bench", mri_scan, "--modality", "mri", "--settings", "speed=2", "--out", out),
+                              mentions="unknown setting")
+    assert_one_sentence_error(cli("bench", mri_scan, "--modality", "mri", "--methods", "fbp", "--out", out),
+                              mentions="does not apply")
+    assert_one_sentence_error(cli("bench", mri_scan, "--modality", "ct", "--methods", "tv", "--out", out),
+                              mentions="Hounsfield")
+    assert_one_sentence_error(cli("bench", mri_scan, "--modality", "mri", "--methods", "tv", "--steps", "5",
+                                  "--out", out), mentions="needs a diffusion method")
+    assert_one_sentence_error(cli("bench", tmp_path / "missing.nii.gz", "--modality", "mri", "--out", out))
+    assert not out.exists()  # nothing half-written
