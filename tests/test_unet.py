@@ -93,6 +93,23 @@ def test_bf16_autocast_and_channels_last_agree_with_float32() -> None:
     assert torch.allclose(fast_cl, ref, atol=1e-5)
 
 
+def test_bf16_inference_fast_path_matches_the_training_path() -> None:
+    """Inference keeps GroupNorm/SiLU in bf16 (norm_silu); with grad on, the plain autocast path runs."""
+    net = tiny_unet(in_channels=2)
+    x = torch.randn(2, 2, 32, 24)
+    with torch.no_grad():
+        ref = net(x, 0.3)
+    with autocast_context(True):
+        with torch.no_grad():
+            fast = net(x, 0.3)
+        with torch.enable_grad():
+            plain = net(x, 0.3).detach()
+    rel_fast = float((fast - ref).norm() / ref.norm())
+    rel_plain = float((plain - ref).norm() / ref.norm())
+    assert 0 < rel_fast < 0.05 and rel_fast < 2 * rel_plain + 1e-3  # no worse than bf16 already was
+    assert not torch.equal(fast, plain)  # the two paths really differ
+
+
 def test_default_prior_size_is_in_the_planned_range() -> None:
     net = UNet(in_channels=2, width=32, channel_mult=(1, 2, 2, 3))
     assert 2e6 < net.parameter_count() < 4e6

@@ -269,3 +269,17 @@ def test_first_start_opens_the_bundled_sample_ready_to_run(qtbot, window):
     assert window.controls.task == "mri" and window.controls.simulate.isChecked()
     assert window.controls.model_path == default_model_for("mri")  # the bundled prior, when it is there
     assert window.commands.recent() == []  # the sample is not a "recent file"
+
+
+def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr_nifti):
+    from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS
+
+    open_scan(qtbot, window, mr_nifti)
+    c = window.controls
+    options = c.diffusion_options()
+    assert options.symmetric and options.eta == 0.0 and options.samples == 1  # a pair: variance at live speed
+    assert (options.sampler, options.guidance) == ("ddim", "dds")
+    c.modality.setCurrentIndex(c.modality.findData("denoise"))
+    assert c.diffusion_options().guidance == MODALITY_DEFAULTS["denoise"]["guidance"] == "projection"
+    c.guidance.setCurrentIndex(c.guidance.findData("dps"))  # the user's choice wins
+    assert c.diffusion_options().guidance == "dps" and c.diffusion_options().symmetric

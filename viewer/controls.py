@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
                                QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from diffrecon.diffusion.frames import GUIDANCE, SAMPLERS, DiffusionOptions
+from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS, default_options
 from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS
 from diffrecon.reconstruct import METHODS_FOR
@@ -91,8 +92,11 @@ class ControlPanel(QWidget):
         guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dps": "DPS"}
         self.guidance = _combo([(g, guidance_names.get(g, g)) for g in GUIDANCE], "dds")
         self.steps = _spin(1, 1000, 25)
-        self.samples = _spin(1, 16, 4)
-        self.samples.setToolTip("Posterior samples: their spread is the uncertainty map (needs 2 or more)")
+        # One sample runs as a symmetric pair (+noise and -noise, SRDS): already a variance map, and
+        # the fastest live view; more samples sharpen the uncertainty map at a proportional cost.
+        self.samples = _spin(1, 16, 1)
+        self.samples.setToolTip("Posterior samples, each run with its mirrored-noise twin: the spread of "
+                                "the 2 x samples estimates is the uncertainty map")
         self.scope = _combo([("slice", "Current slice"), ("volume", "Whole volume")], "slice")
         dform.addRow("Model", self.model)
         dform.addRow("Sampler", self.sampler)
@@ -194,6 +198,9 @@ class ControlPanel(QWidget):
                 self.dose: task == "ct", self.noise_sigma: task == "denoise"}
         for widget, visible in rows.items():
             self._task_form.setRowVisible(widget, visible)
+        measured = MODALITY_DEFAULTS.get(task, {})  # each task's sampler and guidance, chosen on validation slices
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
+        self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()
@@ -231,9 +238,10 @@ class ControlPanel(QWidget):
         )
 
     def diffusion_options(self) -> DiffusionOptions:
-        return DiffusionOptions(sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
-                                steps=int(self.steps.value()), samples=int(self.samples.value()),
-                                seed=int(self.seed.value()))
+        """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
+        return default_options(self.task, sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
+                               steps=int(self.steps.value()), samples=int(self.samples.value()),
+                               seed=int(self.seed.value()))
 
     @property
     def baseline_method(self) -> str | None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import shlex
 import sys
 
 from .. import __version__
 from ..errors import DiffreconError
+from ..runtime import configure_threads, keep_freed_memory
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
@@ -42,19 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_threads(threads: int | None) -> None:
-    """Apply the thread-count setting before any torch work starts."""
-    n = threads if threads is not None else os.environ.get("DIFFRECON_THREADS")
-    if n is None:
-        return
-    n = int(n)
-    if n < 1:
-        raise DiffreconError(f"--threads must be at least 1, got {n}")
-    import torch
-
-    torch.set_num_threads(n)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = list(argv if argv is not None else sys.argv[1:])
@@ -66,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "diffrecon " + shlex.join(str(a) for a in given)  # recorded in outputs' provenance
     try:
         configure_threads(args.threads)
+        keep_freed_memory()
         return int(args.run(args) or 0)
     except DiffreconError as exc:
         if args.debug:

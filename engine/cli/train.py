@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from ..errors import DiffreconError
-    from .main import configure_threads
+    from ..runtime import configure_threads, keep_freed_memory
 
     parser = argparse.ArgumentParser(prog="python -m diffrecon.cli.train", description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         configure_threads(args.threads)
+        keep_freed_memory()
         return run(args)
     except DiffreconError as exc:
         if args.debug:

