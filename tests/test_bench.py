@@ -156,3 +156,12 @@ def test_bad_bench_requests_get_one_sentence(cli, tmp_path, mri_scan):
                                   "--out", out), mentions="needs a diffusion method")
     assert_one_sentence_error(cli("bench", tmp_path / "missing.nii.gz", "--modality", "mri", "--out", out))
     assert not out.exists()  # nothing half-written
+
+
+def test_bm3d_is_left_out_by_default_when_missing_and_refused_by_name_before_any_work(monkeypatch):
+    from diffrecon.baselines import denoise
+
+    monkeypatch.setattr(denoise, "bm3d_available", lambda: False)
+    assert [s.label for s in parse_methods(None, "denoise", have_prior=False)] == ["median", "tv"]
+    with pytest.raises(SettingsError, match="pip install bm3d"):
+        parse_methods("tv,bm3d", "ultrasound", have_prior=False)

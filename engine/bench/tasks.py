@@ -115,10 +115,16 @@ def parse_settings(text: str | None, modality: str) -> list[Task]:
 
 
 def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[MethodSpec]:
-    """``"tv,diffusion:ddim/dds/25"`` -> method specs; default: every baseline + diffusion."""
+    """``"tv,diffusion:ddim/dds/25"`` -> method specs; default: every installed baseline + diffusion.
+
+    BM3D is optional (non-commercial licence): left out of the default list when missing,
+    and a one-sentence error before any work when asked for by name.
+    """
+    from ..baselines.denoise import bm3d_available
+
     if not text:
-        names = list(METHODS_FOR_MODALITY[modality]) + ([DIFFUSION] if have_prior else [])
-        text = ",".join(names)
+        names = [m for m in METHODS_FOR_MODALITY[modality] if m != "bm3d" or bm3d_available()]
+        text = ",".join(names + ([DIFFUSION] if have_prior else []))
     specs: list[MethodSpec] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
@@ -129,6 +135,9 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
         elif base in METHODS_FOR_MODALITY[modality]:
             if variant:
                 raise SettingsError(f"--methods: {base} takes no variant ({token!r})")
+            if base == "bm3d" and not bm3d_available():
+                raise SettingsError("--methods: BM3D needs the optional bm3d package (free for non-commercial use "
+                                    "only): pip install bm3d")
             specs.append(MethodSpec(token, base))
         else:
             known = ", ".join(METHODS_FOR_MODALITY[modality] + (DIFFUSION,))
