@@ -42,6 +42,7 @@ from ..diffusion.unet import UNet, autocast_context
 from ..measurements import MeasurementSettings, ProblemSource, ReconProblem
 from ..metrics import evaluate, format_table
 from ..physics import MRIOperator, make_mask
+from ..runtime import keep_freed_memory
 
 DEFAULT_MODELS = {"mri": "resources/models/mri-brain.safetensors", "ct": "resources/models/ct-head.safetensors",
                   "denoise": "resources/models/mri-brain.safetensors"}
@@ -214,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--views", type=int)
     q.add_argument("--dose", type=float)
     q.add_argument("--noise-sigma", type=float, default=0.1)
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc's allocator as it is (to measure what keep_freed_memory saves)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.malloc_default:
+        keep_freed_memory()  # as the CLI and viewer run
     if args.quality:
         result: Any = quality(args)
         columns = ("method", "sampler", "guidance", "hot", "psnr", "ssim", "coverage_2sigma",
