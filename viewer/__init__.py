@@ -10,4 +10,6 @@ Start it with ``diffrecon view [PATH]`` (:mod:`.app`). Layout, models first:
   diffusion), :mod:`.pane` / :mod:`.pane_grid` / :mod:`.colorbar` / :mod:`.display` (the four
   linked panes), :mod:`.controls`, :mod:`.metrics_table`, :mod:`.window` and
   :mod:`.window_actions` (menus, exports), :mod:`.responsiveness` (stall meter).
+* Reader studies (``diffrecon study read``): :mod:`.reader_study` (the blinded reading window,
+  drawing ``diffrecon.study.ReadingSession``) and :mod:`.reader_panel` (scoring panel, end page).
 """

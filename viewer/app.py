@@ -123,7 +123,13 @@ def apply_options(window, o: ViewOptions) -> None:
 
 
 def choose_platform(options: ViewOptions) -> None:
-    """Without a display, a scripted run renders offscreen; an interactive one cannot start.
+    """Without a display, a scripted run renders offscreen; an interactive one cannot start."""
+    choose_qt_platform(scripted=bool(options.run and (options.screenshot or options.window_screenshot)),
+                       how_to_script="--run --screenshot out.png")
+
+
+def choose_qt_platform(scripted: bool, how_to_script: str) -> None:
+    """Render offscreen when ``scripted`` and there is no display; refuse an interactive start.
 
     (Qt would abort the process with a core dump; the user gets one sentence instead.)
     """
@@ -131,11 +137,11 @@ def choose_platform(options: ViewOptions) -> None:
         return
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         return
-    if options.run and (options.screenshot or options.window_screenshot):
+    if scripted:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
         return
     raise DiffreconError("no display found (DISPLAY is not set); run it in a desktop session, or script it "
-                         "with --run --screenshot out.png, which needs no display")
+                         f"with {how_to_script}, which needs no display")
 
 
 def run_viewer(options: ViewOptions) -> int:

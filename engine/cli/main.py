@@ -18,7 +18,7 @@ from ..runtime import configure_threads, keep_freed_memory
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
-SUBCOMMANDS = ("info", "reconstruct", "bench", "train", "view")
+SUBCOMMANDS = ("info", "reconstruct", "bench", "study", "train", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
