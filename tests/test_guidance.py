@@ -113,6 +113,20 @@ def test_dds_moves_ct_images_towards_the_measurements_step_by_step():
     assert residuals[0] > residuals[1] > residuals[2]
 
 
+def test_dds_on_noisy_measurements_stops_at_the_noise_level_instead_of_fitting_the_noise():
+    op = ParallelBeamRadon(16, views=8, det_count=23)  # fewer measurements than pixels: the noise can be fitted
+    g = torch.Generator().manual_seed(7)
+    truth = torch.rand(1, 1, 16, 16, generator=g)
+    sigma = 0.05
+    y = op.A(truth) + sigma * torch.randn(op.A(truth).shape, generator=g)
+    floor = math.sqrt(y[0].numel()) * sigma  # ||n|| expected: the discrepancy principle's target
+    guess = torch.zeros_like(truth)
+    fitted = float(residual_norm(op, dds_update(op, guess, y, iters=50), y))  # noiseless rule: fits the noise
+    aware = float(residual_norm(op, dds_update(op, guess, y, sigma, iters=50), y))
+    assert fitted < 0.7 * floor
+    assert 0.8 * floor < aware <= floor * 1.05
+
+
 def test_model_domain_maps_ct_and_mri_and_refuses_mismatches():
     ct = ModelDomain({"kind": "hu", "offset": -1024.0, "scale": 3000.0}, 1, "ct", False)
     water = torch.full((1, 1, 2, 2), 0.5)  # working domain: (0 HU + 1000) / 2000

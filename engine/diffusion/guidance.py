@@ -157,22 +157,29 @@ def project(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, noise_le
         return operator.data_consistency(x, y, noise_level, iters=iters)
     if isinstance(operator, IdentityOperator) and noise_level == 0.0:
         return y.clone()
-    stop = None
-    if noise_level > 0:
-        # E||n||^2 = m sigma^2 for m measurements of noise std sigma (Morozov's discrepancy principle).
-        m = y[0].numel()
-        stop = torch.full((x.shape[0],), math.sqrt(m) * noise_level, device=x.device)
-    return cgls(operator, y, x, iters=iters, stop_residual=stop)
+    return cgls(operator, y, x, iters=iters, stop_residual=discrepancy(y, noise_level, x.shape[0]))
 
 
-def dds_update(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, *, iters: int = 5) -> torch.Tensor:
-    """DDS: ``iters`` conjugate-gradient steps on ``A^H A x = A^H y`` from ``x``.
+def discrepancy(y: torch.Tensor, noise_level: float, items: int) -> torch.Tensor | None:
+    """Morozov's discrepancy principle: stop fitting once ``||A x - y||`` is down to the noise,
+    ``sqrt(m) sigma`` for ``m`` measurements of noise std ``sigma`` (None when noiseless)."""
+    if noise_level <= 0:
+        return None
+    return torch.full((items,), math.sqrt(y[0].numel()) * noise_level, device=y.device)
+
+
+def dds_update(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor, noise_level: float = 0.0, *,
+               iters: int = 5) -> torch.Tensor:
+    """DDS: ``iters`` conjugate-gradient steps on ``A^H A x = A^H y`` from ``x``, stopping at
+    the noise level when there is noise.
 
     Run as CGLS (the same iterates in exact arithmetic): plain CG on the normal equations
     stops relative to ``||A^H y||``, and once a singular system (undersampled MRI) is
     solved its next step divides rounding noise by rounding noise in the null space.
+    Without the discrepancy stop, 5 steps per sampling step fitted the Poisson noise of
+    25 %-dose CT: 19.2 dB against TV's 29.8 on a held-out slice.
     """
-    return cgls(operator, y, x, iters=iters)
+    return cgls(operator, y, x, iters=iters, stop_residual=discrepancy(y, noise_level, x.shape[0]))
 
 
 def mixing_weight(alpha_bar: float, noise_level: float) -> float:
@@ -239,7 +246,7 @@ class DDSGuidance(Guidance):
         self.iters = iters
 
     def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
-        solve = lambda w: dds_update(self.operator, w, self.y, iters=self.iters)  # noqa: E731
+        solve = lambda w: dds_update(self.operator, w, self.y, self.noise_level, iters=self.iters)  # noqa: E731
         return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
 
 
