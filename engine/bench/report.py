@@ -81,7 +81,9 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     if results.get("ablation_table"):
-        lines += ["## Steps ablation", "", f"{results['ablation_method']} on {results['ablation_task']}:", "",
+        ablated = sorted({(r["data"], r["slice"]) for r in results["ablation"]})
+        where = ", ".join(f"{d} slice {s}" for d, s in ablated)
+        lines += ["## Steps ablation", "", f"{results['ablation_method']} on {results['ablation_task']}, {where}:", "",
                   "| steps | PSNR (dB) | SSIM | s/slice | n |", "|---|---|---|---|---|"]
         for r in results["ablation_table"]:
             lines.append(f"| {r['steps']} | {r['psnr']:.2f} ± {r['psnr_sd']:.2f} | {r['ssim']:.4f} | "

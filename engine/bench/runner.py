@@ -123,6 +123,7 @@ def run_bench(
     grid_slices: int = 2,
     cases_dir: Path | None = None,
     ablation_steps: list[int] | None = None,
+    ablation_slices: int = 2,
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> BenchRun:
@@ -130,7 +131,8 @@ def run_bench(
 
     ``grid_slices`` slices of each task (from the first data set) keep their images for
     the PNG grids. ``ablation_steps`` reruns the first diffusion method of the first task
-    at each step count.
+    at each step count, on the first ``ablation_slices`` slices of the first data set
+    (1000 steps cost 40x the 25 of the main run).
     """
     modality = tasks[0].modality
     setups = _diffusion_setups(methods, prior, modality, seed, samples, quick)
@@ -165,7 +167,8 @@ def run_bench(
                 if progress is not None:
                     progress(f"{task.label} {d.label}:{s}")
     if ablation_steps:
-        run.ablation = _ablation(data[0], tasks[0], methods, setups, ablation_steps, seed, quick, progress)
+        run.ablation = _ablation(data[0], tasks[0], methods, setups, ablation_steps, seed, quick, progress,
+                                 slices=data[0].slices[: max(1, ablation_slices)])
     return run
 
 
@@ -230,7 +233,8 @@ def _write_case(cases_dir: Path, task: Task, d: BenchData, s: int, images: Slice
     return folder
 
 
-def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick, progress) -> list[dict[str, Any]]:
+def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick, progress, *,
+              slices: list[int]) -> list[dict[str, Any]]:
     """PSNR and seconds against the number of sampling steps (first diffusion method, first task)."""
     from dataclasses import replace
 
@@ -244,7 +248,7 @@ def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick
     settings = task.settings(seed)
     for n in steps_list:
         variant = DiffusionSetup(setup.prior, replace(setup.options, steps=n), setup.baseline)
-        for s in d.slices:
+        for s in slices:
             source = ProblemSource(d.volume, settings, slices=[s], simulate=True)
             o = reconstruct(source, ["diffusion"], batch_size=1, diffusion=variant).outcomes["diffusion"]
             out.append({"task": task.label, "data": d.label, "slice": int(s), "method": label, "steps": n,

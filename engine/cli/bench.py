@@ -51,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="diffusion prior (default: the bundled one for the modality)")
     p.add_argument("--steps", dest="ablation", metavar="N,N,...",
                    help="steps ablation of the first diffusion method on the first task: e.g. 10,25,50,100,250,1000")
+    p.add_argument("--ablation-slices", type=int, default=2,
+                   help="slices the steps ablation runs on: the first N of the first scan (default 2)")
     p.add_argument("--grid-slices", type=int, default=2, help="slices per task drawn as image grids (default 2)")
     p.add_argument("--no-cases", action="store_true",
                    help="do not write cases/<case>/<method>.nii.gz (the volumes a reader study is built from)")
@@ -118,13 +120,15 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"{out} exists and is not a folder")
 
     n_slices = sum(len(d.slices) for d in data)
-    total = len(tasks) * n_slices + (len(ablation_steps) * len(data[0].slices) if ablation_steps else 0)
+    ablation_slices = min(max(1, args.ablation_slices), len(data[0].slices))
+    total = len(tasks) * n_slices + len(ablation_steps) * ablation_slices
     print(f"diffrecon bench: {modality}, {len(tasks)} task(s) x {n_slices} slice(s), methods: "
           f"{', '.join(m.label for m in methods)}", file=sys.stderr)
     with tqdm(total=total, unit="slice", desc="bench", file=sys.stderr, disable=None) as bar:
         run_ = run_bench(data, tasks, methods, prior=prior, seed=args.seed, samples=args.samples,
                          grid_slices=1 if args.quick else args.grid_slices,
                          cases_dir=None if args.no_cases else out / "cases", ablation_steps=ablation_steps,
+                         ablation_slices=ablation_slices,
                          quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
 
     summary = summarise(run_.rows)
