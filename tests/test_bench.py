@@ -165,3 +165,23 @@ def test_bm3d_is_left_out_by_default_when_missing_and_refused_by_name_before_any
     assert [s.label for s in parse_methods(None, "denoise", have_prior=False)] == ["median", "tv"]
     with pytest.raises(SettingsError, match="pip install bm3d"):
         parse_methods("tv,bm3d", "ultrasound", have_prior=False)
+
+
+def test_a_reader_study_is_built_from_a_real_bench_run(cli, tmp_path, mri_scan):
+    """bench writes cases/<case>/<method>.nii.gz; study create reads exactly that."""
+    out = tmp_path / "bench"
+    assert cli("bench", mri_scan, "--modality", "mri", "--settings", "4x", "--methods", "zero-filled,tv",
+               "--quick", "--out", out).code == 0
+    study = tmp_path / "study"
+    made = cli("study", "create", "--cases", out, "--out", study, "--reference", "ground-truth",
+               "--readers", "alice,bob")
+    assert made.code == 0, made.err
+    from diffrecon.study.store import StudyStore
+
+    store = StudyStore(study / "study.sqlite")
+    try:
+        items = store.items()
+        assert sorted({i.method for i in items}) == ["tv", "zero-filled"] and len(items) == 4  # 2 slices x 2
+    finally:
+        store.close()
+    assert cli("study", "report", study).code == 0  # no scores yet: a report that says so
