@@ -9,7 +9,7 @@ DIFFRECON="${DIFFRECON:-diffrecon}"
 out=resources/results
 mri() {
   $DIFFRECON --threads 1 bench colin27 --modality mri --settings 4x,8x \
-    --methods zero-filled,tv,l1-wavelet,diffusion --slices 84:97:3 --grid-slices 1 \
+    --methods zero-filled,tv,l1-wavelet,diffusion,diffusion:ddim/dds/25/hot --slices 84:97:3 --grid-slices 1 \
     --steps 10,25,50,100,250,1000 --ablation-slices 2 --no-cases --out $out/mri
 }
 ct() {

@@ -28,6 +28,26 @@ def _p(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def glance_table(results: dict[str, Any]) -> list[str]:
+    """One row per method, one column per task: PSNR ± SD / SSIM (the README's table)."""
+    tasks = list(results["summary"])
+    methods = list(dict.fromkeys(m for t in tasks for m in results["summary"][t]))
+    lines = ["| method | " + " | ".join(f"{t}: PSNR dB / SSIM" for t in tasks) + " | s/slice |",
+             "|---|" + "---|" * len(tasks) + "---|"]
+    for m in methods:
+        cells, seconds = [], []
+        for t in tasks:
+            st = results["summary"][t].get(m, {})
+            if "psnr" not in st:
+                cells.append("–")
+                continue
+            cells.append(f"{st['psnr']['mean']:.2f} ± {st['psnr']['sd']:.2f} / {st['ssim']['mean']:.3f}")
+            seconds.append(st["seconds"]["mean"])
+        sec = f"{sum(seconds) / len(seconds):.2f}" if seconds and m != results.get("input_column") else "–"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {sec} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Per task: mean ± SD per method, then the paired differences to the best classical method."""
     s = results["settings"]
@@ -45,6 +65,7 @@ def markdown(results: dict[str, Any]) -> str:
                              for d in results["data"]),
         "",
     ]
+    lines += ["## At a glance", ""] + glance_table(results) + [""]
     model = results.get("model")
     if model:
         lines += [f"Prior: `{model['path']}` (step {model.get('step')}); diffusion options per method in "
