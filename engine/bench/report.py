@@ -80,6 +80,14 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append("–" if st is None else f"{_fmt(st['mean'], metric)} ± {_fmt(st['sd'], metric)}")
             n = stats.get("psnr", {}).get("n", 0)
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {n} |")
+        calibrated = {m: st for m, st in methods.items() if "coverage_2sigma" in st}
+        if calibrated:
+            lines += ["", "Uncertainty calibration over the object (reference > 5 % of its peak): the fraction of "
+                          "pixels whose error lies within ±2σ, and the rank correlation of σ with |error|:", "",
+                      "| method | within ±2σ | Spearman(σ, abs error) |", "|---|---|---|"]
+            for m, st in calibrated.items():
+                rho = st.get("spearman_std_error", {}).get("mean", math.nan)
+                lines.append(f"| {m} | {st['coverage_2sigma']['mean']:.1%} | {rho:.2f} |")
         comps = [c for c in results["comparisons"] if c["task"] == task]
         if comps:
             ref = comps[0]["reference"]

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 METRICS = ("psnr", "ssim", "nmse", "mae", "seconds")
+#: the diffusion methods' uncertainty calibration (see diffrecon.diffusion.uncertainty)
+CALIBRATION = ("coverage_2sigma", "spearman_std_error")
 #: higher is better for these; lower for the rest
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False, "mae": False, "seconds": False}
 COMPARED = ("psnr", "ssim")
@@ -31,7 +33,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
     out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for (task, method), group in _by(rows, "task", "method").items():
         stats = {}
-        for metric in METRICS:
+        for metric in METRICS + CALIBRATION:
             values = np.array([r[metric] for r in group if r.get(metric) is not None], float)
             if values.size:
                 stats[metric] = {"mean": float(values.mean()),
