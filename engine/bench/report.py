@@ -68,7 +68,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## At a glance", ""] + glance_table(results) + [""]
     model = results.get("model")
     if model:
-        lines += [f"Prior: `{model['path']}` (step {model.get('step')}); diffusion options per method in "
+        size = (f", {model['parameters'] / 1e6:.2f} M parameters, {model['file_megabytes']:.1f} MB"
+                if model.get("parameters") and model.get("file_megabytes") else "")
+        lines += [f"Prior: `{model['path']}` (step {model.get('step')}{size}); diffusion options per method in "
                   f"results.json.", ""]
     for task, methods in results["summary"].items():
         lines += [f"## {task}", "", "| method | PSNR (dB) | SSIM | NMSE | MAE | s/slice | n |",

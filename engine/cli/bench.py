@@ -178,9 +178,12 @@ def _model_description(prior) -> dict | None:
     if prior is None:
         return None
     meta = prior.metadata
-    card = Path(prior.path).with_suffix(".md")
-    return {"path": str(prior.path), "step": meta.get("step"), "modality": prior.modality,
-            "model_card": str(card) if card.exists() else None, "schedule": meta.get("schedule")}
+    path = Path(prior.path)
+    card = path.with_suffix(".md")
+    return {"path": str(path), "step": meta.get("step"), "modality": prior.modality,
+            "model_card": str(card) if card.exists() else None, "schedule": meta.get("schedule"),
+            "parameters": sum(p.numel() for p in prior.model.parameters()),
+            "file_megabytes": round(path.stat().st_size / 1e6, 2) if path.is_file() else None}
 
 
 def _slug(text: str) -> str:
