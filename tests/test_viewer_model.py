@@ -86,3 +86,13 @@ def test_export_writes_only_computed_slices_at_their_positions(tmp_path):
     back = load_volume(tmp_path / "two.nii.gz")
     np.testing.assert_allclose(back.data, volume.data[1:3] * 2, rtol=1e-6)
     np.testing.assert_allclose(back.affine[:3, 3], volume.affine[:3, :3] @ [1, 0, 0] + volume.affine[:3, 3])
+
+
+def test_sampling_threads_take_every_core_only_on_an_idle_machine():
+    from diffrecon.viewer.app import threads_for_sampling
+
+    assert threads_for_sampling(2, 0.1) == 2  # idle: both cores (5 frames/s instead of 3)
+    assert threads_for_sampling(2, 1.0) == 1  # one core taken: leave it, or torch's threads wait
+    assert threads_for_sampling(2, 3.5) == 1  # overloaded: still one
+    assert threads_for_sampling(8, 2.0) == 6  # some load: the idle cores, one kept for the GUI
+    assert threads_for_sampling(8, 0.0) == 8
