@@ -208,3 +208,33 @@ def test_diffrecon_train_is_a_registered_subcommand(cli) -> None:
     assert_one_sentence_error(result, mentions="--steps")
     result = cli("train", "no-such-scan.nii.gz", "--modality", "mri", "--out", "x.safetensors", "--steps", "1")
     assert_one_sentence_error(result, mentions="no-such-scan")
+
+
+def test_a_distilled_student_follows_its_teacher_closer_than_one_trained_on_the_noise(tmp_path: Path) -> None:
+    teacher = Trainer(tiny_config(total_steps=40), [blob_source()], tmp_path / "teacher.safetensors")
+    teacher.run(progress=False)
+    student_cfg = dict(total_steps=80, width=4, freq_loss=0.0)
+    distilled = Trainer(tiny_config(**student_cfg, teacher=str(tmp_path / "teacher.safetensors")), [blob_source()],
+                        tmp_path / "student.safetensors")
+    plain = Trainer(tiny_config(**student_cfg), [blob_source()], tmp_path / "plain.safetensors")
+    distilled.run(progress=False)
+    plain.run(progress=False)
+    reference = load_prior(tmp_path / "teacher.safetensors").model
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(8, 2, 16, 16, generator=gen)
+    t = torch.rand(8, generator=gen) * 0.9 + 0.05
+    with torch.no_grad():
+        target = reference(x, t)
+        gap = {name: float((load_prior(tmp_path / f"{name}.safetensors").model(x, t) - target).square().mean())
+               for name in ("student", "plain")}
+    assert gap["student"] < 0.5 * gap["plain"]
+    card = (tmp_path / "student.md").read_text()
+    assert "distillation" in card and "teacher.safetensors" in card
+    assert read_metadata(tmp_path / "student.safetensors")["distilled_from"]["step"] == 40
+
+
+def test_distillation_refuses_a_teacher_of_another_kind(tmp_path: Path) -> None:
+    Trainer(tiny_config(total_steps=1), [blob_source()], tmp_path / "mri.safetensors").run(progress=False)
+    with pytest.raises(DiffreconError, match="cannot teach"):
+        Trainer(tiny_config(channels=1, teacher=str(tmp_path / "mri.safetensors")), [blob_source()],
+                tmp_path / "s.safetensors")

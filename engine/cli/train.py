@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 2), default=None,
                    help="2 = complex (real/imag), 1 = real; default 2 for MRI, 1 otherwise")
     p.add_argument("--freq-loss", type=float, default=0.1, help="weight of the |FFT| L1 loss (0 disables)")
+    p.add_argument("--distill-from", metavar="TEACHER.safetensors",
+                   help="distil this trained prior into the (smaller, faster) network being trained: regress its "
+                        "noise prediction instead of the noise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="for scans given by path: the fraction of axial slices held out (a middle block)")
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size, batch=args.batch, lr=args.lr, total_steps=args.steps, max_minutes=args.minutes,
         schedule=args.schedule, width=args.width, freq_loss=args.freq_loss, seed=args.seed,
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
-        exact_moments=args.exact_moments, data=list(args.data),
+        exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
     )
     sources = load_sources(list(args.data), args.modality, args.val_fraction)
     trainer = Trainer(config, sources, paths.weights)

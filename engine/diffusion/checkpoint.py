@@ -265,7 +265,10 @@ def write_model_card(paths: PriorPaths, metadata: dict[str, Any], parameter_coun
         f"{min(cfg['warmup_steps'], (training['horizon'] or 10**9) // 10)} steps, cosine decay to 10% "
         f"over {training['horizon']} steps; batch {cfg['batch']}; gradient clipping {cfg['grad_clip']:g}; "
         f"EMA {cfg['ema_decay']} (shipped weights)",
-        f"- Loss: noise MSE + {cfg['freq_loss']:g} x abar(t)-weighted L1 on |FFT| of the x0 estimate",
+        (f"- Loss: MSE to the noise prediction of the teacher `{metadata['distilled_from']['path']}` (step "
+         f"{metadata['distilled_from']['step']}; distillation) + {cfg['freq_loss']:g} x abar(t)-weighted L1 on "
+         "|FFT| of the x0 estimate" if metadata.get("distilled_from") else
+         f"- Loss: noise MSE + {cfg['freq_loss']:g} x abar(t)-weighted L1 on |FFT| of the x0 estimate"),
         f"- bf16 autocast: {cfg['autocast']}; seed {cfg['seed']}",
         "",
         "## Training run",

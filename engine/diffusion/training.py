@@ -6,6 +6,12 @@ One step: draw a batch of crops (:class:`.data.CropSampler`), a continuous time
 ``x0_hat`` is added (``freq_loss`` weight), itself weighted by ``abar(t)`` so that
 nearly-pure-noise steps, whose ``x0_hat`` means little, do not dominate.
 
+**Distillation** (``teacher``): a smaller, faster student regresses a trained prior's
+noise prediction at the same ``(x_t, t)`` instead of the drawn noise. The teacher's
+output is the conditional mean the student would otherwise have to learn from single
+noisy draws, so the student's target has far less variance and it learns faster; the
+student then runs where the teacher is too slow (the live viewer on a plain CPU).
+
 AdamW with linear warm-up and cosine decay to 10% of the peak rate over ``total_steps``
 (the *horizon*; with only a time budget, it is set from the speed of the first steps so
 the decay ends about when the time runs out, and the rate stays at 10% after it). An
@@ -72,6 +78,7 @@ class TrainConfig:
     val_count: int = 32
     checkpoint_minutes: float = 10.0
     exact_moments: bool = False  # float32 AdamW moments in the train file (bit-exact resume, 2x larger)
+    teacher: str | None = None  # distil from this prior (.safetensors) instead of regressing the noise
     data: list[str] = field(default_factory=list)  # what was trained on, for the card
 
     def to_json(self) -> dict[str, Any]:
@@ -115,6 +122,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed)
         self.noise_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.step = 0
         self.horizon = config.total_steps
         self.elapsed_s = 0.0  # training time over all invocations
@@ -124,6 +132,22 @@ class Trainer:
         self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng)
         self.val_t = torch.linspace(0.02, 0.98, len(val))
 
+    def _load_teacher(self, path: str):
+        """The prior to distil, checked against the student's settings."""
+        from .checkpoint import load_prior
+
+        teacher = load_prior(path)
+        cfg = self.config
+        if teacher.modality != cfg.modality or teacher.channels != cfg.channels:
+            raise DiffreconError(f"{path}: a {teacher.modality} prior with {teacher.channels} channel(s) cannot "
+                                 f"teach a {cfg.modality} prior with {cfg.channels}")
+        if teacher.schedule.to_metadata() != self.schedule.to_metadata():
+            raise DiffreconError(f"{path}: the teacher's noise schedule differs from --schedule {cfg.schedule}")
+        if teacher.normalisation != self.normalisation.to_metadata():
+            raise DiffreconError(f"{path}: the teacher normalises intensities differently")
+        self.teacher_step = teacher.metadata.get("step")
+        return teacher.model.eval().requires_grad_(False)
+
     # ----- one step -----
 
     def train_step(self) -> float:
@@ -132,13 +156,17 @@ class Trainer:
         t = torch.rand(cfg.batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
         noise = torch.randn(x0.shape, generator=self.noise_rng)
         x_t = self.schedule.add_noise(x0, noise, t)
+        target = noise
+        if self.teacher is not None:
+            with torch.no_grad(), autocast_context(cfg.autocast):
+                target = self.teacher(x_t, t).float()
         lr = learning_rate(self.step, cfg.lr, cfg.warmup_steps, self.horizon or 10**9)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         with autocast_context(cfg.autocast):
             eps = self.model(x_t, t)
-        loss = F.mse_loss(eps.float(), noise)
+        loss = F.mse_loss(eps.float(), target)
         if cfg.freq_loss > 0:
             x0_hat = self.schedule.x0_from_eps(x_t, eps.float(), t)
             loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, self.schedule.alpha_bar(t))
@@ -248,6 +276,8 @@ class Trainer:
             "schedule": self.schedule.to_metadata(),
             "normalisation": self.normalisation.to_metadata(),
             "modality": self.config.modality,
+            **({"distilled_from": {"path": str(self.config.teacher), "step": self.teacher_step}}
+               if self.teacher is not None else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
@@ -283,7 +313,8 @@ class Trainer:
             raise DiffreconError(f"{self.paths.weights}: its step ({ema_meta.get('step')}) differs from "
                                  f"{self.paths.train_state.name} ({meta['step']}), so they cannot resume together")
         saved = meta["config"]
-        for key in ("channels", "width", "channel_mult", "res_blocks", "attention_heads", "schedule", "modality"):
+        for key in ("channels", "width", "channel_mult", "res_blocks", "attention_heads", "schedule", "modality",
+                    "teacher"):
             if saved.get(key) != self.config.to_json().get(key):
                 raise DiffreconError(f"{self.paths.train_state}: was trained with {key}={saved.get(key)}, "
                                      f"not {self.config.to_json().get(key)}; drop --resume or match it")
