@@ -96,3 +96,12 @@ def test_sampling_threads_take_every_core_only_on_an_idle_machine():
     assert threads_for_sampling(2, 3.5) == 1  # overloaded: still one
     assert threads_for_sampling(8, 2.0) == 6  # some load: the idle cores, one kept for the GUI
     assert threads_for_sampling(8, 0.0) == 8
+
+
+def test_the_engines_default_prior_comes_first_for_its_modality():
+    from diffrecon.reconstruct import DEFAULT_PRIORS
+    from diffrecon.viewer.paths import default_model_for, models_dir
+
+    for modality, name in DEFAULT_PRIORS.items():
+        if (models_dir() / name).is_file():  # other priors of that modality (a fast student) come after
+            assert default_model_for(modality).name == name

@@ -42,12 +42,17 @@ def prior_modality(path: Path) -> str | None:
 def default_model_for(modality: str) -> Path | None:
     """The bundled prior for a task's modality, when one is there.
 
-    Denoising has no prior of its own: it uses an image prior (the MRI one first).
+    Denoising has no prior of its own: it uses an image prior (the MRI one first). The
+    engine's default for the modality (``mri-brain``, ``ct-head``) comes before other priors
+    of that modality, such as a distilled fast one.
     """
+    from diffrecon.reconstruct import DEFAULT_PRIORS
+
     wanted = {"mri": ("mri",), "ct": ("ct",), "ultrasound": ("ultrasound",), "denoise": ("mri", "ct")}.get(modality, ())
     models = available_models()
     for want in wanted:
-        for path in models:
+        preferred = [p for p in models if p.name == DEFAULT_PRIORS.get(want)]
+        for path in preferred + [p for p in models if p not in preferred]:
             if prior_modality(path) == want:
                 return path
     return None
