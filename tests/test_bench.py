@@ -134,14 +134,16 @@ def test_ct_bench_scores_fbp_and_tv_on_the_same_sinogram(cli, tmp_path):
     save_volume(Volume(hu, modality="CT", units="HU"), scan)
     out = tmp_path / "ct"
     result = cli("bench", scan, "--modality", "ct", "--settings", "views=12,dose=0.25+views=24", "--methods", "fbp,tv",
-                 "--quick", "--no-cases", "--out", out)
+                 "--quick", "--out", out)
     assert result.code == 0, result.err
     results = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in results["per_slice"]}
     assert methods == {"input", "fbp", "tv"}  # CT's input (ramp FBP) differs from the tuned FBP method
     s = results["summary"]["views=12"]
     assert s["tv"]["psnr"]["mean"] > s["input"]["psnr"]["mean"]
-    assert not (out / "cases").exists()
+    truth = load_volume(next((out / "cases").glob("views-12_*")) / "ground-truth.nii.gz").data
+    assert truth.min() < -900  # air stays -1000 HU (an absolute value made it +1000)
+    assert (out / "grid_views-12_ct_001.png").exists()  # quick mode: the middle slices
 
 
 def test_bad_bench_requests_get_one_sentence(cli, tmp_path, mri_scan):

@@ -197,7 +197,9 @@ def _metrics(m: dict[str, float] | None) -> dict[str, float]:
 
 
 def _slice_images(task, d: BenchData, s: int, first: ReconRun, outcomes, rows, show_input: bool) -> SliceImages:
-    gt = np.abs(d.volume.data[s]).astype(np.float32)
+    raw = d.volume.data[s]
+    # MR images may be complex (magnitude shown); CT keeps its sign (air is -1000 HU).
+    gt = (np.abs(raw) if np.iscomplexobj(raw) else raw).astype(np.float32)
     images = {INPUT: first.observed[0]} if show_input else {}
     std, std_method = None, None
     for label, (result, name) in outcomes.items():
