@@ -80,6 +80,16 @@ class DiffusionSetup:
         }
 
 
+def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:
+    """``prior`` with the modality's measured options and ``overrides`` (None keeps a default),
+    checked. A hot start enters from the modality's iterative baseline (TV), as the viewer's does."""
+    from .diffusion.reconstruction import check_options, default_options
+
+    options = default_options(modality, **overrides)
+    check_options(options)
+    return DiffusionSetup(prior, options, baseline=METHODS_FOR[modality][1])
+
+
 def solve_diffusion(problem: ReconProblem, setup: DiffusionSetup):
     """The last :class:`~diffrecon.diffusion.frames.ReconFrame` of a diffusion run on ``problem``."""
     from .diffusion.reconstruction import reconstruct_to_end

@@ -137,14 +137,8 @@ class ScoringPanel(QWidget):
         self.groups[q.id], self.buttons[q.id] = group, {}
         for value in reversed(q.scale):  # best at the top, as the scale is usually printed
             name, _, detail = q.anchors[str(value)].partition(":")
-            button = _no_focus(QPushButton(f"{value}   {name.strip()}" + (f"\n      {detail.strip()}" if detail else "")))
-            button.setCheckable(True)
-            button.setStyleSheet(SCORE_STYLE)
-            button.setMinimumHeight(48)
-            button.clicked.connect(lambda _=False, v=value, qid=q.id: self.likertChosen.emit(qid, v))
-            group.addButton(button, value)
-            self.buttons[q.id][value] = button
-            column.addWidget(button)
+            text = f"{value}   {name.strip()}" + (f"\n      {detail.strip()}" if detail else "")
+            column.addWidget(self._answer_button(q.id, value, text, 48, self.likertChosen))
         return column
 
     def _yes_no(self, q: Question) -> QHBoxLayout:
@@ -153,15 +147,19 @@ class ScoringPanel(QWidget):
         group.setExclusive(False)
         self.groups[q.id], self.buttons[q.id] = group, {}
         for key, value in YES_NO_KEYS.items():
-            button = _no_focus(QPushButton(f"{q.anchors[str(value)]}  ({key})"))
-            button.setCheckable(True)
-            button.setStyleSheet(SCORE_STYLE)
-            button.setMinimumHeight(36)
-            button.clicked.connect(lambda _=False, v=value, qid=q.id: self.yesNoChosen.emit(qid, v))
-            group.addButton(button, value)
-            self.buttons[q.id][value] = button
-            row.addWidget(button)
+            row.addWidget(self._answer_button(q.id, value, f"{q.anchors[str(value)]}  ({key})", 36, self.yesNoChosen))
         return row
+
+    def _answer_button(self, qid: str, value: int, text: str, height: int, chosen) -> QPushButton:
+        """A checkable answer in question ``qid``'s group; clicking emits ``chosen(qid, value)``."""
+        button = _no_focus(QPushButton(text))
+        button.setCheckable(True)
+        button.setStyleSheet(SCORE_STYLE)
+        button.setMinimumHeight(height)
+        button.clicked.connect(lambda _=False, v=value: chosen.emit(qid, v))
+        self.groups[qid].addButton(button, value)
+        self.buttons[qid][value] = button
+        return button
 
     def _key_help(self) -> str:
         parts = []

@@ -24,7 +24,8 @@ from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QMainWindow, QSlider, QStackedWidget, QVBoxLayout,
                                QWidget)
 
-from diffrecon.study import ReadingSession, StudyImage, StudyStore, StudyStoreError, open_store
+from diffrecon.io.volume import Volume
+from diffrecon.study import ReadingSession, StudyStore, StudyStoreError, open_store
 
 from .geometry import SliceGeometry
 from .pane import ImagePane
@@ -45,8 +46,8 @@ class ReaderStudyWindow(QMainWindow):
         self.record_time = record_time  # off for scripted screenshots: nobody is reading
         self.setWindowTitle(f"diffrecon reader study · {session.store.folder.resolve().name} · reader {session.reader}")
         self.resize(1500, 950)
-        self.image: StudyImage | None = None
-        self.reference: StudyImage | None = None
+        self.image: Volume | None = None
+        self.reference: Volume | None = None
         self.geometry_of: dict[str, SliceGeometry] = {}
         self.window_level = WindowLevel(0.5, 1.0)
         self.slice_index = 0
@@ -167,7 +168,7 @@ class ReaderStudyWindow(QMainWindow):
         self.caseShown.emit(s.position)
 
     @staticmethod
-    def _geometry(image: StudyImage) -> SliceGeometry:
+    def _geometry(image: Volume) -> SliceGeometry:
         return SliceGeometry(image.affine, image.shape, image.spacing)
 
     def _link_panes(self) -> None:

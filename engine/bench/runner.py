@@ -22,7 +22,7 @@ from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..io.volume import Volume
 from ..measurements import ProblemSource
-from ..reconstruct import DiffusionSetup, ReconRun, reconstruct
+from ..reconstruct import DiffusionSetup, ReconRun, diffusion_setup, reconstruct
 from .tasks import MethodSpec, Task
 
 INPUT = "input"  # the column of the unreconstructed input (zero-filled / FBP / noisy image)
@@ -95,9 +95,6 @@ class BenchRun:
 
 def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int, samples: int,
                       quick: bool) -> dict[str, DiffusionSetup]:
-    from ..baselines import METHODS_FOR_MODALITY
-    from ..diffusion.reconstruction import check_options, default_options
-
     setups = {}
     for m in methods:
         if not m.is_diffusion:
@@ -105,10 +102,7 @@ def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int
         overrides = {"samples": samples, "seed": seed, **m.overrides}
         if quick:
             overrides["steps"] = min(int(overrides.get("steps", 25)), 3)
-        options = default_options(modality, **overrides)
-        check_options(options)
-        # A hot start enters from the modality's iterative baseline (TV), as in the CLI and viewer.
-        setups[m.label] = DiffusionSetup(prior, options, baseline=METHODS_FOR_MODALITY[modality][1])
+        setups[m.label] = diffusion_setup(prior, modality, **overrides)
     return setups
 
 
@@ -248,10 +242,10 @@ def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick
         steps_list = sorted({min(n, 2 + i) for i, n in enumerate(steps_list)})
     out = []
     settings = task.settings(seed)
+    sources = {s: ProblemSource(d.volume, settings, slices=[s], simulate=True) for s in slices}  # one per slice
     for n in steps_list:
         variant = DiffusionSetup(setup.prior, replace(setup.options, steps=n), setup.baseline)
-        for s in slices:
-            source = ProblemSource(d.volume, settings, slices=[s], simulate=True)
+        for s, source in sources.items():
             o = reconstruct(source, ["diffusion"], batch_size=1, diffusion=variant).outcomes["diffusion"]
             out.append({"task": task.label, "data": d.label, "slice": int(s), "method": label, "steps": n,
                         **_metrics(o.metrics), "seconds": round(o.seconds, 4)})

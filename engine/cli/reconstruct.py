@@ -22,8 +22,8 @@ from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
 from ..physics.masks import MASK_KINDS
-from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, METHODS_FOR, DiffusionSetup, ReconRun, default_prior_path,
-                           reconstruct)
+from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
+                           diffusion_setup, reconstruct)
 
 _DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
@@ -168,14 +168,9 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     if not path.is_file():
         hint = "pass --model" if args.model else "train it with diffrecon train or pass --model"
         raise DiffreconError(f"{path}: the diffusion prior file does not exist; {hint}")
-    from ..diffusion.reconstruction import check_options, default_options
-
-    options = default_options(modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
-                              samples=args.samples, eta=args.eta, symmetric=args.symmetric,
-                              hot_start=args.hot_start, hot_start_t=args.hot_start_t, seed=args.seed)
-    check_options(options)
-    # The hot start enters from the modality's iterative baseline (TV), as the viewer's does.
-    return DiffusionSetup(load_prior(path), options, baseline=METHODS_FOR[modality][1])
+    return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
+                           samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
+                           hot_start_t=args.hot_start_t, seed=args.seed)
 
 
 def _variance_path(out: Path) -> Path:

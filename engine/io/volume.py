@@ -58,7 +58,7 @@ class Volume:
     units: str = "a.u."  # "HU" for CT after rescale
     window: tuple[float, float] | None = None  # (center, width) default display window
     source_path: Path | None = None
-    source_format: str = "memory"  # dicom | nifti | fastmri-h5 | diffrecon-h5 | numpy | memory
+    source_format: str = "memory"  # dicom | nifti | fastmri-h5 | diffrecon-h5 | numpy | study | memory
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able facts about the source
     kspace: KSpace | None = None
     reference: np.ndarray | None = None  # a ground-truth image the file carries (fastMRI targets)

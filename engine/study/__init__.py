@@ -13,7 +13,7 @@ copies named by opaque ids; only the database knows which method each one shows)
 
 from .design import (DEFAULT_QUESTIONS, QUESTIONS, CreatedStudy, StudyDesignError, create_study, discover_cases,
                      ensure_reader, reading_order_for)
-from .images import StudyImage, read_image
+from .images import read_image
 from .report import StudyReport, build_report, write_report
 from .session import ReadingSession
 from .store import DB_NAME, Answer, Item, Question, StudyStore, StudyStoreError, open_store
@@ -28,7 +28,6 @@ __all__ = [
     "Question",
     "ReadingSession",
     "StudyDesignError",
-    "StudyImage",
     "StudyReport",
     "StudyStore",
     "StudyStoreError",

@@ -10,7 +10,6 @@ behind on purpose: a description like "diffrecon tv (...)" would unblind the rea
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +18,6 @@ from ..io.volume import Volume
 from .store import StudyStoreError
 
 IMAGES_DIR = "images"
-
-
-@dataclass
-class StudyImage:
-    """One blinded image as the reader's viewer loads it."""
-
-    data: np.ndarray  # float32 (slices, rows, cols)
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    modality: str
-    units: str
-    window: tuple[float, float] | None  # (center, width) the source file stored, if any
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.data.shape)  # type: ignore[return-value]
-
-    @property
-    def n_slices(self) -> int:
-        return int(self.data.shape[0])
 
 
 def write_image(folder: Path, image_id: str, volume: Volume) -> list[Path]:
@@ -60,8 +39,9 @@ def write_image(folder: Path, image_id: str, volume: Volume) -> list[Path]:
     return [npy, sidecar]
 
 
-def read_image(folder: Path, image_id: str) -> StudyImage:
-    """Load a blinded image; a StudyStoreError (one sentence) when its files are missing or damaged."""
+def read_image(folder: Path, image_id: str) -> Volume:
+    """Load a blinded image as a :class:`Volume` with its geometry only (no source path,
+    metadata or provenance); a StudyStoreError (one sentence) when its files are missing or damaged."""
     npy, sidecar = folder / f"{image_id}.npy", folder / f"{image_id}.json"
     try:
         geometry = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -73,11 +53,12 @@ def read_image(folder: Path, image_id: str) -> StudyImage:
     if data.ndim != 3 or list(data.shape) != list(geometry.get("shape", [])):
         raise StudyStoreError(f"{npy}: an image of the study does not match its description; the study folder is damaged")
     window = geometry.get("window")
-    return StudyImage(
+    return Volume(
         data=data.astype(np.float32, copy=False),
         spacing=tuple(float(s) for s in geometry["spacing_mm"]),  # type: ignore[arg-type]
         affine=np.asarray(geometry["affine"], float),
         modality=str(geometry.get("modality", "OT")),
         units=str(geometry.get("units", "a.u.")),
         window=(float(window[0]), float(window[1])) if window else None,
+        source_format="study",
     )

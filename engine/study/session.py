@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ..io.volume import Volume
 from .design import check_reader_name, ensure_reader
-from .images import IMAGES_DIR, StudyImage, read_image
+from .images import IMAGES_DIR, read_image
 from .store import Question, StudyStore, StudyStoreError, check_value
 
 
@@ -100,11 +101,11 @@ class ReadingSession:
 
     # ----- images -----
 
-    def image(self, item: str | None = None) -> StudyImage:
+    def image(self, item: str | None = None) -> Volume:
         item = item if item is not None else self.current_item
         return read_image(self.store.folder / IMAGES_DIR, item)
 
-    def reference_image(self, item: str | None = None) -> StudyImage | None:
+    def reference_image(self, item: str | None = None) -> Volume | None:
         item = item if item is not None else self.current_item
         ref = self.store.reference_image(item) if item is not None else None
         return read_image(self.store.folder / IMAGES_DIR, ref) if ref else None
