@@ -149,7 +149,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from ..study import open_store
-    from ..study.report import completion, readers_table, text_table
+    from ..study.report import readers_table, text_table
+    from ..study.statistics import completion
 
     with open_store(args.study) as store:
         done, seconds = completion(store)
