@@ -3,8 +3,10 @@
     diffrecon bench colin27 --modality mri --settings 4x,8x --methods zero-filled,tv,l1-wavelet,diffusion \
         --slices 88:92 --out bench/mri
 
-With dataset names (colin27, mni152, cranium) the slices default to the validation block
-held out from the shipped priors' training; any scan path works too (all its slices).
+Without DATA, a modality is scored on its **test subjects** (``diffrecon.datasets``: scans of
+subjects no prior trained on and no default was tuned on). A dataset name scores that
+subject (a training subject only on its held-out slab); any scan path works too (all its
+slices).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from .. import __version__
 from ..errors import DiffreconError
 from ..measurements import MODALITIES
 
-#: scans a modality is benchmarked on when DATA is not given
-DEFAULT_DATA = {"mri": ["colin27"], "ct": ["cranium"], "denoise": ["colin27"], "ultrasound": ["colin27"]}
+def default_data(modality: str) -> list[str]:
+    """The test subjects a modality is benchmarked on when DATA is not given."""
+    from ..datasets import datasets_with
+
+    return datasets_with("CT" if modality == "ct" else "MR", "test")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("data", nargs="*", metavar="DATA",
-                   help="scan paths or dataset names (colin27, mni152, cranium: their held-out validation slices); "
-                        "default: colin27 for MRI/denoise/ultrasound, cranium for CT")
+                   help="scan paths or dataset names (README: Training data; a training subject such as "
+                        "colin27 or cranium only on its held-out slab); default: the modality's test subjects "
+                        "(MRI, denoise, ultrasound: someones-t1, someones-epi, dxsamples; CT: stent)")
     p.add_argument("--modality", choices=MODALITIES, required=True)
     p.add_argument("--settings", help="tasks, comma-separated: 4x,8x (MRI); views=30,views=60,dose=0.25 (CT); "
                                       "sigma=0.05,sigma=0.1 (denoise); looks=1 (ultrasound); join settings of "
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")
     prior = _prior(args, modality, any(m.is_diffusion for m in methods))
-    data = [load_bench_data(d, modality, args.slices, args.quick) for d in (args.data or DEFAULT_DATA[modality])]
+    data = [load_bench_data(d, modality, args.slices, args.quick) for d in (args.data or default_data(modality))]
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise SettingsError(f"{out} exists and is not a folder")

@@ -48,6 +48,7 @@ from .checkpoint import (
     save_training_state,
     write_model_card,
 )
+from .augment import Augmentation
 from .data import CropSampler, Normalisation, TrainingSource, validation_crops
 from .schedules import NoiseSchedule, make_schedule
 from .unet import UNet, autocast_context
@@ -79,11 +80,16 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     exact_moments: bool = False  # float32 AdamW moments in the train file (bit-exact resume, 2x larger)
     teacher: str | None = None  # distil from this prior (.safetensors) instead of regressing the noise
+    init_from: str | None = None  # start from this prior's (EMA) weights with a fresh optimizer
+    augment: tuple[str, ...] = ()  # generalising augmentations (see .augment.AUGMENTATION_NAMES)
+    sizes: tuple[int, ...] = ()  # extra crop sizes drawn besides `size` (same pixels per batch)
     data: list[str] = field(default_factory=list)  # what was trained on, for the card
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
+        d["augment"] = list(self.augment)
+        d["sizes"] = list(self.sizes)
         return d
 
 
@@ -120,7 +126,10 @@ class Trainer:
                           config.attention_heads)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed)
+        aug = Augmentation.generalising(config.modality, tuple(config.augment)) if config.augment else None
+        self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed, augmentation=aug)
+        if config.init_from:
+            self.init_meta = self._init_from(config.init_from)
         self.noise_rng = torch.Generator().manual_seed(config.seed + 1)
         self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.step = 0
@@ -148,12 +157,34 @@ class Trainer:
         self.teacher_step = teacher.metadata.get("step")
         return teacher.model.eval().requires_grad_(False)
 
+    def _init_from(self, path: str) -> dict[str, Any]:
+        """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh)."""
+        meta = load_ema_weights(path, self.model)
+        cfg = self.config
+        if meta.get("modality") != cfg.modality:
+            raise DiffreconError(f"{path}: a {meta.get('modality')} prior cannot start a {cfg.modality} prior")
+        if meta.get("schedule") != self.schedule.to_metadata():
+            raise DiffreconError(f"{path}: its noise schedule differs from --schedule {cfg.schedule}")
+        self.ema.load_state_dict(self.model.state_dict())
+        earlier = meta.get("initialised_from", {}).get("steps_before", 0) or 0
+        return {"path": Path(path).name, "step": meta.get("step"), "steps_before": earlier + (meta.get("step") or 0)}
+
     # ----- one step -----
+
+    def _crop_size_and_batch(self) -> tuple[int, int]:
+        """This step's crop size (drawn from ``size`` and ``sizes``) and a batch of the same pixel count."""
+        cfg = self.config
+        if not cfg.sizes:
+            return cfg.size, cfg.batch
+        options = (cfg.size, *cfg.sizes)
+        size = int(options[self.crops.rng.integers(len(options))])
+        return size, max(1, round(cfg.batch * (cfg.size / size) ** 2))
 
     def train_step(self) -> float:
         cfg = self.config
-        x0 = torch.from_numpy(self.crops.sample(cfg.batch))
-        t = torch.rand(cfg.batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
+        size, batch = self._crop_size_and_batch()
+        x0 = torch.from_numpy(self.crops.sample(batch, size))
+        t = torch.rand(batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
         noise = torch.randn(x0.shape, generator=self.noise_rng)
         x_t = self.schedule.add_noise(x0, noise, t)
         target = noise
@@ -278,11 +309,13 @@ class Trainer:
             "modality": self.config.modality,
             **({"distilled_from": {"path": str(self.config.teacher), "step": self.teacher_step}}
                if self.teacher is not None else {}),
+            **({"initialised_from": self.init_meta} if self.config.init_from else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
-                "sources": [{"name": s.name, "held_out": s.held_out, "provenance": s.provenance}
+                "sources": [{"name": s.name, "role": s.role, "held_out": s.held_out, "provenance": s.provenance}
                             for s in self.sources],
+                "augmentation": self.crops.aug.enabled(),
             },
         }
 
