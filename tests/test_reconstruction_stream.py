@@ -15,7 +15,8 @@ import pytest
 import torch
 from diffrecon.diffusion.checkpoint import Prior
 from diffrecon.diffusion.frames import DiffusionOptions
-from diffrecon.diffusion.guidance import ModelDomain, residual_norm
+from diffrecon.diffusion.guidance import ModelDomain
+from diffrecon.physics.solvers import residual_norm
 from diffrecon.diffusion.reconstruction import reconstruct_to_end, stream_reconstruction
 from diffrecon.diffusion.samplers import DDIMSampler, run_to_end
 from diffrecon.measurements import ReconProblem

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .guidance import GUIDANCE
 from .samplers import SAMPLERS as _SAMPLER_CLASSES
 
 #: sampler names, DDIM first (the product's default); the classes are in :mod:`.samplers`
 SAMPLERS = tuple(_SAMPLER_CLASSES)
-GUIDANCE = ("projection", "dds", "dps")
 
 
 @dataclass
