@@ -33,7 +33,7 @@ from .metrics import evaluate, evaluate_slices
 
 if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is used
     from .diffusion.checkpoint import Prior
-    from .diffusion.frames import DiffusionOptions
+    from .diffusion.options import DiffusionOptions
 
 DIFFUSION = "diffusion"
 #: the prior each modality uses unless another is given (under resources/models/)
@@ -83,15 +83,14 @@ class DiffusionSetup:
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:
     """``prior`` with the modality's measured options and ``overrides`` (None keeps a default),
     checked. A hot start enters from the modality's iterative baseline (TV), as the viewer's does."""
-    from .diffusion.reconstruction import check_options, default_options
+    from .diffusion.reconstruction import default_options
 
-    options = default_options(modality, **overrides)
-    check_options(options)
+    options = default_options(modality, **overrides)  # DiffusionOptions checks itself
     return DiffusionSetup(prior, options, baseline=METHODS_FOR[modality][1])
 
 
 def solve_diffusion(problem: ReconProblem, setup: DiffusionSetup):
-    """The last :class:`~diffrecon.diffusion.frames.ReconFrame` of a diffusion run on ``problem``."""
+    """The last :class:`~diffrecon.diffusion.reconstruction.ReconFrame` of a diffusion run on ``problem``."""
     from .diffusion.reconstruction import reconstruct_to_end
 
     baseline = None

@@ -11,22 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffrecon.diffusion.guidance import (
-    DPSGuidance,
-    ModelDomain,
-    cgls,
-    dds_update,
-    make_guidance,
-    mix_measurement,
-    mixing_weight,
-    project,
-    residual_norm,
-)
+from diffrecon.diffusion.guidance import DPSGuidance, ModelDomain, make_guidance, mix_measurement, mixing_weight
 from diffrecon.diffusion.uncertainty import calibration, calibration_curve, ideal_coverage
 from diffrecon.errors import SettingsError
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
 from diffrecon.physics.base import LinearOperator
 from diffrecon.physics.noise import IdentityOperator
+from diffrecon.physics.solvers import cgls, residual_norm
 from diffrecon.physics.mri import fft2c
 
 
@@ -57,7 +48,7 @@ def test_projection_is_the_orthogonal_projection_onto_the_measurements():
     a = op.matrix
     correction = torch.linalg.solve(a @ a.T, (y - op.A(x))[:, 0].T).T @ a
     expected = x + correction.reshape(x.shape)
-    got = project(op, x, y, iters=60)
+    got = op.data_consistency(x, y, iters=60)
     assert torch.allclose(got, expected, atol=1e-5)  # CGLS stops once its gradient fell 1e6-fold
     assert residual_norm(op, got, y).max() < 1e-5 * residual_norm(op, x, y).min()
 
@@ -69,8 +60,8 @@ def test_noise_aware_projection_stops_at_the_noise_level():
     sigma = 0.5
     y = op.A(clean) + sigma * torch.randn(1, 1, 30, generator=g, dtype=torch.float64)
     start = torch.zeros_like(clean)
-    exact = project(op, start, y, iters=60)
-    aware = project(op, start, y, noise_level=sigma, iters=60)
+    exact = op.data_consistency(start, y, iters=60)
+    aware = op.data_consistency(start, y, noise_level=sigma, iters=60)
     target = math.sqrt(30) * sigma  # the noise's expected norm
     assert float(residual_norm(op, exact, y)) < 1e-4  # the exact projection fits the noise
     assert 0.5 * target < float(residual_norm(op, aware, y)) <= target
@@ -94,12 +85,12 @@ def test_mri_projection_replaces_the_measured_kspace():
     truth = torch.randn(2, 1, 16, 16, generator=g, dtype=torch.complex64)
     guess = torch.randn(2, 1, 16, 16, generator=g, dtype=torch.complex64)
     y = op.A(truth)
-    out = project(op, guess, y)
+    out = op.data_consistency(guess, y)
     m = torch.from_numpy(np.asarray(mask, bool))
     assert torch.allclose(fft2c(out)[..., m], y[..., m], atol=1e-5)  # measured: the data
     assert torch.allclose(fft2c(out)[..., ~m], fft2c(guess)[..., ~m], atol=1e-5)  # unmeasured: the guess
     # A^H A is a projection for single-coil MRI, so one DDS CG step already lands there.
-    assert torch.allclose(dds_update(op, guess, y, iters=1), out, atol=1e-5)
+    assert torch.allclose(op.least_squares(guess, y, iters=1), out, atol=1e-5)
 
 
 def test_dds_moves_ct_images_towards_the_measurements_step_by_step():
@@ -108,7 +99,7 @@ def test_dds_moves_ct_images_towards_the_measurements_step_by_step():
     truth = torch.rand(1, 1, 16, 16, generator=g)
     y = op.A(truth)
     guess = torch.zeros_like(truth)
-    residuals = [float(residual_norm(op, dds_update(op, guess, y, iters=k), y)) for k in (1, 3, 10)]
+    residuals = [float(residual_norm(op, op.least_squares(guess, y, iters=k), y)) for k in (1, 3, 10)]
     assert residuals[0] < float(residual_norm(op, guess, y))
     assert residuals[0] > residuals[1] > residuals[2]
 
@@ -121,8 +112,8 @@ def test_dds_on_noisy_measurements_stops_at_the_noise_level_instead_of_fitting_t
     y = op.A(truth) + sigma * torch.randn(op.A(truth).shape, generator=g)
     floor = math.sqrt(y[0].numel()) * sigma  # ||n|| expected: the discrepancy principle's target
     guess = torch.zeros_like(truth)
-    fitted = float(residual_norm(op, dds_update(op, guess, y, iters=50), y))  # noiseless rule: fits the noise
-    aware = float(residual_norm(op, dds_update(op, guess, y, sigma, iters=50), y))
+    fitted = float(residual_norm(op, op.least_squares(guess, y, iters=50), y))  # noiseless rule: fits the noise
+    aware = float(residual_norm(op, op.least_squares(guess, y, sigma, iters=50), y))
     assert fitted < 0.7 * floor
     assert 0.8 * floor < aware <= floor * 1.05
 
@@ -223,3 +214,22 @@ def test_ideal_coverage_is_what_honest_finite_samples_reach():
     std = samples.std(axis=0, ddof=1)
     got = calibration(truth, samples.mean(axis=0), std)["coverage_2sigma"]
     assert got == pytest.approx(ideal_coverage(k), abs=0.01)
+
+
+def test_projection_guidance_uses_the_operators_own_data_consistency():
+    """Guidance asks the operator (no type checks): an operator's closed form is what runs."""
+
+    class Halving(IdentityOperator):
+        is_identity = False  # not denoising: no measurement mixing
+
+        def data_consistency(self, x, y, noise_level=0.0, *, iters=30):
+            return 0.5 * (x + y)
+
+    x0 = torch.zeros(2, 1, 4, 4)
+    y = torch.ones(2, 1, 4, 4)
+    domain = ModelDomain({"kind": "percentile"}, 1, "denoise", False)
+    hook = make_guidance("projection", Halving(), y, 0.0, domain)
+    _, corrected = hook(0, 0.5, x0, x0)
+    assert torch.equal(corrected, torch.full_like(x0, 0.5))
+    # The identity's own closed form: noiseless, the nearest consistent image is y itself.
+    assert torch.equal(IdentityOperator().data_consistency(x0, y), y)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from diffrecon.diffusion.checkpoint import Prior
-from diffrecon.diffusion.frames import DiffusionOptions
-from diffrecon.diffusion.guidance import ModelDomain, residual_norm
+from diffrecon.diffusion.options import DiffusionOptions
+from diffrecon.diffusion.guidance import ModelDomain
+from diffrecon.physics.solvers import residual_norm
 from diffrecon.diffusion.reconstruction import reconstruct_to_end, stream_reconstruction
 from diffrecon.diffusion.samplers import DDIMSampler, run_to_end
 from diffrecon.measurements import ReconProblem
@@ -249,3 +250,15 @@ def test_cli_names_a_missing_prior_in_one_sentence(cli, tmp_path, phantom_file, 
     monkeypatch.setitem(reconstruct.DEFAULT_PRIORS, "mri", "not-trained-yet.safetensors")
     assert_one_sentence_error(cli(*args, "--modality", "mri"), mentions="not-trained-yet.safetensors")
     assert_one_sentence_error(cli(*args, "--modality", "denoise"), mentions="no default diffusion prior")
+
+
+@pytest.mark.parametrize("fields, words", [({"sampler": "euler"}, "unknown sampler"),
+                                           ({"guidance": "magic"}, "unknown guidance"),
+                                           ({"steps": 0}, "at least 1"),
+                                           ({"hot_start": True, "hot_start_t": 1.5}, "hot-start time"),
+                                           ({"eta": -1.0}, "eta must be")])
+def test_diffusion_options_refuse_bad_settings_when_made(fields, words):
+    from diffrecon.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=words):
+        DiffusionOptions(**fields)

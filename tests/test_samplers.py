@@ -80,8 +80,8 @@ def test_a_late_start_runs_only_the_grid_below_it() -> None:
     late = time_grid(sched, 25, start_t=0.4)
     assert late[0] == pytest.approx(0.4) and late[-1] == pytest.approx(0.001) and len(late) == 25
     assert len(time_grid(sched, 1000, start_t=0.4)) == 400  # no more steps than the grid has below 0.4
-    assert DDIMSampler(sched, 10, start_t=0.4)._times()[0] == pytest.approx(0.4)
-    assert VPSDESampler(sched, 10, start_t=0.4)._times()[0] == pytest.approx(0.4)
+    assert DDIMSampler(sched, 10, start_t=0.4).times()[0] == pytest.approx(0.4)
+    assert VPSDESampler(sched, 10, start_t=0.4).times()[0] == pytest.approx(0.4)
     with pytest.raises(ValueError):
         time_grid(sched, 10, start_t=0.0)
 
@@ -167,3 +167,32 @@ def test_a_gradient_hook_can_differentiate_through_the_network() -> None:
     assert not guided.x_t.requires_grad
     assert not torch.equal(plain.x_t, guided.x_t)
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm", "sde"])
+def test_every_sampler_is_a_time_grid_and_a_step(name) -> None:
+    """The loop is shared: a sampler's frames follow its own grid, ending clean at t = 0."""
+    from diffrecon.diffusion.samplers import SAMPLERS
+
+    sched, net = make_schedule("linear"), tiny_net()
+    sampler = SAMPLERS[name].for_run(sched, 5, start_t=0.5)
+    times = sampler.times()
+    assert len(times) == sampler.n_steps + 1 and all(a > b for a, b in zip(times, times[1:]))
+    frames = list(sampler.frames(net, (1, 2, 16, 16), seed=0))
+    assert [f.t for f in frames] == times[1:-1] + [0.0]
+    # Samplers on the training grid take no more steps than it has below the start.
+    assert SAMPLERS[name].fit_steps(5000, sched, 0.5) == (5000 if name == "sde" else sched.steps // 2)
+
+
+def test_the_vpsde_final_denoising_goes_through_the_hooks_correction() -> None:
+    sched, net = make_schedule("linear"), tiny_net()
+
+    class Hook:
+        def __call__(self, step, t, x_t, x0_hat):
+            return x_t, x0_hat
+
+        def correct_x0(self, x0):
+            return torch.full_like(x0, 0.125)
+
+    last = run_to_end(VPSDESampler(sched, 3).frames(net, (1, 2, 16, 16), seed=0, hook=Hook()))
+    assert torch.equal(last.x_t, torch.full_like(last.x_t, 0.125))

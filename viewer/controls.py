@@ -12,7 +12,9 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from diffrecon.diffusion.frames import GUIDANCE, SAMPLERS, DiffusionOptions
+from diffrecon.diffusion.guidance import GUIDANCE
+from diffrecon.diffusion.options import DiffusionOptions
+from diffrecon.diffusion.samplers import SAMPLERS
 from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS, default_options
 from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from diffrecon.diffusion.frames import DiffusionOptions
+from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.errors import DiffreconError
 from diffrecon.io.volume import Volume
 from diffrecon.measurements import MeasurementSettings, ProblemSource, ReconProblem

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..physics.base import LinearOperator
+from ..physics.solvers import inner
 from .tv import NORM_SAFETY, operator_norm, regularization_scale
 
 
@@ -217,7 +218,7 @@ def l1_wavelet_reconstruct(
             grad = pad(operator.A_adjoint(operator.A(image) - y))
             x_next = transform.inverse(_soft_threshold(transform.forward(z - step * grad), threshold))
             # Restart: if the step moved against the extrapolation, drop the momentum.
-            uphill = _real_dot(z - x_next, x_next - x) > 0
+            uphill = inner(z - x_next, x_next - x) > 0
             momentum = torch.where(uphill, torch.ones_like(momentum), momentum)
             momentum_next = (1.0 + torch.sqrt(1.0 + 4.0 * momentum**2)) / 2.0
             beta = ((momentum - 1.0) / momentum_next).view(-1, *([1] * (x.dim() - 1)))
@@ -226,9 +227,3 @@ def l1_wavelet_reconstruct(
             if callback is not None:
                 callback(k, x[..., :height, :width])
         return x[..., :height, :width].contiguous()
-
-
-def _real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Re<a, b> per batch item, (B,)."""
-    prod = a.conj() * b if a.is_complex() else a * b
-    return prod.real.flatten(1).sum(dim=1) if prod.is_complex() else prod.flatten(1).sum(dim=1)

@@ -150,7 +150,8 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
 
 
 def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
-    from ..diffusion.frames import GUIDANCE, SAMPLERS
+    from ..diffusion.guidance import GUIDANCE
+    from ..diffusion.samplers import SAMPLERS
 
     if not variant:
         return {}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..diffusion.checkpoint import Prior, load_prior
-from ..diffusion.frames import DiffusionOptions
+from ..diffusion.options import DiffusionOptions
 from ..diffusion.reconstruction import AUTOCAST, reconstruct_to_end
 from ..diffusion.schedules import make_schedule
 from ..diffusion.uncertainty import calibration

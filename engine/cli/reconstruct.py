@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..diffusion.frames import GUIDANCE, SAMPLERS
+from ..diffusion.guidance import GUIDANCE
+from ..diffusion.samplers import SAMPLERS
 from ..errors import DiffreconError, SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df = p.add_argument_group("diffusion (--method diffusion)")
     df.add_argument("--model", help="prior file (default: resources/models/mri-brain.safetensors for mri, "
                                     "ct-head.safetensors for ct)")
-    df.add_argument("--sampler", choices=SAMPLERS, help="reverse-diffusion sampler (default: the modality's, "
+    df.add_argument("--sampler", choices=tuple(SAMPLERS), help="reverse-diffusion sampler (default: the modality's, "
                                                         "measured on validation slices)")
     df.add_argument("--guidance", choices=GUIDANCE,
                     help="data consistency: projection (hard; measurement mixing for denoising), dds (CG steps), "

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..diffusion.frames import GUIDANCE, SAMPLERS
+from ..diffusion.guidance import GUIDANCE
+from ..diffusion.samplers import SAMPLERS
 from ..measurements import MODALITIES
 from ..physics.masks import MASK_KINDS
 
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dn.add_argument("--noise-sigma", type=float, help="noise std relative to the image's 99.5th percentile")
     df = p.add_argument_group("diffusion")
     df.add_argument("--model", type=Path, help="prior file (.safetensors; default: the bundled one for the task)")
-    df.add_argument("--sampler", choices=SAMPLERS)
+    df.add_argument("--sampler", choices=tuple(SAMPLERS))
     df.add_argument("--guidance", choices=GUIDANCE)
     df.add_argument("--steps", type=int, help="sampling steps (default 25)")
     df.add_argument("--samples", type=int, help="posterior samples for the uncertainty map, each run as a symmetric pair (default 1)")

@@ -1,7 +1,7 @@
 """Measurement-conditioned diffusion reconstruction, streamed one sampling step at a time.
 
 :func:`stream_reconstruction` turns a :class:`~diffrecon.measurements.ReconProblem` and a
-prior into a generator of :class:`~.frames.ReconFrame`: the viewer draws every frame, the
+prior into a generator of :class:`ReconFrame`: the viewer draws every frame, the
 CLI keeps the last. One run:
 
 1. maps the problem into the prior's domain (:class:`.guidance.ModelDomain`: complex MR
@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from ..errors import SettingsError
 from ..measurements import ReconProblem
 from .checkpoint import Prior
-from .frames import GUIDANCE, SAMPLERS, DiffusionOptions, ReconFrame
 from .guidance import Guidance, ModelDomain, make_guidance
-from .samplers import DDIMSampler, DDPMSampler, VPSDESampler
+from .options import DiffusionOptions
+from .samplers import SAMPLERS, Sampler
 from .schedules import NoiseSchedule
 
 #: Per guidance: clamp Tweedie estimates to [-c, c] (model domain) before the guidance sees
@@ -78,37 +78,43 @@ def default_options(modality: str, **overrides) -> DiffusionOptions:
     return DiffusionOptions(**chosen)
 
 
-def step_count(options: DiffusionOptions, schedule: NoiseSchedule) -> int:
-    """Sampling steps (= frames) of a run: ``options.steps``, or ``round(hot_start_t * steps)``
-    when hot; never more than the schedule's grid steps before the start."""
-    if not options.hot_start:
-        return min(options.steps, schedule.steps) if options.sampler != "sde" else options.steps
-    n = max(1, round(options.hot_start_t * options.steps))
-    return min(n, max(1, round(options.hot_start_t * schedule.steps))) if options.sampler != "sde" else n
+def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
+    """The sampler for ``options``: ``options.steps`` steps, or for a hot start
+    ``round(hot_start_t * steps)`` steps from ``hot_start_t`` (never more than a sampler on
+    the training grid has below its start)."""
+    if options.hot_start:
+        start, requested = options.hot_start_t, max(1, round(options.hot_start_t * options.steps))
+    else:
+        start, requested = 1.0, options.steps
+    return SAMPLERS[options.sampler].for_run(schedule, requested, start_t=start, eta=options.eta)
 
 
-def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule):
-    """The sampler for ``options.sampler``, starting at ``hot_start_t`` for a hot start."""
-    n = step_count(options, schedule)
-    start = options.hot_start_t if options.hot_start else 1.0
-    if options.sampler == "ddim":
-        return DDIMSampler(schedule, n, options.eta, start_t=start)
-    if options.sampler == "ddpm":
-        return DDPMSampler(schedule, n, start_t=start)
-    return VPSDESampler(schedule, n, start_t=start)
+@dataclass
+class ReconFrame:
+    """The state after one sampling step, in the problem's working domain.
 
+    Tensors are ``(B, 1, H, W)`` for the B slices of the problem (complex for MRI);
+    ``x_t`` is the first posterior sample's current noisy state, ``x0`` the current
+    estimate of the clean image averaged over the K samples, ``variance`` the per-pixel
+    variance of the K samples' x0 estimates (None when K = 1).
+    """
 
-def check_options(options: DiffusionOptions) -> None:
-    if options.sampler not in SAMPLERS:
-        raise SettingsError(f"unknown sampler {options.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if options.guidance not in GUIDANCE:
-        raise SettingsError(f"unknown guidance {options.guidance!r}; choose one of {', '.join(GUIDANCE)}")
-    if options.steps < 1 or options.samples < 1:
-        raise SettingsError(f"steps and samples must be at least 1; got {options.steps} and {options.samples}")
-    if options.hot_start and not 0.0 < options.hot_start_t <= 1.0:
-        raise SettingsError(f"the hot-start time must be in (0, 1]; got {options.hot_start_t}")
-    if options.eta < 0 or options.cg_iters < 1:
-        raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {options.eta} and {options.cg_iters}")
+    step: int  # 1-based index of the step just finished
+    total: int  # steps in this run
+    t: float  # diffusion time of x_t, in [0, 1] (0 = clean)
+    x_t: torch.Tensor
+    x0: torch.Tensor
+    variance: torch.Tensor | None
+    elapsed: float  # seconds since the run started
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total
+
+    @property
+    def eta_seconds(self) -> float:
+        """Remaining time at the pace so far."""
+        return self.elapsed / max(self.step, 1) * (self.total - self.step)
 
 
 # --------------------------------------------------------------------------- the run
@@ -153,7 +159,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     The last frame (``frame.done``) holds the result: ``x0`` the posterior mean over the
     samples, ``variance`` their per-pixel variance (None for a single sample).
     """
-    check_options(options)
+    options.validate()  # a caller may have changed a field since it was made
     operator, y = problem.operator, problem.y
     complex_working = operator.image_dtype.is_complex
     domain = ModelDomain(prior.normalisation, prior.channels, problem.modality, complex_working)
@@ -194,20 +200,15 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     sampler = make_sampler(options, schedule)
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
-    total = step_count(options, schedule)
+    total = sampler.n_steps
     start = time.perf_counter()
     try:
         for index in range(total):
             # DPS differentiates through the network; everything else runs without autograd.
             with torch.inference_mode(not guidance.requires_grad):
                 frame = next(frames)
-                if frame.last:
-                    # DDIM/DDPM end at t = 0 with x_t = x0_hat; the VP-SDE's final Tweedie
-                    # denoising runs without the hook, so it gets the data consistency here.
-                    final = frame.x_t if options.sampler != "sde" else guidance.correct_x0(frame.x_t)
-                    x0_samples = domain.from_model(final)
-                else:
-                    x0_samples = domain.from_model(frame.x0_hat)
+                # The last frame's x_t is the (data-consistent) sample itself.
+                x0_samples = domain.from_model(frame.x_t if frame.last else frame.x0_hat)
                 mean, variance = _summarise(x0_samples, n_samples, batch)
                 x_t = domain.from_model(frame.x_t[:batch])
             yield ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=mean, variance=variance,
@@ -226,4 +227,5 @@ def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOp
     return last
 
 
-__all__ = ["CLIP_X0", "MODALITY_DEFAULTS", "check_options", "default_options", "make_sampler", "reconstruct_to_end", "step_count", "stream_reconstruction"]
+__all__ = ["CLIP_X0", "MODALITY_DEFAULTS", "ReconFrame", "default_options", "make_sampler", "reconstruct_to_end",
+           "stream_reconstruction"]

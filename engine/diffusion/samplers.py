@@ -1,8 +1,11 @@
-"""Reverse-diffusion samplers: DDPM, DDIM and a VP-SDE sampler, each one readable loop.
+"""Reverse-diffusion samplers: DDPM, DDIM and a VP-SDE sampler, each a time grid and a step.
 
 Samplers are separate from the network (as in diffusers/MONAI): build one with a
 :class:`.schedules.NoiseSchedule` and settings, then call ``sampler.frames(model, shape,
-seed=...)``. ``model(x_t, t) -> eps`` is any epsilon predictor taking continuous ``t``
+seed=...)``. As with diffusers' schedulers, a sampler only says *where* the network is
+called (:meth:`Sampler.times`) and *how* one step moves the state (:meth:`Sampler.step`);
+the loop around them (:meth:`Sampler.frames`: the network call, the hook, the frames) is
+written once. ``model(x_t, t) -> eps`` is any epsilon predictor taking continuous ``t``
 (see :mod:`.unet`). ``frames`` is a **generator** that yields a :class:`Frame` after
 every step, which is how the viewer shows the reverse diffusion happen:
 
@@ -26,6 +29,9 @@ every step, which is how the viewer shows the reverse diffusion happen:
   - A hook whose ``requires_grad`` attribute is true gets ``x_t`` with ``requires_grad``
     set and ``x0_hat`` still attached to the network's graph, so it can differentiate
     through the network (DPS); otherwise it runs under ``no_grad``.
+  - A hook may also offer ``correct_x0(x0) -> x0``: a sampler whose last output is a
+    noise-free estimate no step's hook saw (the VP-SDE's closing Tweedie denoising)
+    passes that output through it, so every sampler's last frame is data-consistent.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ class StepHook(Protocol):
 
 @dataclass(frozen=True)
 class Frame:
-    """The state after one step: ``x_t`` now lives at time ``t`` (0 after the last step)."""
+    """The state after one step: ``x_t`` now lives at time ``t`` (0 after the last step,
+    when ``x_t`` is the sample)."""
 
     step: int  # 0-based
     n_steps: int
@@ -80,14 +87,55 @@ def time_grid(schedule: NoiseSchedule, n_steps: int, start_t: float = 1.0) -> li
     return [float(schedule.time_of_step(i)) for i in idx]
 
 
-class _Sampler:
-    """What every sampler shares: the per-step network call and the hook.
+class SamplingRun:
+    """What one run's steps share: the network, the hook, the seeded noise source."""
 
-    Every ``frames(model, shape, seed=0, hook=None, x_init=None, device="cpu",
-    autocast=False, clip_x0=None)`` takes: ``shape`` ``(B, C, H, W)`` of the sample;
-    ``x_init`` a starting ``x_1`` instead of fresh noise (copied, never modified);
-    ``autocast`` bf16 network calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]``
-    before the hook sees it.
+    def __init__(self, schedule: NoiseSchedule, model: EpsModel, hook: StepHook | None, generator: torch.Generator,
+                 autocast: bool, clip_x0: float | None):
+        self.schedule, self.model, self.hook, self.generator = schedule, model, hook, generator
+        self.autocast, self.clip_x0 = autocast, clip_x0
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``like``, from the run's seeded generator."""
+        return torch.randn(like.shape, generator=self.generator, device=like.device)
+
+    def eps(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """The network's noise estimate at ``x_t`` and time ``t`` (float32)."""
+        with autocast_context(self.autocast, x_t.device):
+            return self.model(x_t, torch.full((x_t.shape[0],), t, device=x_t.device)).float()
+
+    def predict(self, x_t: torch.Tensor, t: float, step: int, *, hook: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, x0_hat, eps)`` at this step, after the hook (unless ``hook`` is False)."""
+        hook_fn = self.hook if hook else None
+        wants_grad = hook_fn is not None and bool(getattr(hook_fn, "requires_grad", False))
+        with torch.set_grad_enabled(wants_grad):
+            if wants_grad:
+                x_t = x_t.detach().requires_grad_(True)
+            eps = self.eps(x_t, t)
+            x0_hat = self.schedule.x0_from_eps(x_t, eps, t)
+            if self.clip_x0 is not None:
+                x0_hat = x0_hat.clamp(-self.clip_x0, self.clip_x0)
+            if hook_fn is not None:
+                new_x_t, new_x0 = hook_fn(step, t, x_t, x0_hat)
+                if new_x_t is not x_t:  # the hook moved the noisy state: its own noise estimate follows
+                    eps = self.schedule.eps_from_x0(new_x_t, new_x0, t)
+                x_t, x0_hat = new_x_t, new_x0
+        return x_t.detach(), x0_hat.detach(), eps.detach()
+
+    def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x0`` through the hook's ``correct_x0`` when it has one (module docstring)."""
+        correct = getattr(self.hook, "correct_x0", None)
+        return x0 if correct is None else correct(x0)
+
+
+class Sampler:
+    """A time grid and a step; :meth:`frames` runs them (written once for every sampler).
+
+    ``frames(model, shape, seed=0, hook=None, x_init=None, device="cpu", autocast=False,
+    clip_x0=None)`` takes: ``shape`` ``(B, C, H, W)`` of the sample; ``x_init`` a starting
+    ``x_1`` instead of fresh noise (copied, never modified); ``autocast`` bf16 network
+    calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]`` before the hook sees it.
 
     Every sampler takes ``start_t`` (default 1): a hot start begins part-way, at
     ``x_init`` = a classical estimate noised to ``start_t``, and runs only the steps below it.
@@ -97,41 +145,59 @@ class _Sampler:
     n_steps: int
     start_t: float = 1.0
 
-    def _times(self) -> list[float]:
-        """The decreasing times at which the network is called."""
-        return time_grid(self.schedule, self.n_steps, self.start_t)
+    @classmethod
+    def fit_steps(cls, requested: int, schedule: NoiseSchedule, start_t: float = 1.0) -> int:
+        """The steps a run asking for ``requested`` takes (samplers on the training grid
+        take no more than the grid has below ``start_t``)."""
+        return requested
 
-    def _predict(self, model: EpsModel, x_t: torch.Tensor, t: float, step: int, hook: StepHook | None,
-                 autocast: bool, clip_x0: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x_t, x0_hat, eps)`` for this step, after the hook."""
-        wants_grad = hook is not None and bool(getattr(hook, "requires_grad", False))
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device)
-        with torch.set_grad_enabled(wants_grad):
-            if wants_grad:
-                x_t = x_t.detach().requires_grad_(True)
-            with autocast_context(autocast, x_t.device):
-                eps = model(x_t, t_batch)
-            eps = eps.float()
-            x0_hat = self.schedule.x0_from_eps(x_t, eps, t)
-            if clip_x0 is not None:
-                x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-            if hook is not None:
-                new_x_t, new_x0 = hook(step, t, x_t, x0_hat)
-                if new_x_t is not x_t:  # the hook moved the noisy state: its own noise estimate follows
-                    eps = self.schedule.eps_from_x0(new_x_t, new_x0, t)
-                x_t, x0_hat = new_x_t, new_x0
-        return x_t.detach(), x0_hat.detach(), eps.detach()
+    @classmethod
+    def for_run(cls, schedule: NoiseSchedule, requested: int, *, start_t: float = 1.0, eta: float = 0.0) -> Sampler:
+        """This sampler for a run asking for ``requested`` steps from ``start_t``
+        (``eta``: the stochasticity of samplers that have one)."""
+        return cls(schedule, cls.fit_steps(requested, schedule, start_t), start_t=start_t)  # type: ignore[call-arg]
+
+    def times(self) -> list[float]:
+        """``n_steps + 1`` decreasing times: the network is called at the first ``n_steps``,
+        the last is where the last step ends."""
+        raise NotImplementedError
+
+    def step(self, run: SamplingRun, k: int, t: float, t_next: float, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             eps: torch.Tensor, last: bool) -> torch.Tensor:
+        """Step ``k``: the state at ``t_next`` from the (hook-corrected) ``x_t``, ``x0_hat``
+        and ``eps`` at ``t``; after the ``last`` step, the sample."""
+        raise NotImplementedError
+
+    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
+               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
+               clip_x0: float | None = None) -> Iterator[Frame]:
+        run = SamplingRun(self.schedule, model, hook, torch.Generator(device=device).manual_seed(seed), autocast,
+                          clip_x0)
+        if x_init is not None:
+            x = x_init.detach().clone().to(device)  # never alias the caller's tensor
+        else:
+            x = torch.randn(shape, generator=run.generator, device=device)
+        times = self.times()
+        n = len(times) - 1
+        for k in range(n):
+            last = k == n - 1
+            x, x0_hat, eps = run.predict(x, times[k], k)
+            x = self.step(run, k, times[k], times[k + 1], x, x0_hat, eps, last)
+            yield Frame(k, n, 0.0 if last else times[k + 1], x, x0_hat)
 
 
-def _start(shape: tuple[int, ...], seed: int, x_init: torch.Tensor | None, device: torch.device | str
-           ) -> tuple[torch.Generator, torch.Tensor]:
-    gen = torch.Generator(device=device).manual_seed(seed)
-    if x_init is not None:
-        return gen, x_init.detach().clone().to(device)  # never alias the caller's tensor
-    return gen, torch.randn(shape, generator=gen, device=device)
+class _GridSampler(Sampler):
+    """Samplers on the schedule's discrete training grid (DDPM, DDIM), ending at ``t = 0``."""
+
+    @classmethod
+    def fit_steps(cls, requested: int, schedule: NoiseSchedule, start_t: float = 1.0) -> int:
+        return min(requested, max(1, round(start_t * schedule.steps)))
+
+    def times(self) -> list[float]:
+        return [*time_grid(self.schedule, self.n_steps, self.start_t), 0.0]
 
 
-class DDPMSampler(_Sampler):
+class DDPMSampler(_GridSampler):
     """Ancestral sampling (Ho et al. 2020) with ``n_steps`` (1000: the original).
 
     Fewer steps use a respaced schedule (Nichol & Dhariwal 2021): the betas between
@@ -142,27 +208,21 @@ class DDPMSampler(_Sampler):
     def __init__(self, schedule: NoiseSchedule, n_steps: int | None = None, start_t: float = 1.0):
         self.schedule, self.n_steps, self.start_t = schedule, n_steps or schedule.steps, start_t
 
-    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
-               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
-               clip_x0: float | None = None) -> Iterator[Frame]:
-        gen, x = _start(shape, seed, x_init, device)
-        times = self._times()
-        for k, t in enumerate(times):
-            t_prev = times[k + 1] if k + 1 < len(times) else 0.0
-            x, x0_hat, _ = self._predict(model, x, t, k, hook, autocast, clip_x0)
-            abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_prev))
-            beta = 1 - abar / abar_prev
-            # DDPM eq. 7: posterior mean coefficients and variance.
-            coef_x0 = abar_prev**0.5 * beta / (1 - abar)
-            coef_xt = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)
-            var = beta * (1 - abar_prev) / (1 - abar)
-            x = coef_x0 * x0_hat + coef_xt * x
-            if t_prev > 0:
-                x = x + var**0.5 * torch.randn(x.shape, generator=gen, device=x.device)
-            yield Frame(k, len(times), t_prev, x, x0_hat)
+    def step(self, run: SamplingRun, k: int, t: float, t_next: float, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             eps: torch.Tensor, last: bool) -> torch.Tensor:
+        abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_next))
+        beta = 1 - abar / abar_prev
+        # DDPM eq. 7: posterior mean coefficients and variance.
+        coef_x0 = abar_prev**0.5 * beta / (1 - abar)
+        coef_xt = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)
+        var = beta * (1 - abar_prev) / (1 - abar)
+        x = coef_x0 * x0_hat + coef_xt * x_t
+        if t_next > 0:
+            x = x + var**0.5 * run.noise(x)
+        return x
 
 
-class DDIMSampler(_Sampler):
+class DDIMSampler(_GridSampler):
     """DDIM (Song, Meng & Ermon 2021) with any number of steps; ``eta = 0`` is deterministic.
 
     ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with
@@ -175,23 +235,21 @@ class DDIMSampler(_Sampler):
             raise ValueError(f"eta must be >= 0; got {eta}")
         self.schedule, self.n_steps, self.eta, self.start_t = schedule, n_steps, eta, start_t
 
-    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
-               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
-               clip_x0: float | None = None) -> Iterator[Frame]:
-        gen, x = _start(shape, seed, x_init, device)
-        times = self._times()
-        for k, t in enumerate(times):
-            t_prev = times[k + 1] if k + 1 < len(times) else 0.0
-            x, x0_hat, eps = self._predict(model, x, t, k, hook, autocast, clip_x0)
-            abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_prev))
-            sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
-            x = abar_prev**0.5 * x0_hat + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, generator=gen, device=x.device)
-            yield Frame(k, len(times), t_prev, x, x0_hat)
+    @classmethod
+    def for_run(cls, schedule: NoiseSchedule, requested: int, *, start_t: float = 1.0, eta: float = 0.0) -> Sampler:
+        return cls(schedule, cls.fit_steps(requested, schedule, start_t), eta, start_t=start_t)
+
+    def step(self, run: SamplingRun, k: int, t: float, t_next: float, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             eps: torch.Tensor, last: bool) -> torch.Tensor:
+        abar, abar_prev = float(self.schedule.alpha_bar(t)), float(self.schedule.alpha_bar(t_next))
+        sigma = self.eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
+        x = abar_prev**0.5 * x0_hat + max(1 - abar_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * run.noise(x)
+        return x
 
 
-class VPSDESampler(_Sampler):
+class VPSDESampler(Sampler):
     """Reverse VP-SDE (Song et al. 2021): Euler-Maruyama predictor, optional Langevin corrector.
 
     Time runs from ``start_t`` (default 1) to ``t_min`` in ``n_steps`` equal steps of size ``h``::
@@ -202,7 +260,8 @@ class VPSDESampler(_Sampler):
     when no hook changed ``x0_hat``). With ``corrector_steps > 0`` each step
     ends with that many Langevin moves at the new time (signal-to-noise ``snr``; each
     costs one more network call, and the hook sees only the predictor's estimate).
-    The last step returns the Tweedie estimate at ``t_min`` (noise-free output).
+    The last step returns the Tweedie estimate at ``t_min`` (noise-free output), passed
+    through the hook's ``correct_x0`` when it has one.
     """
 
     def __init__(self, schedule: NoiseSchedule, n_steps: int = 100, t_min: float = 1e-3,
@@ -214,39 +273,31 @@ class VPSDESampler(_Sampler):
         self.schedule, self.n_steps, self.t_min, self.start_t = schedule, n_steps, t_min, start_t
         self.corrector_steps, self.snr = corrector_steps, snr
 
-    def _times(self) -> list[float]:
+    def times(self) -> list[float]:
         return torch.linspace(self.start_t, self.t_min, self.n_steps + 1, dtype=torch.float64).tolist()
 
-    def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
-               x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
-               clip_x0: float | None = None) -> Iterator[Frame]:
-        gen, x = _start(shape, seed, x_init, device)
-        times = self._times()
-        for k in range(self.n_steps):
-            t, t_next = times[k], times[k + 1]
-            h = t - t_next
-            x, x0_hat, _ = self._predict(model, x, t, k, hook, autocast, clip_x0)
-            beta = float(self.schedule.beta(t))
-            mean, std = self.schedule.marginal(t)
-            score = -(x - float(mean) * x0_hat) / float(std) ** 2  # Tweedie: honours a hook's x0_hat
-            x = x + h * (0.5 * beta * x + beta * score)
-            if k < self.n_steps - 1:
-                x = x + (beta * h) ** 0.5 * torch.randn(x.shape, generator=gen, device=x.device)
-                for _ in range(self.corrector_steps):
-                    x = self._langevin(model, x, t_next, gen, autocast)
-            else:
-                # Final denoising: report the clean estimate at t_min, as score_sde does.
-                _, x, _ = self._predict(model, x, t_next, k, None, autocast, clip_x0)
-                t_next = 0.0
-            yield Frame(k, self.n_steps, t_next, x, x0_hat)
+    def step(self, run: SamplingRun, k: int, t: float, t_next: float, x_t: torch.Tensor, x0_hat: torch.Tensor,
+             eps: torch.Tensor, last: bool) -> torch.Tensor:
+        h = t - t_next
+        beta = float(self.schedule.beta(t))
+        mean, std = self.schedule.marginal(t)
+        score = -(x_t - float(mean) * x0_hat) / float(std) ** 2  # Tweedie: honours a hook's x0_hat
+        x = x_t + h * (0.5 * beta * x_t + beta * score)
+        if last:
+            # Final denoising: report the clean estimate at t_min, as score_sde does.
+            _, x, _ = run.predict(x, t_next, k, hook=False)
+            return run.correct_x0(x)
+        x = x + (beta * h) ** 0.5 * run.noise(x)
+        for _ in range(self.corrector_steps):
+            x = self._langevin(run, x, t_next)
+        return x
 
-    def _langevin(self, model: EpsModel, x: torch.Tensor, t: float, gen: torch.Generator,
-                  autocast: bool) -> torch.Tensor:
+    def _langevin(self, run: SamplingRun, x: torch.Tensor, t: float) -> torch.Tensor:
         """One corrector move: a Langevin step sized from the target signal-to-noise ratio."""
-        with torch.no_grad(), autocast_context(autocast, x.device):
-            eps = model(x, torch.full((x.shape[0],), t, device=x.device)).float()
+        with torch.no_grad():
+            eps = run.eps(x, t)
         score = self.schedule.score_from_eps(eps, t)
-        z = torch.randn(x.shape, generator=gen, device=x.device)
+        z = run.noise(x)
         alpha = 1 - float(self.schedule.beta(t)) / self.schedule.steps  # this grid step's alpha
         dims = tuple(range(1, x.ndim))
         step = 2 * alpha * (self.snr * torch.linalg.vector_norm(z, dim=dims)
@@ -265,5 +316,5 @@ def run_to_end(frames: Iterator[Frame]) -> Frame:
     return last
 
 
-#: the samplers by the names the CLI, viewer and options use
-SAMPLERS = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "sde": VPSDESampler}
+#: the samplers by the names the CLI, viewer and options use, DDIM (the product's default) first
+SAMPLERS: dict[str, type[Sampler]] = {"ddim": DDIMSampler, "ddpm": DDPMSampler, "sde": VPSDESampler}

@@ -6,8 +6,12 @@ A measurement model is ``y = A(x) + noise``. Each linear operator is one class w
 * ``A_adjoint(y)``: the exact adjoint (the transpose, not an approximation),
 * ``A_dagger(y)``: a pseudo-inverse (closed form where one exists, otherwise
   conjugate gradients on the normal equations),
-* ``solve_normal(rhs, ...)``: solve ``(AᴴA + λI) x = rhs`` (used by DDS-style
-  data consistency and by baselines).
+* ``solve_normal(rhs, ...)``: solve ``(AᴴA + λI) x = rhs`` (used by baselines),
+* ``least_squares(x, y, noise_level, iters=...)``: CGLS on ``min ||A x - y||`` from ``x``,
+  stopping at the noise level (DDS-style data consistency),
+* ``data_consistency(x, y, noise_level, iters=...)``: the image nearest ``x`` that explains
+  ``y`` (after deepinv's ``prox_l2``): CGLS by default, closed forms where the operator
+  has them (MRI's k-space replacement, the identity's ``y``).
 
 Images are torch tensors ``(batch, channels, rows, cols)``; real images have one
 channel and are float32, complex MR images are complex64 with one channel. All
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .solvers import conjugate_gradient
+from .solvers import cgls, conjugate_gradient, discrepancy
 
 
 class LinearOperator:
@@ -26,6 +30,9 @@ class LinearOperator:
 
     #: dtype of the images this operator takes (complex operators accept real input too)
     image_dtype: torch.dtype = torch.float32
+    #: ``A = I`` (denoising): the measurement is a noisy image, which diffusion guidance
+    #: mixes into the sampler's state instead of projecting onto
+    is_identity: bool = False
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - the field's notation
         raise NotImplementedError
@@ -57,6 +64,24 @@ class LinearOperator:
         """Least-squares pseudo-inverse ``argmin_x ||Ax - y||``; subclasses may override
         with a closed form."""
         return self.solve_normal(self.A_adjoint(y), iters=iters)
+
+    def least_squares(self, x: torch.Tensor, y: torch.Tensor, noise_level: float = 0.0, *,
+                      iters: int = 5) -> torch.Tensor:
+        """``iters`` CGLS steps on ``min ||A x - y||`` from ``x``; with ``noise_level > 0`` an
+        item stops once its residual is down to the noise (the discrepancy principle).
+
+        Started at ``x``, the iterates stay in ``x + range(Aᴴ)``: run to convergence they reach
+        the orthogonal projection of ``x`` onto ``{A x = y}``; stopped early (DDS) they stay
+        close to ``x``.
+        """
+        return cgls(self, y, x, iters=iters, stop_residual=discrepancy(y, noise_level, x.shape[0]))
+
+    def data_consistency(self, x: torch.Tensor, y: torch.Tensor, noise_level: float = 0.0, *,
+                         iters: int = 30) -> torch.Tensor:
+        """The image nearest ``x`` that explains ``y`` (to within the noise when
+        ``noise_level > 0``): :meth:`least_squares` run for up to ``iters`` steps. Operators
+        with a closed form override this."""
+        return self.least_squares(x, y, noise_level, iters=iters)
 
     def image_shape(self) -> tuple[int, ...] | None:
         """Shape (C, H, W) of one image this operator takes, if fixed."""

@@ -28,6 +28,8 @@ from .base import LinearOperator
 class IdentityOperator(LinearOperator):
     """``A = I``: the forward operator of denoising."""
 
+    is_identity = True
+
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return x
 
@@ -39,6 +41,13 @@ class IdentityOperator(LinearOperator):
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def data_consistency(self, x: torch.Tensor, y: torch.Tensor, noise_level: float = 0.0, *,
+                         iters: int = 30) -> torch.Tensor:
+        """Noiseless: the measurement itself; noisy: the least-squares default."""
+        if noise_level == 0.0:
+            return y.clone()
+        return super().data_consistency(x, y, noise_level, iters=iters)
 
 
 def _noise_generator(generator: torch.Generator | None, like: torch.Tensor) -> torch.Generator | None:

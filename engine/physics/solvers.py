@@ -1,18 +1,36 @@
-"""Small iterative solvers shared by physics, baselines and samplers."""
+"""The iterative solvers shared by physics, baselines and samplers, and their inner product.
+
+* :func:`conjugate_gradient` solves ``M x = rhs`` for a Hermitian positive (semi)definite
+  ``M`` given as a function (normal equations with or without Tikhonov weight).
+* :func:`cgls` solves ``min ||A x - y||`` for an operator with ``A`` and ``A_adjoint``:
+  conjugate gradients on the normal equations written so that the measurement residual
+  is at hand (the discrepancy principle stops on it).
+
+Both run one solve per batch item (a converged item stops; the others go on) and share
+:func:`inner`, the batched real inner product.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
+if TYPE_CHECKING:
+    from .base import LinearOperator
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real part of <a, b> per batch item, shaped to broadcast over (B, ...)."""
-    prod = (a.conj() * b) if a.is_complex() else a * b
-    s = prod.reshape(prod.shape[0], -1).sum(dim=1)
-    s = s.real if s.is_complex() else s
-    return s.view(-1, *([1] * (a.dim() - 1)))
+
+def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real part of ``<a, b>`` per batch item, shape ``(B,)``."""
+    prod = (a.conj() * b).real if a.is_complex() else a * b
+    return prod.reshape(prod.shape[0], -1).sum(dim=1)
+
+
+def per_item(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``(B,)`` coefficient shaped to broadcast over ``like`` (images and measurements
+    may have different numbers of dimensions)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def conjugate_gradient(
@@ -35,19 +53,71 @@ def conjugate_gradient(
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - apply_A(x) if x0 is not None else rhs.clone()
     p = r.clone()
-    rs = _dot(r, r)
+    rs = inner(r, r)
     stop = tol**2 * rs.clamp_min(1e-30)
     for _ in range(iters):
         if bool((rs <= stop).all()):
             break
         Ap = apply_A(p)
-        denom = _dot(p, Ap)
-        curved = denom > 1e-10 * _dot(p, p)
+        denom = inner(p, Ap)
+        curved = denom > 1e-10 * inner(p, p)
         alpha = torch.where(curved, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
-        x = x + alpha * p
-        r = r - alpha * Ap
-        rs_new = _dot(r, r)
+        x = x + per_item(alpha, x) * p
+        r = r - per_item(alpha, r) * Ap
+        rs_new = inner(r, r)
         beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-30), torch.zeros_like(rs))
-        p = r + beta * p
+        p = r + per_item(beta, p) * p
         rs = rs_new
     return x
+
+
+def cgls(operator: LinearOperator, y: torch.Tensor, x_init: torch.Tensor, *, iters: int,
+         stop_residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Least squares ``min ||A x - y||`` by CGLS from ``x_init``, batch-wise.
+
+    CGLS is conjugate gradients on the normal equations, written so that the
+    measurement residual ``r = y - A x`` is at hand every iteration. An item stops (its
+    steps become zero) once ``||r|| <= stop_residual[item]`` (the discrepancy principle)
+    or its normal-equation gradient has fallen by 1e6; the others go on.
+    """
+    x = x_init.clone()
+    r = y - operator.A(x)
+    s = operator.A_adjoint(r)
+    p = s.clone()
+    gamma = inner(s, s)
+    tiny = gamma * 1e-12
+    stop2 = None if stop_residual is None else stop_residual.reshape(-1).square()
+    ones = torch.ones_like(gamma)
+    for _ in range(iters):
+        active = gamma > tiny
+        if stop2 is not None:
+            active &= inner(r, r) > stop2
+        if not bool(active.any()):
+            break
+        q = operator.A(p)
+        qq = inner(q, q)
+        active &= qq > 0
+        # Finished items take zero steps and keep their search direction.
+        alpha = torch.where(active, gamma / qq.where(active, ones), torch.zeros_like(gamma))
+        x = x + per_item(alpha, x) * p
+        r = r - per_item(alpha, r) * q
+        s = operator.A_adjoint(r)
+        gamma_new = inner(s, s)
+        beta = torch.where(active, gamma_new / gamma.where(active, ones), torch.zeros_like(gamma))
+        p = torch.where(per_item(active, p), s + per_item(beta, p) * p, p)
+        gamma = torch.where(active, gamma_new, gamma)
+    return x
+
+
+def discrepancy(y: torch.Tensor, noise_level: float, items: int) -> torch.Tensor | None:
+    """Morozov's discrepancy principle: stop fitting once ``||A x - y||`` is down to the noise,
+    ``sqrt(m) sigma`` for ``m`` measurements of noise std ``sigma`` (None when noiseless)."""
+    if noise_level <= 0:
+        return None
+    return torch.full((items,), math.sqrt(y[0].numel()) * noise_level, device=y.device)
+
+
+def residual_norm(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||A x - y||`` per batch item, shape ``(B,)``."""
+    r = operator.A(x) - y
+    return inner(r, r).sqrt()

@@ -1,0 +1,50 @@
+"""What a diffusion reconstruction is asked to do: :class:`DiffusionOptions`, checked when made.
+
+The sampler and guidance names are those of :data:`.samplers.SAMPLERS` and
+:data:`.guidance.GUIDANCE`; the reconstruction itself is
+:func:`diffrecon.diffusion.reconstruction.stream_reconstruction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import SettingsError
+from .guidance import GUIDANCE
+from .samplers import SAMPLERS
+
+
+@dataclass
+class DiffusionOptions:
+    """Settings of one diffusion reconstruction; recorded in every output's provenance."""
+
+    sampler: str = "ddim"  # ddim | ddpm | sde
+    guidance: str = "dds"  # projection (hard data consistency) | dds (CG on x0) | dps (likelihood gradient)
+    steps: int = 25  # network evaluations per sample (DDPM: any T; DDIM: any number)
+    samples: int = 1  # K posterior samples in one batch -> mean and per-pixel variance
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic given the initial noise)
+    hot_start: bool = False  # start at an intermediate t from the classical baseline's estimate
+    hot_start_t: float = 0.4  # where the hot start enters (fraction of the diffusion time)
+    cg_iters: int = 5  # DDS: conjugate-gradient steps on the x0 estimate per sampling step
+    dps_scale: float = 1.0  # DPS: step size on the measurement-residual gradient
+    symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` (one sentence) for settings no run can use."""
+        if self.sampler not in SAMPLERS:
+            raise SettingsError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.guidance not in GUIDANCE:
+            raise SettingsError(f"unknown guidance {self.guidance!r}; choose one of {', '.join(GUIDANCE)}")
+        if self.steps < 1 or self.samples < 1:
+            raise SettingsError(f"steps and samples must be at least 1; got {self.steps} and {self.samples}")
+        if self.hot_start and not 0.0 < self.hot_start_t <= 1.0:
+            raise SettingsError(f"the hot-start time must be in (0, 1]; got {self.hot_start_t}")
+        if self.eta < 0 or self.cg_iters < 1:
+            raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
