@@ -181,6 +181,7 @@ def reconstruct(
     stds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     stds_w: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     seconds = {m: 0.0 for m in methods}
+    adaptations: list[dict[str, Any]] = []  # per batch: what dds-tv chose for it, and why
     observed, observed_w, reference_w = [], [], []
     has_reference = True
     for problem in source.batches(batch_size):
@@ -195,6 +196,8 @@ def reconstruct(
             if m == DIFFUSION:
                 last = solve_diffusion(problem, diffusion)
                 x = last.x0.detach()
+                if last.adaptation is not None:
+                    adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
                 if last.variance is not None:
                     variance = last.variance.detach()
                     stds[m].append(std_in_volume_units(source, x, variance))
@@ -222,6 +225,8 @@ def reconstruct(
         )
         if m == DIFFUSION:
             outcome.model = diffusion.describe()
+            if adaptations:
+                outcome.params["adaptation"] = adaptations
             if stds[m]:
                 outcome.variance = np.square(np.concatenate(stds[m])).astype(np.float32)
                 if ref is not None:
