@@ -45,7 +45,8 @@ class BenchData:
 SLICES_PER_SUBJECT = 8
 
 
-def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: bool = False) -> BenchData:
+def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: bool = False,
+                    per_subject: int = SLICES_PER_SUBJECT) -> BenchData:
     """A dataset name (a test/validation subject's object slices, or a training subject's
     held-out slab) or a scan path (all its slices)."""
     from ..cli.reconstruct import parse_slices
@@ -53,7 +54,7 @@ def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: 
     role, subject = "user scan", ""
     if spec in DATASETS:
         volume = load_dataset(spec)
-        chosen = [int(s) for s in evaluation_slices(volume, spec, count=SLICES_PER_SUBJECT)]
+        chosen = [int(s) for s in evaluation_slices(volume, spec, count=per_subject)]
         held_out = True
         label = spec
         role, subject = DATASETS[spec].role, DATASETS[spec].subject

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "median, bm3d) and diffusion[:sampler/guidance/steps[/hot]] "
                                      "(default: every baseline and diffusion)")
     p.add_argument("--slices", help="slices of each scan, Python style: 88:92 (default: the held-out block, or all)")
+    p.add_argument("--slices-per-subject", type=int, default=8, metavar="N",
+                   help="slices scored per test or validation subject, spread evenly over its object slices "
+                        "(default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for masks, noise and sampling (default 0)")
     p.add_argument("--samples", type=int, default=1,
                    help="diffusion posterior samples per slice (default 1: a symmetric pair, which gives a variance)")
@@ -120,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")
     prior = _prior(args, modality, any(m.is_diffusion for m in methods))
-    data = [load_bench_data(d, modality, args.slices, args.quick) for d in (args.data or default_data(modality))]
+    if args.slices_per_subject < 1:
+        raise SettingsError("--slices-per-subject must be at least 1")
+    data = [load_bench_data(d, modality, args.slices, args.quick, args.slices_per_subject)
+            for d in (args.data or default_data(modality))]
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise SettingsError(f"{out} exists and is not a folder")
@@ -157,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                                                      for t in tasks],
                      "methods": [{"label": m.label, "method": m.base, "overrides": m.overrides} for m in methods],
                      "seed": args.seed, "samples": args.samples, "quick": args.quick},
-        "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out,
+        "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out, "role": d.role, "subject": d.subject,
                   "slices_text": _ranges(d.slices),
                   "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
         "model": _model_description(prior),
