@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from .. import __version__
-from ..errors import DiffreconError
+from ..errors import DiffreconError, one_line
 from ..runtime import configure_threads, keep_freed_memory
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except DiffreconError as exc:
         if args.debug:
             raise
-        print(f"diffrecon: error: {exc}", file=sys.stderr)
+        print(f"diffrecon: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffrecon: interrupted", file=sys.stderr)
