@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..diffusion.frames import GUIDANCE, SAMPLERS
-from ..errors import DiffreconError, SettingsError
+from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
@@ -142,9 +142,17 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}", file=sys.stderr)
+    if sys.stderr.isatty():  # like tqdm's bar: progress for a person watching, never a line before an error
+        print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}",
+              file=sys.stderr)
     with tqdm(total=len(source), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
-        result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update, diffusion=diffusion)
+        try:
+            result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update,
+                                 diffusion=diffusion)
+        except (SettingsError, VolumeReadError):
+            raise
+        except DiffreconError as exc:  # a problem found in the data (e.g. a blank reference): name the file
+            raise VolumeReadError(args.path, str(exc)) from exc
 
     written = _write_outputs(args, volume, source, result, methods)
     for path in written:

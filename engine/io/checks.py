@@ -16,39 +16,25 @@ import numpy as np
 
 from ..errors import VolumeReadError, quoted  # noqa: F401 - quoted is used by the readers
 
-# Refuse a volume whose float32 copy would take more than this share of the memory
-# that is free now: the rest of the pipeline needs room for a few copies of it.
-MEMORY_SHARE = 0.5
+def check_fits_in_memory(path: str | Path, shape: tuple[int, ...], stored_itemsize: int, fmt: str) -> None:
+    """Raise before reading pixel data when the running command cannot hold this volume
+    (the prediction and its measured figures live in :mod:`.budget`)."""
+    from .budget import check_budget
+
+    check_budget(path, shape, stored_itemsize, fmt)
 
 
-def available_memory_bytes() -> int:
-    """Memory the kernel says is available now (Linux), else a large number."""
+def check_hdf5_stored(path: str | Path, ds, name: str) -> None:
+    """Refuse an HDF5 dataset none of whose chunks was ever written: every voxel is its fill
+    value, so a file of a kilobyte could declare (and make us allocate) gigabytes of nothing."""
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-def check_fits_in_memory(path: str | Path, shape: tuple[int, ...], itemsize: int = 4) -> None:
-    """Raise before allocating when ``shape`` cannot be held in memory."""
-    n = 1
-    for s in shape:
-        n *= int(s)
-    need = n * itemsize
-    avail = available_memory_bytes()
-    if need > MEMORY_SHARE * avail:
-        raise VolumeReadError(
-            path,
-            f"the volume {'x'.join(str(int(s)) for s in shape)} needs {need / 2**30:.1f} GiB, "
-            f"more than this machine can spare ({avail / 2**30:.1f} GiB available)",
-        )
+        stored = int(ds.id.get_storage_size())
+    except Exception:  # noqa: BLE001 - a virtual or external dataset: no storage to ask about
+        return
+    if stored == 0 and int(ds.size) > 0:
+        dims = "x".join(str(int(s)) for s in ds.shape)
+        raise VolumeReadError(path, f"dataset {name!r} ({dims}) stores no data: every voxel is its fill value, "
+                                    "so there is no image in it")
 
 
 @contextlib.contextmanager

@@ -351,7 +351,7 @@ def read_series(files: list[tuple[Path, Dataset]], where: Path, extra_metadata: 
     total = sum(n_frames(header) for _, header in files)
     stored_bytes = ((int_value(files[0][1], "BitsAllocated") or 16) + 7) // 8
     # Checked before any frame list or pixel buffer exists: headers can declare terabytes.
-    checks.check_fits_in_memory(where, (total, rows, cols), 4 + (stored_bytes if multi else 0))
+    checks.check_fits_in_memory(where, (total, rows, cols), stored_bytes, "dicom")
 
     frames = [frame for path, header in files for frame in frames_of(path, header)]
     frames, affine_lps, ordered_by = place_frames(frames, where)
