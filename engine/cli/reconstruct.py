@@ -24,6 +24,7 @@ from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, Proble
 from ..physics.masks import MASK_KINDS
 from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
                            diffusion_setup, reconstruct)
+from ..runtime import thread_settings
 
 _DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = result.report()
         report["input"] = str(args.path)
+        report.setdefault("threads", thread_settings())  # results reproduce bit for bit at one thread count
         report["outputs"] = [str(p) for p in written]
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True))

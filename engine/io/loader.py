@@ -138,6 +138,11 @@ def save_volume(
     """
     p = Path(path)
     ext = file_suffix(p)
+    if provenance is not None and "threads" not in provenance:
+        from ..runtime import thread_settings
+
+        # Results match bit for bit only at the same thread count: record it with every output.
+        provenance = {**provenance, "threads": thread_settings()}
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         if ext in _NIFTI:
