@@ -34,10 +34,11 @@ READ_BYTES_PER_VOXEL = {"nifti": 8, "numpy": 4, "hdf5": 4, "dicom": 4}
 # Peak bytes per processed voxel of each command's own work, on top of reading.
 # `reconstruct` measured 95 (MRI zero-filled), 80 (zero-filled + l1-wavelet) and 75
 # (median denoising) in total with an 8-byte read: 90 covers them. `info` computes on the
-# volume it read and needs nothing more. `bench` and `view` run the same pipeline as
-# `reconstruct` (assumed, not measured); `study create` loads one case at a time and
-# writes copies (a copy per method: 8, assumed); `train` reads its scans whole (assumed 16).
-COMMAND_BYTES_PER_VOXEL = {"info": 0, "reconstruct": 90, "bench": 90, "view": 90, "study": 8, "train": 16}
+# volume it read and needs nothing more. Not measured, assumed: `bench` runs the same
+# pipeline as `reconstruct` (90); the viewer reconstructs one slice at a time and keeps
+# display copies of the volume (16); `study create` loads one case at a time and writes a
+# copy per method (8); `train` keeps its scans whole with a few copies (16).
+COMMAND_BYTES_PER_VOXEL = {"info": 0, "reconstruct": 90, "bench": 90, "view": 16, "study": 8, "train": 16}
 # Keep this share of the memory that is free for everything the prediction does not count.
 MEMORY_SHARE = 0.8
 
