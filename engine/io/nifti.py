@@ -332,8 +332,9 @@ def _sidecar_modality(p: Path) -> str | None:
 
     side = sidecar_path(p)
     try:
-        value = json.loads(side.read_text(encoding="utf-8")).get("Modality")
-    except (OSError, ValueError, AttributeError):
+        with open_regular(side) as fh:  # a FIFO named scan.json must not hang the read
+            value = json.loads(fh.read(1 << 20).decode("utf-8")).get("Modality")
+    except (OSError, ValueError, AttributeError, VolumeReadError):
         return None
     value = str(value).upper() if value else None
     return value if value in ("MR", "CT", "US") else None
