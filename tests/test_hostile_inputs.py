@@ -55,3 +55,27 @@ def test_a_newline_in_a_skipped_file_name_stays_on_one_line(tmp_path):
 
     skipped = load_volume(series).metadata["skipped_files"]
     assert skipped == ["'read\\nme.txt' (not DICOM)"]
+
+
+def test_the_budget_counts_the_slices_a_command_will_process():
+    from diffrecon.io.budget import COMMAND_BYTES_PER_VOXEL, READ_BYTES_PER_VOXEL, predict, selected_slices
+
+    assert [selected_slices(t, 600) for t in (None, "", "40:60", "7", "0:100:5", "3,9,12", "-10:", "junk")] == \
+        [600, 600, 20, 1, 20, 3, 10, 600]
+    reading, work = predict((600, 512, 512), 1, "nifti", "reconstruct", "0:2")
+    assert reading == 600 * 512 * 512 * (1 + READ_BYTES_PER_VOXEL["nifti"])
+    assert work == 2 * 512 * 512 * COMMAND_BYTES_PER_VOXEL["reconstruct"]
+    assert predict((600, 512, 512), 1, "nifti", "info") == (reading, 0)
+
+
+def test_every_bundled_prior_passes_the_checks_that_crafted_ones_fail():
+    from pathlib import Path
+
+    from diffrecon.diffusion.checkpoint import validate_prior_file
+
+    priors = sorted(Path(__file__).parents[1].glob("resources/models/*.safetensors"))
+    priors = [p for p in priors if not p.name.endswith(".train.safetensors")]
+    assert priors
+    for path in priors:
+        meta, config = validate_prior_file(path)  # header only: no weights read, nothing built
+        assert config["in_channels"] == meta["channels"]

@@ -101,3 +101,11 @@ def test_read_screenshot_draws_the_window_and_exits(tmp_path, study):
 
     with open_store(study) as store:
         assert "zoe" in store.readers()
+
+
+def test_a_key_that_cannot_be_written_leaves_no_study(cli, tmp_path, case_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert_one_sentence_error(cli("study", "create", "--cases", case_root, "--out", tmp_path / "s",
+                                  "--key", blocker / "k.json"), mentions="key cannot be written")
+    assert not (tmp_path / "s").exists() and not [p for p in tmp_path.iterdir() if ".creating-" in p.name]

@@ -422,7 +422,11 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
         study_key = StudyKey(study_id, case_rows, chosen, items, refs, {
             "created": created_at, "diffrecon_version": __version__, "reference": reference, "slices": slices,
             "each_slice": bool(each_slice), "command": command, "study_folder": str(out)})
-        key_staging = write_key(study_key, key_path.with_name(key_path.name + f".creating-{os.getpid()}"))
+        try:
+            key_staging = write_key(study_key, key_path.with_name(key_path.name + f".creating-{os.getpid()}"))
+        except OSError as exc:
+            raise StudyDesignError(f"{key_path}: the study's key cannot be written there "
+                                   f"({exc.strerror or exc}); choose another place with --key") from exc
         if out.exists():  # an empty folder, or a study without answers: checked again, just before
             _check_target(out)
             shutil.rmtree(out)
