@@ -18,13 +18,14 @@ import numpy as np
 from .. import __version__
 from ..diffusion.guidance import GUIDANCE
 from ..diffusion.samplers import SAMPLERS
-from ..errors import DiffreconError, SettingsError
+from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
 from ..physics.masks import MASK_KINDS
 from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
                            diffusion_setup, reconstruct)
+from ..runtime import thread_settings
 
 _DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
@@ -143,9 +144,17 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}", file=sys.stderr)
+    if sys.stderr.isatty():  # like tqdm's bar: progress for a person watching, never a line before an error
+        print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}",
+              file=sys.stderr)
     with tqdm(total=len(source), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
-        result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update, diffusion=diffusion)
+        try:
+            result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update,
+                                 diffusion=diffusion)
+        except (SettingsError, VolumeReadError):
+            raise
+        except DiffreconError as exc:  # a problem found in the data (e.g. a blank reference): name the file
+            raise VolumeReadError(args.path, str(exc)) from exc
 
     written = _write_outputs(args, volume, source, result, methods)
     for path in written:
@@ -154,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = result.report()
         report["input"] = str(args.path)
+        report.setdefault("threads", thread_settings())  # results reproduce bit for bit at one thread count
         report["outputs"] = [str(p) for p in written]
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True))

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .statistics import LongRow, StudyReport, build_report
-from .store import Question, StudyStore
+from .key import KeyedStudy
+from .store import Question
 
 CSV_COLUMNS = ("reader", "case", "method", "question", "score", "seconds")
-REPORT_DIR = "report"
+REPORT_SUFFIX = ".report"
 
 
 @dataclass
@@ -223,10 +224,17 @@ def write_chart(report: StudyReport, path: Path) -> Path | None:
     return path
 
 
-def write_report(store: StudyStore, out_dir: str | Path | None = None) -> tuple[StudyReport, list[Path]]:
+def default_report_dir(study: str | Path) -> Path:
+    """``my-study.report`` beside the study folder: the report names methods, so it stays out
+    of the folder that readers receive."""
+    study = Path(study)
+    return study.parent / f"{study.resolve().name}{REPORT_SUFFIX}"
+
+
+def write_report(store: KeyedStudy, out_dir: str | Path | None = None) -> tuple[StudyReport, list[Path]]:
     """Compute the report and write report.md, scores_long.csv and scores_by_method.png."""
     report = build_report(store)
-    out = Path(out_dir) if out_dir is not None else store.folder / REPORT_DIR
+    out = Path(out_dir) if out_dir is not None else default_report_dir(store.folder)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_csv(report.rows, out / "scores_long.csv")]
     chart = write_chart(report, out / "scores_by_method.png")
