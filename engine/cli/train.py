@@ -28,9 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="+", metavar="DATA", help="scan paths or dataset names (colin27, mni152, cranium)")
+    p.add_argument("data", nargs="*", metavar="DATA",
+                   help="scan paths or dataset names (README: Training data); none with --packed")
+    p.add_argument("--packed", metavar="FILE.npz",
+                   help="train on the sources a --pack-to run wrote (a machine without the scans, e.g. a lent GPU)")
+    p.add_argument("--pack-to", metavar="FILE.npz",
+                   help="only pack DATA's training sources (normalised, cropped, quantised) into FILE.npz and stop")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the network trains (auto: CUDA when present; default cpu)")
     p.add_argument("--modality", required=True, choices=("mri", "ct", "ultrasound"))
-    p.add_argument("--out", required=True, metavar="NAME.safetensors", help="where the prior is written")
+    p.add_argument("--out", metavar="NAME.safetensors", help="where the prior is written (required unless --pack-to)")
     p.add_argument("--resume", action="store_true", help="continue from NAME.train.safetensors if it exists")
     budget = p.add_argument_group("length (one or both; the first reached stops the run)")
     budget.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (also the learning-rate horizon)")
@@ -72,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.data import load_sources
     from ..diffusion.training import TrainConfig, Trainer
 
+    if args.pack_to:
+        return _pack(args)
+    if not args.out:
+        raise SettingsError("say where the prior goes: --out NAME.safetensors")
     if args.steps is None and args.minutes is None:
         raise SettingsError("say how long to train: --steps N, --minutes M, or both")
     if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
@@ -99,8 +110,19 @@ def run(args: argparse.Namespace) -> int:
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
         init_from=args.init_from, augment=augment, sizes=sizes, val_every=args.val_every,
+        device=_device(args.device),
     )
-    sources = load_sources(list(args.data), args.modality, args.val_fraction)
+    if args.packed:
+        from ..diffusion.packed import load_packed
+
+        if args.data:
+            raise SettingsError("give DATA or --packed, not both")
+        sources = load_packed(args.packed, args.modality)
+    else:
+        if not args.data:
+            raise SettingsError("give the scans to train on (DATA) or a --packed file")
+        sources = load_sources(list(args.data), args.modality, args.val_fraction)
+
     trainer = Trainer(config, sources, paths.weights)
     resumed = args.resume and trainer.resume()
     if not resumed and paths.log.exists():
@@ -123,6 +145,28 @@ def run(args: argparse.Namespace) -> int:
                         ("model card", paths.card), ("validation log", paths.log)):
         print(f"{label}: {path}")
     return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from ..diffusion.data import load_sources
+    from ..diffusion.packed import pack_sources
+
+    if not args.data:
+        raise SettingsError("give the scans to pack (DATA)")
+    sources = load_sources(list(args.data), args.modality, args.val_fraction)
+    out = pack_sources(sources, args.modality, args.pack_to)
+    print(f"packed {len(sources)} source(s) into {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return name
 
 
 def _parse_augment(text: str, known: tuple[str, ...]) -> tuple[str, ...]:

@@ -116,7 +116,7 @@ def save_prior(path: str | Path, ema_model: UNet, metadata: dict[str, Any]) -> P
     path = Path(path)
     meta = {"format": PRIOR_FORMAT, "unet_config": ema_model.config, "channels": ema_model.config["in_channels"],
             "prediction": "epsilon", "time_input": "continuous t in [0, 1]; step i of T is (i + 1) / T", **metadata}
-    state = {k: v.float() for k, v in ema_model.state_dict().items()}
+    state = {k: v.float().cpu() for k, v in ema_model.state_dict().items()}
     _atomic_save(state, _encode(meta), path)
     return path
 
@@ -306,7 +306,7 @@ def save_training_state(
     moments_dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
     """Everything (besides the EMA weights in the prior file) needed to continue training."""
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.float().cpu() for k, v in model.state_dict().items()}
     names = [name for name, _ in model.named_parameters()]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if len(params) != len(names):
@@ -315,8 +315,8 @@ def save_training_state(
     for name, p in zip(names, params):
         st = optimizer.state.get(p)
         if st:  # empty before the first step
-            tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].to(moments_dtype)
-            tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].to(moments_dtype)
+            tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].to(moments_dtype).cpu()
+            tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].to(moments_dtype).cpu()
             adam_steps.add(float(st["step"]))
     tensors.update({f"rng.{k}": v for k, v in rng_tensors.items()})
     meta = {"format": TRAIN_FORMAT, "adam_step": adam_steps.pop() if adam_steps else 0.0,

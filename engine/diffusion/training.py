@@ -83,6 +83,7 @@ class TrainConfig:
     init_from: str | None = None  # start from this prior's (EMA) weights with a fresh optimizer
     augment: tuple[str, ...] = ()  # generalising augmentations (see .augment.AUGMENTATION_NAMES)
     sizes: tuple[int, ...] = ()  # extra crop sizes drawn besides `size` (same pixels per batch)
+    device: str = "cpu"  # where the network trains; crops and random draws stay on the CPU (same on any device)
     data: list[str] = field(default_factory=list)  # what was trained on, for the card
 
     def to_json(self) -> dict[str, Any]:
@@ -131,15 +132,18 @@ class Trainer:
         if config.init_from:
             self.init_meta = self._init_from(config.init_from)
         self.noise_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.device = torch.device(config.device)
+        self.model.to(self.device)
+        self.ema.to(self.device)
         self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.step = 0
         self.horizon = config.total_steps
         self.elapsed_s = 0.0  # training time over all invocations
         val = validation_crops(sources, config.size, config.channels, config.val_count)
-        self.val_x0 = torch.from_numpy(val)
+        self.val_x0 = torch.from_numpy(val).to(self.device)
         val_rng = torch.Generator().manual_seed(4321)  # fixed t and noise: losses comparable across runs
-        self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng)
-        self.val_t = torch.linspace(0.02, 0.98, len(val))
+        self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng).to(self.device)
+        self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
 
     def _load_teacher(self, path: str):
         """The prior to distil, checked against the student's settings."""
@@ -155,7 +159,7 @@ class Trainer:
         if teacher.normalisation != self.normalisation.to_metadata():
             raise DiffreconError(f"{path}: the teacher normalises intensities differently")
         self.teacher_step = teacher.metadata.get("step")
-        return teacher.model.eval().requires_grad_(False)
+        return teacher.model.eval().requires_grad_(False).to(self.config.device)
 
     def _init_from(self, path: str) -> dict[str, Any]:
         """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh)."""
@@ -186,21 +190,24 @@ class Trainer:
         x0 = torch.from_numpy(self.crops.sample(batch, size))
         t = torch.rand(batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
         noise = torch.randn(x0.shape, generator=self.noise_rng)
+        # The schedule's tables live on the CPU: t stays there for them, t_dev feeds the network.
+        x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t)
         target = noise
         if self.teacher is not None:
-            with torch.no_grad(), autocast_context(cfg.autocast):
-                target = self.teacher(x_t, t).float()
+            with torch.no_grad(), autocast_context(cfg.autocast, self.device):
+                target = self.teacher(x_t, t_dev).float()
         lr = learning_rate(self.step, cfg.lr, cfg.warmup_steps, self.horizon or 10**9)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with autocast_context(cfg.autocast):
-            eps = self.model(x_t, t)
+        with autocast_context(cfg.autocast, self.device):
+            eps = self.model(x_t, t_dev)
         loss = F.mse_loss(eps.float(), target)
         if cfg.freq_loss > 0:
             x0_hat = self.schedule.x0_from_eps(x_t, eps.float(), t)
-            loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, self.schedule.alpha_bar(t))
+            weight = self.schedule.alpha_bar(t).to(self.device)
+            loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -226,10 +233,10 @@ class Trainer:
             net.eval()
             per = []
             for i in range(0, len(x_t), 16):
-                with autocast_context(self.config.autocast):
-                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16])
+                with autocast_context(self.config.autocast, self.device):
+                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16].to(self.device))
                 per.append((eps.float() - self.val_noise[i : i + 16]).pow(2).mean(dim=(1, 2, 3)))
-            per_t = torch.cat(per)
+            per_t = torch.cat(per).cpu()
             out[label] = float(per_t.mean())
             if label == "val_loss_ema":
                 bands = {"t<0.33": self.val_t < 1 / 3, "0.33-0.67": (self.val_t >= 1 / 3) & (self.val_t < 2 / 3),
