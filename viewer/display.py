@@ -127,12 +127,33 @@ class PaneRenderer:
         else:
             image, label = sigma, f"σ ({units})" if units else "σ"
         pane.set_colormap(VARIANCE_MAP)
-        top = robust_max(image) if image is not None else 1.0
+        top = self.uncertainty_scale(image)
         pane.show_image(image, (0.0, top))
         pane.set_levels((0.0, top))
-        pane.set_title(f"Uncertainty {label} over samples")
+        pane.set_title(f"Uncertainty {label}" + self._run_state())
         if image is None:
             pane.set_hint(self._empty_hint("variance"))
+
+    def uncertainty_scale(self, image: np.ndarray | None) -> float:
+        """Top of the σ (or σ²) colour scale: the map's own range, capped by the image window.
+
+        Early in sampling the posterior samples disagree by most of the data range (σ of
+        1000 HU and more on CT), and a bar rescaled to that for the first frames says
+        nothing. A spread wider than the grey window the images are read in is off the
+        scale anyway: the cap is the window width (squared for variance).
+        """
+        if image is None:
+            return 1.0
+        top = robust_max(image)
+        width = self.session.window.width if self.session is not None else 0.0
+        if width > 0:
+            top = min(top, width**2 if self.options.variance_mode == "variance" else width)
+        return top if top > 0 else 1.0
+
+    def _run_state(self) -> str:
+        """The run's state for a pane title: "step 12/25", "done", or "cancelled at step 7/25"."""
+        text = self.progress_text or (self.session.run.cancelled if self.session is not None else "")
+        return f"  ({text})" if text and text != "done" else ""
 
     # ----- text -----
 
@@ -146,7 +167,7 @@ class PaneRenderer:
             return f"Input: {INPUT_NAMES.get(o.task, 'input')}" + (f"  ({o.measurement})" if o.measurement else "")
         if name == "recon":
             what = "noisy sample x_t" if o.recon_shows == "sample" else "reconstruction"
-            return f"Diffusion {what}" + (f"  {self.progress_text}" if self.progress_text else "")
+            return f"Diffusion {what}" + self._run_state()
         if name == "baseline":
             return f"Baseline: {o.baseline_name or 'none'}"
         return "Uncertainty"
@@ -175,7 +196,7 @@ class PaneRenderer:
             "input": "Computing the measured input...",
             "recon": "Press Run to watch the diffusion reconstruction form here.",
             "baseline": "The classical baseline appears here after Run.",
-            "variance": "Per-pixel uncertainty appears here (needs 2 or more samples).",
+            "variance": "Per-pixel uncertainty (how much the posterior samples disagree) appears here during Run.",
         }[name]
 
     # ----- window/level -----
@@ -189,3 +210,4 @@ class PaneRenderer:
             if not self.is_error_pane(name):
                 self.grid[name].set_levels(levels)
                 self.grid[name].set_corners(self._slice_text(), self._corner_text(name))
+        self._render_variance()  # its scale is capped by the window width

@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from diffrecon.errors import DiffreconError
 
-from .engine_jobs import (DisplayFrame, JobSummary, RunRequest, SliceImages, baseline_images, diffusion_frames,
+from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, RunRequest, SliceImages, baseline_images, diffusion_frames,
                           input_images)
 from .responsiveness import FrameRate, StallMeter
 from .workers import JobSlot
@@ -34,6 +34,7 @@ class RunController(QObject):
     runFinished = Signal(bool)  # True when every job completed (not cancelled, no error)
     frameShown = Signal(int)  # a new diffusion frame was drawn (its step over the run)
     inputsReady = Signal()
+    phaseShown = Signal(str)  # what the diffusion job does before a batch's first step, in plain words
 
     def __init__(self, window):
         super().__init__(window)
@@ -134,7 +135,7 @@ class RunController(QObject):
             self.diffusion.start("diffusion", partial(diffusion_frames, s.volume, request))
             self.w.progress.setRange(0, request.options.steps * n_batches)
             self.w.progress.setValue(0)
-            self.w.progress.setFormat("starting...")
+            self.w.progress.setFormat("loading the prior...")
             self.w.show_status(f"Sampling {len(request.slices)} slice(s) with {request.model.stem}...")
         else:
             self.w.progress.setRange(0, 0)
@@ -155,15 +156,25 @@ class RunController(QObject):
         self._pending.clear()
         self._ok = False
         frame = self._last_frame
+        s = self.w.session
+        if s is not None:  # the half-finished result says so in its pane title and in exports
+            s.run.cancelled = f"cancelled at step {frame.done_steps}/{frame.total_steps}" if frame else "cancelled"
         self._finish(resume_inputs=not restarting)
         if not quiet:
             where = f" at step {frame.done_steps} of {frame.total_steps}" if frame else ""
-            self.w.show_status(f"Cancelled{where}.")
+            self.w.show_status(f"Cancelled{where}: the panes keep the unfinished estimate.")
 
     def _diffusion_item(self, item) -> None:
         s = self.w.session
         if isinstance(item, JobSummary):
             self._merge_metrics(item)
+            return
+        if isinstance(item, JobPhase):  # before the first frame of a batch: say what takes the time
+            self.w.progress.setFormat(f"{item.text}...")
+            self.phaseShown.emit(item.text)
+            if self._last_frame is None:
+                self.w.renderer.progress_text = f"{item.text}..."
+                self.w.renderer.render("recon")
             return
         frame: DisplayFrame = item
         s.layers["recon"].put(frame.slices, frame.estimate)
