@@ -200,6 +200,32 @@ def test_the_uncertainty_scale_stays_within_the_image_window(qtbot, window, mr_n
     assert tops and max(tops) <= session.window.width + 1e-3  # ...and the bar still reads in the window's units
 
 
+def test_a_first_frame_of_noise_is_drawn_within_the_measurements_range(qtbot, window, mr_nifti):
+    session = open_scan(qtbot, window, mr_nifti)
+    shown = session.slice_index
+    renderer, pane = window.renderer, window.grid["recon"]
+    in_lo, in_hi = np.percentile(session.image("input"), [1, 99])
+    # What a sampler's first x0 estimate looks like: noise ten times wider than any value measured.
+    noise = np.abs(np.random.default_rng(0).normal(0, 10 * (in_hi - in_lo), (1, 64, 64))).astype(np.float32)
+    session.layers["recon"].put([shown], noise)
+    renderer.running, renderer.progress_text = True, "step 1/25"
+    renderer.render("recon")
+    assert np.percentile(pane.image.image, [1, 99]) == pytest.approx((in_lo, in_hi), rel=1e-3, abs=1e-3)
+    assert (pane.image.image > session.window.high).mean() < 0.2  # not a saturated block
+    assert "scaled to the input's range" in pane.title_text
+    np.testing.assert_array_equal(session.image("recon"), noise[0])  # stored values stay as they are
+
+    settled = session.image("input") * 1.1  # an estimate within the measurements' spread: drawn as it is
+    session.layers["recon"].put([shown], settled[None])
+    renderer.render("recon")
+    np.testing.assert_array_equal(pane.image.image, settled)
+    assert "scaled" not in pane.title_text
+    renderer.running, renderer.progress_text = False, "done"
+    session.layers["recon"].put([shown], noise)
+    renderer.render("recon")  # a finished result is never scaled
+    np.testing.assert_array_equal(pane.image.image, noise[0])
+
+
 def test_the_empty_uncertainty_pane_matches_the_default_of_one_sample(qtbot, window, mr_nifti):
     open_scan(qtbot, window, mr_nifti)
     assert window.controls.samples.value() == 1

@@ -126,6 +126,7 @@ class RunController(QObject):
         self._ok = True
         self._last_frame = None
         self.w.renderer.progress_text = ""
+        self.w.renderer.running = True
         self.w.renderer.render_all()
         self._pending = {"baseline"}
         self.baseline.start("baseline", partial(baseline_images, s.volume, request))
@@ -239,6 +240,7 @@ class RunController(QObject):
         ok = self._ok
         s.run.finished = ok
         self.w.renderer.progress_text = "done" if ok and frame else ""
+        self.w.renderer.running = False
         self.w.renderer.render_all()
         self.w.controls.set_running(False)
         self.w.progress.setVisible(False)
