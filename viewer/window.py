@@ -183,7 +183,8 @@ class MainWindow(QMainWindow):
         self.commands.add_recent(path)
         window_note = ""
         if fitting is not None:
-            window_note = f"; {self.current_presets[fitting].name} window for a {ct_anatomy(volume)} CT (keys 1-4 change it)"
+            name = self.current_presets[fitting].name
+            window_note = f"; {name} window for a {ct_anatomy(volume)} CT (View > Window presets to change it)"
         self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}{window_note}.")
         self._inputs_timer.stop()  # the task change above asked for inputs too: compute them once
         self.runner.start_inputs()

@@ -70,7 +70,7 @@ class WindowActions:
         run.addActions([self.run, self.cancel])
 
         help_menu = bar.addMenu("&Help")
-        self.guide = self._action("Quick &guide", lambda: self.show_help("guide"), QKeySequence.StandardKey.HelpContents)
+        self.guide = self._action("Quick &guide", lambda: self.show_help("guide"), "F1")
         self.keys = self._action("&Keyboard and mouse", lambda: self.show_help("keys"))
         help_menu.addActions([self.guide, self.keys])
         self.help_dialog = None

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = ViewOptions(
         path=Path(args.path) if args.path else None, run=args.run_now, screenshot=args.screenshot,
-        window_screenshot=args.window_screenshot, exit_after=args.exit_after, report=args.report, modality=args.modality, acceleration=args.acceleration,
+        window_screenshot=args.window_screenshot, exit_after=args.exit_after, report=args.report,
+        modality=args.modality, acceleration=args.acceleration,
         mask=args.mask, views=args.views, dose=args.dose, noise_sigma=args.noise_sigma, steps=args.steps,
         samples=args.samples, sampler=args.sampler, guidance=args.guidance, seed=args.seed, slice=args.slice,
         model=args.model, baseline=args.baseline, whole_volume=args.whole_volume, layout=args.layout,

@@ -142,7 +142,8 @@ def text_table(t: Table) -> list[str]:
 
 def render_text(report: StudyReport) -> str:
     lines = [f"Reader study {report.study}: {len(report.cases)} cases x {len(report.methods)} methods "
-             f"({', '.join(report.methods)}), {count(len(report.readers), 'reader')}, {count(len(report.rows), 'answer')}"]
+             f"({', '.join(report.methods)}), {count(len(report.readers), 'reader')}, "
+             f"{count(len(report.rows), 'answer')}"]
     for t in tables(report):
         lines += ["", *text_table(t)]
     return "\n".join(lines)
@@ -221,7 +222,8 @@ def write_chart(report: StudyReport, path: Path) -> Path | None:
         ax.set_xlabel("method")
         ax.grid(axis="y", color="#dddddd", zorder=0)
         ax.set_axisbelow(True)
-        ax.set_title(f"{q.prompt}: mean with 95 % CI ({count(len(report.fleiss_readers.get(q.id, readers)), 'reader')}, "
+        n_readers = len(report.fleiss_readers.get(q.id, readers))
+        ax.set_title(f"{q.prompt}: mean with 95 % CI ({count(n_readers, 'reader')}, "
                      f"{count(len(report.cases), 'case')})", fontsize=11)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     fig.savefig(path, format="png")
