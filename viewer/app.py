@@ -147,7 +147,8 @@ def apply_options(window, o: ViewOptions) -> None:
 
 def choose_platform(options: ViewOptions) -> None:
     """Without a display, a scripted run renders offscreen; an interactive one cannot start."""
-    choose_qt_platform(scripted=options.exits_after_run, how_to_script="--run --screenshot out.png (or --run --exit)")
+    choose_qt_platform(scripted=options.exits_after_run,
+                       how_to_script="--run --screenshot out.png (or --run --exit)")
 
 
 def choose_qt_platform(scripted: bool, how_to_script: str) -> None:

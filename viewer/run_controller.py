@@ -15,8 +15,8 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from diffrecon.errors import DiffreconError
 
-from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, RunRequest, SliceImages, baseline_images, diffusion_frames,
-                          input_images)
+from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, RunRequest, SliceImages, baseline_images,
+                          diffusion_frames, input_images)
 from .responsiveness import FrameRate, StallMeter
 from .workers import JobSlot
 
