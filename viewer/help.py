@@ -92,4 +92,4 @@ class HelpDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.close)
         layout.addWidget(buttons)
-        self.resize(620, 560)
+        self.resize(660, 700)  # the guide fits without scrolling at the default font
