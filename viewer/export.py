@@ -115,13 +115,16 @@ PANE_LABELS = (("input", "input"), ("diffusion", "diffusion"), ("baseline", "bas
 
 
 def metrics_line(metrics: dict[str, dict[str, float]]) -> str:
-    """One line of scores for a scripted run, e.g. "vs reference: diffusion PSNR 31.20 dB SSIM 0.8812, ..."."""
+    """One line of scores for a scripted run, with the metrics table's digits
+    ("against the reference: input PSNR 20.59 dB SSIM 0.5629 NMSE 0.0469; diffusion ...")."""
+    from .metrics_table import format_metric
+
     parts = []
     for key, label in PANE_LABELS:
         values = metrics.get(key)
         if values:
-            parts.append(f"{label} PSNR {_number(values.get('psnr'))} dB SSIM {_number(values.get('ssim'))} "
-                         f"NMSE {_number(values.get('nmse'))}")
+            psnr, ssim, nmse = (format_metric(k, values.get(k)) for k in ("psnr", "ssim", "nmse"))
+            parts.append(f"{label} PSNR {psnr} dB SSIM {ssim} NMSE {nmse}")
     return ("against the reference: " + "; ".join(parts)) if parts else ""
 
 
