@@ -278,3 +278,20 @@ def test_dialogs_start_where_the_user_is_and_never_in_the_resources(qtbot, windo
     scans.mkdir()
     commands._remember("last_open_dir", str(scans / "a.nii.gz"))
     assert commands.open_dir() == str(scans) and commands.export_dir() == str(tmp_path)
+
+
+# ----- closing during a long unit of work -----
+
+def test_closing_waits_for_a_job_longer_than_ten_seconds_instead_of_aborting(qtbot, window):
+    """A CT baseline solve on a busy machine outlasts a 10 s bound; Qt aborts the process when a
+    running QThread is destroyed, so closing waits for the unit of work to end."""
+    import time
+
+    def slow_solve(cancelled):
+        time.sleep(10.5)  # one uncancellable unit, as a TV solve is
+        yield None
+
+    thread = window.runner.baseline.start("baseline", slow_solve)
+    window.close()
+    assert not window.isVisible()
+    assert thread.isFinished(), "close returned while the worker thread was still running"

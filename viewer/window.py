@@ -314,6 +314,7 @@ class MainWindow(QMainWindow):
             ev.acceptProposedAction()
 
     def closeEvent(self, ev):
+        self.hide()  # gone at once for the user, while a running solve finishes its step below
         self._inputs_timer.stop()
         self.runner.shutdown()
         self.loader.cancel()
