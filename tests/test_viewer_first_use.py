@@ -180,6 +180,7 @@ def test_cancel_labels_the_unfinished_result(qtbot, window, mr_nifti, tiny_prior
     title = window.grid["recon"].title_text
     assert "cancelled at step" in title and "/500" in title
     assert "cancelled" in window.grid["variance"].title_text
+    assert window.metrics.caption.text() != "Running..."
     written = window.commands.export("recon", tmp_path / "unfinished.nii.gz")
     sidecar = json.loads(next(p for p in written if p.suffix == ".json").read_text())
     assert "cancelled at step" in json.dumps(sidecar)

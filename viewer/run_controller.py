@@ -244,6 +244,7 @@ class RunController(QObject):
         self.w.renderer.render_all()
         self.w.controls.set_running(False)
         self.w.progress.setVisible(False)
+        self.w.show_metrics()  # never "Running..." after the run, whatever ended it
         if resume_inputs and not self._closed:
             self.start_inputs(only_missing=True)
         if ok:
