@@ -81,6 +81,13 @@ class DisplayFrame:
 
 
 @dataclass
+class JobPhase:
+    """What a job is doing before its first frame (loading the prior, a hot start...), in plain words."""
+
+    text: str
+
+
+@dataclass
 class JobSummary:
     """What a finished job reports: metrics per pane name (None without a reference)."""
 
@@ -213,6 +220,7 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
     start = time.perf_counter()
+    yield JobPhase(f"loading the prior {request.model.stem}")
     prior = cached_prior(request.model)
     source = make_source(volume, request.settings, request.simulate, request.slices)
     batches = batches_of(list(source.slice_index), request.batch_size)
@@ -222,11 +230,16 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
     for idx in batches:
         if cancelled():
             return
+        yield JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")
         with torch.inference_mode():
             problem = source.problem(idx)
-            hot = None
-            if request.options.hot_start:  # the hot start enters from the classical estimate
-                hot = solve(request.baseline or METHODS_FOR[problem.modality][1], problem)
+        hot = None
+        if request.options.hot_start:  # the hot start enters from the classical estimate
+            method = request.baseline or METHODS_FOR[problem.modality][1]
+            yield JobPhase(f"starting point: {method.upper() if method == 'tv' else method} estimate")
+            with torch.inference_mode():
+                hot = solve(method, problem)
+        yield JobPhase("first sampling step")
         scores.add_reference(problem)
         frames = stream_reconstruction(problem, prior, request.options, baseline=hot)
         last = None

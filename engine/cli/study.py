@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="blinded reader study: create it from reconstructions, score it in the viewer, report the statistics",
         description=(
             "Run a reader study: radiologists score reconstructions (method names hidden, order randomised per "
-            "reader) on a 1-5 quality scale; the report gives per-method means with 95 %% CIs, Fleiss' and "
-            "weighted Cohen's kappa and paired tests."
+            "reader) on a 1-5 quality scale; the report gives per-method means with 95 % confidence intervals, "
+            "Fleiss' and weighted Cohen's kappa and paired tests."
         ),
     )
     steps = p.add_subparsers(dest="study_command", metavar="STEP", required=True)

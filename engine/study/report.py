@@ -45,6 +45,11 @@ def readers_table(done: dict[str, tuple[int, int]], seconds: dict[str, float]) -
 
 # ----- presenting it -----
 
+def count(n: int, noun: str) -> str:
+    """ "1 reader", "3 readers": a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _num(x: float, digits: int = 2) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -100,7 +105,7 @@ def _likert_tables(report: StudyReport, q: Question) -> list[Table]:
         agreement = [f"Fleiss' kappa: {fleiss.message}."]
     else:
         agreement = [f"Fleiss' kappa = {fleiss.value:.3f} ({kappa_words(fleiss.value)} agreement) over the "
-                     f"{fleiss.n_items} images scored by all {len(readers)} readers."]
+                     f"{fleiss.n_items} images scored by all {count(len(readers), 'reader')}."]
     pair_rows = []
     for pk in report.cohen.get(q.id, []):
         k = pk.kappa
@@ -138,7 +143,8 @@ def text_table(t: Table) -> list[str]:
 
 def render_text(report: StudyReport) -> str:
     lines = [f"Reader study {report.study}: {len(report.cases)} cases x {len(report.methods)} methods "
-             f"({', '.join(report.methods)}), {len(report.readers)} readers, {len(report.rows)} answers"]
+             f"({', '.join(report.methods)}), {count(len(report.readers), 'reader')}, "
+             f"{count(len(report.rows), 'answer')}"]
     for t in tables(report):
         lines += ["", *text_table(t)]
     return "\n".join(lines)
@@ -147,7 +153,7 @@ def render_text(report: StudyReport) -> str:
 def render_markdown(report: StudyReport, files: list[Path]) -> str:
     lines = [f"# Reader study report: {report.study.name}", "",
              f"{len(report.cases)} cases × {len(report.methods)} methods ({', '.join(report.methods)}), "
-             f"{len(report.readers)} readers, {len(report.rows)} answers. Questions: "
+             f"{count(len(report.readers), 'reader')}, {count(len(report.rows), 'answer')}. Questions: "
              + "; ".join(f"{q.prompt} ({q.kind})" for q in report.questions) + "."]
     for t in tables(report):
         lines += ["", f"## {t.title}", ""]
@@ -217,8 +223,9 @@ def write_chart(report: StudyReport, path: Path) -> Path | None:
         ax.set_xlabel("method")
         ax.grid(axis="y", color="#dddddd", zorder=0)
         ax.set_axisbelow(True)
-        ax.set_title(f"{q.prompt}: mean with 95 % CI ({len(report.fleiss_readers.get(q.id, readers))} readers, "
-                     f"{len(report.cases)} cases)", fontsize=11)
+        n_readers = len(report.fleiss_readers.get(q.id, readers))
+        ax.set_title(f"{q.prompt}: mean with 95 % CI ({count(n_readers, 'reader')}, "
+                     f"{count(len(report.cases), 'case')})", fontsize=11)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     fig.savefig(path, format="png")
     return path
