@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, modalities
 from .errors import SettingsError
 from .baselines import METHODS as CLASSICAL_METHODS  # noqa: F401 (re-exported for the CLI and viewer)
 from .baselines import METHODS_FOR_MODALITY as METHODS_FOR  # noqa: F401
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is 
 
 DIFFUSION = "diffusion"
 #: the prior each modality uses unless another is given (under resources/models/)
-DEFAULT_PRIORS = {"mri": "mri-brain.safetensors", "ct": "ct-head.safetensors"}
+DEFAULT_PRIORS = {name: m.default_prior for name, m in modalities.REGISTRY.items() if m.default_prior}
 #: pixels the calibration figures count: the object, not the air around it
 CALIBRATION_OBJECT_FRACTION = 0.05
 
@@ -83,10 +83,9 @@ class DiffusionSetup:
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:
     """``prior`` with the modality's measured options and ``overrides`` (None keeps a default),
     checked. A hot start enters from the modality's iterative baseline (TV), as the viewer's does."""
-    from .diffusion.reconstruction import default_options
-
-    options = default_options(modality, **overrides)  # DiffusionOptions checks itself
-    return DiffusionSetup(prior, options, baseline=METHODS_FOR[modality][1])
+    chosen = modalities.get(modality)
+    options = chosen.diffusion_options(**overrides)  # DiffusionOptions checks itself
+    return DiffusionSetup(prior, options, baseline=chosen.hot_start_baseline)
 
 
 def solve_diffusion(problem: ReconProblem, setup: DiffusionSetup):
@@ -98,16 +97,6 @@ def solve_diffusion(problem: ReconProblem, setup: DiffusionSetup):
         with torch.inference_mode():
             baseline = solve(setup.baseline, problem)
     return reconstruct_to_end(problem, setup.prior, setup.options, baseline=baseline)
-
-
-def std_in_volume_units(source: ProblemSource, estimate: torch.Tensor, variance: torch.Tensor) -> np.ndarray:
-    """Per-pixel std in the input's units: exact for the linear maps (MRI, CT, denoising),
-    first order through the log compression of simulated ultrasound."""
-    std = variance.real.clamp_min(0).sqrt().float() if variance.is_complex() else variance.clamp_min(0).sqrt().float()
-    if source.settings.modality == "ultrasound" and source.simulate:
-        base = estimate.abs().float() if estimate.is_complex() else estimate.float()
-        return source.to_volume_units(base + std) - source.to_volume_units(base)
-    return source.to_volume_units(std) - source.to_volume_units(torch.zeros_like(std))
 
 
 @dataclass
@@ -197,7 +186,7 @@ def reconstruct(
                 x = last.x0.detach()
                 if last.variance is not None:
                     variance = last.variance.detach()
-                    stds[m].append(std_in_volume_units(source, x, variance))
+                    stds[m].append(source.std_in_volume_units(x, variance))
                     stds_w[m].append(source.working_reference_crop(variance.clamp_min(0).sqrt())[:, 0].float().numpy())
             else:
                 with torch.inference_mode():

@@ -272,7 +272,7 @@ def test_first_start_opens_the_bundled_sample_ready_to_run(qtbot, window):
 
 
 def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr_nifti):
-    from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS
+    from diffrecon.modalities import REGISTRY
 
     open_scan(qtbot, window, mr_nifti)
     c = window.controls
@@ -280,6 +280,6 @@ def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr
     assert options.symmetric and options.eta == 0.0 and options.samples == 1  # a pair: variance at live speed
     assert (options.sampler, options.guidance) == ("ddim", "dds")
     c.modality.setCurrentIndex(c.modality.findData("denoise"))
-    assert c.diffusion_options().guidance == MODALITY_DEFAULTS["denoise"]["guidance"] == "projection"
+    assert c.diffusion_options().guidance == REGISTRY["denoise"].diffusion_defaults["guidance"] == "projection"
     c.guidance.setCurrentIndex(c.guidance.findData("dps"))  # the user's choice wins
     assert c.diffusion_options().guidance == "dps" and c.diffusion_options().symmetric

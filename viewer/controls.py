@@ -15,10 +15,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 from diffrecon.diffusion.guidance import GUIDANCE
 from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.diffusion.samplers import SAMPLERS
-from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS, default_options
+from diffrecon import modalities
 from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS
-from diffrecon.reconstruct import METHODS_FOR
 
 from .paths import available_models, default_model_for, prior_modality
 
@@ -200,13 +199,13 @@ class ControlPanel(QWidget):
                 self.dose: task == "ct", self.noise_sigma: task == "denoise"}
         for widget, visible in rows.items():
             self._task_form.setRowVisible(widget, visible)
-        measured = MODALITY_DEFAULTS.get(task, {})  # each task's sampler and guidance, chosen on validation slices
+        measured = modalities.get(task).diffusion_defaults  # each task's sampler and guidance, chosen on validation slices
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
         self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()
-        for method in METHODS_FOR[task][1:]:
+        for method in modalities.get(task).baselines[1:]:
             self.baseline.addItem(method.upper() if method == "tv" else method, method)
         self.baseline.addItem("none", None)
         keep = current is not None and self.baseline.findData(current) >= 0
@@ -241,9 +240,9 @@ class ControlPanel(QWidget):
 
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
-        return default_options(self.task, sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
-                               steps=int(self.steps.value()), samples=int(self.samples.value()),
-                               seed=int(self.seed.value()))
+        return modalities.get(self.task).diffusion_options(
+            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
+            samples=int(self.samples.value()), seed=int(self.seed.value()))
 
     @property
     def baseline_method(self) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -90,8 +90,7 @@ class JobSummary:
 
 
 def make_source(volume: Volume, settings: MeasurementSettings, simulate: bool, slices: list[int]) -> ProblemSource:
-    # Measured MRI rewrites its settings (mask "from file"): each job gets its own copy.
-    return ProblemSource(volume, replace(settings), slices=list(slices), simulate=simulate)
+    return ProblemSource(volume, settings, slices=list(slices), simulate=simulate)
 
 
 def batches_of(slices: list[int], size: int) -> list[np.ndarray]:
@@ -195,20 +194,11 @@ def cached_prior(path: Path):
         return _PRIOR_CACHE[key]
 
 
-def sigma_in_volume_units(source: ProblemSource, estimate: torch.Tensor, variance: torch.Tensor) -> np.ndarray:
-    """Per-pixel std in the volume's units: exact for the linear maps (MRI, CT, denoising),
-    first order through the log-compression of simulated ultrasound."""
-    sigma = variance.real.clamp_min(0).sqrt().float() if variance.is_complex() else variance.clamp_min(0).sqrt().float()
-    if source.settings.modality == "ultrasound" and source.simulate:
-        base = estimate.abs().float() if estimate.is_complex() else estimate.float()
-        return source.to_volume_units(base + sigma) - source.to_volume_units(base)
-    return source.to_volume_units(sigma) - source.to_volume_units(torch.zeros_like(sigma))
-
-
 def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[DisplayFrame | JobSummary]:
     """Stream the diffusion reconstruction step by step over every batch, then a summary."""
     from diffrecon.diffusion.reconstruction import stream_reconstruction
-    from diffrecon.reconstruct import METHODS_FOR, solve
+    from diffrecon import modalities
+    from diffrecon.reconstruct import solve
 
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
@@ -226,7 +216,7 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
             problem = source.problem(idx)
             hot = None
             if request.options.hot_start:  # the hot start enters from the classical estimate
-                hot = solve(request.baseline or METHODS_FOR[problem.modality][1], problem)
+                hot = solve(request.baseline or modalities.get(problem.modality).hot_start_baseline, problem)
         scores.add_reference(problem)
         frames = stream_reconstruction(problem, prior, request.options, baseline=hot)
         last = None
@@ -237,7 +227,7 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
                 done += 1
                 last = frame
                 with torch.inference_mode():
-                    sigma = None if frame.variance is None else sigma_in_volume_units(source, frame.x0, frame.variance)
+                    sigma = None if frame.variance is None else source.std_in_volume_units(frame.x0, frame.variance)
                     display = DisplayFrame(
                         step=frame.step, total=frame.total, done_steps=done, total_steps=total_steps,
                         slices=idx, estimate=source.to_volume_units(frame.x0.detach()),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import modalities
 from ..datasets import DATASETS, load_dataset, validation_slices
 from ..errors import SettingsError
 from ..io import load_volume, save_volume
@@ -168,7 +169,8 @@ def run_bench(
 
 def input_is_a_method(modality: str, methods: list[MethodSpec]) -> bool:
     """MRI's input image *is* the zero-filled method: show it once."""
-    return modality == "mri" and any(m.base == "zero-filled" for m in methods)
+    input_method = modalities.get(modality).input_method
+    return input_method is not None and any(m.base == input_method for m in methods)
 
 
 def _rows(task: Task, d: BenchData, s: int, first: ReconRun, outcomes, show_input: bool) -> list[dict[str, Any]]:

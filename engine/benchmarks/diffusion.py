@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import modalities
 from ..diffusion.checkpoint import Prior, load_prior
 from ..diffusion.options import DiffusionOptions
 from ..diffusion.reconstruction import AUTOCAST, reconstruct_to_end
@@ -42,11 +43,18 @@ from ..diffusion.unet import UNet, autocast_context
 from ..measurements import MeasurementSettings, ProblemSource, ReconProblem
 from ..metrics import evaluate, format_table
 from ..physics import MRIOperator, make_mask
+from ..reconstruct import default_prior_path
 from ..runtime import keep_freed_memory
 
-DEFAULT_MODELS = {"mri": "resources/models/mri-brain.safetensors", "ct": "resources/models/ct-head.safetensors",
-                  "denoise": "resources/models/mri-brain.safetensors"}
-DATASET_FOR = {"mri": "colin27", "ct": "cranium", "denoise": "colin27"}
+#: the modalities the quality benchmark scores (those a shipped prior serves)
+QUALITY_MODALITIES = ("mri", "ct", "denoise")
+
+
+def default_model(modality: str) -> Path:
+    """The modality's default prior, else that of the first modality whose priors suit it
+    (denoising: the MRI prior)."""
+    chosen = modalities.get(modality)
+    return default_prior_path(modality if chosen.default_prior else chosen.prior_modalities[0])
 
 
 class CountingModel(torch.nn.Module):
@@ -62,7 +70,7 @@ class CountingModel(torch.nn.Module):
 
 
 def _prior(path: str | None, modality: str = "mri") -> Prior:
-    target = Path(path or DEFAULT_MODELS[modality])
+    target = Path(path) if path else default_model(modality)
     if target.is_file():
         return load_prior(target)
     if path is not None:
@@ -133,7 +141,7 @@ def validation_problem(modality: str, count: int, settings: MeasurementSettings,
     """``count`` held-out slices, spread evenly over those that are mostly object."""
     from ..datasets import load_dataset, validation_slices
 
-    name = DATASET_FOR[modality]
+    name = modalities.get(modality).default_dataset
     volume = load_dataset(name)
     index = validation_slices(volume, name)
     data = volume.data[index]
@@ -160,7 +168,7 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
     object_mask = reference > 0.05 * reference.max()
     print(f"{settings.describe()}; {len(problem.slices)} validation slices {list(problem.slices)}; "
           f"prior {prior.path} (step {prior.metadata.get('step')})", file=sys.stderr)
-    classical = {"mri": "tv", "ct": "tv", "denoise": "tv"}[args.modality]
+    classical = modalities.get(args.modality).hot_start_baseline
     start = time.perf_counter()
     with torch.inference_mode():
         baseline = run_baseline(classical, problem.operator, problem.y, modality=problem.modality,
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures to this JSON file")
     q = p.add_argument_group("quality (--quality)")
     q.add_argument("--quality", action="store_true", help="score settings on validation slices instead")
-    q.add_argument("--modality", default="mri", choices=tuple(DATASET_FOR))
+    q.add_argument("--modality", default="mri", choices=QUALITY_MODALITIES)
     q.add_argument("--slices", type=int, default=4)
     q.add_argument("--samplers", default="ddim")
     q.add_argument("--guidances", default="projection,dds,dps")

@@ -16,12 +16,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, modalities
 from ..errors import DiffreconError
 from ..measurements import MODALITIES
-
-#: scans a modality is benchmarked on when DATA is not given
-DEFAULT_DATA = {"mri": ["colin27"], "ct": ["cranium"], "denoise": ["colin27"], "ultrasound": ["colin27"]}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,13 +105,14 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.grid_slices < 0:
         raise SettingsError("--samples must be at least 1 and --grid-slices at least 0")
     tasks = parse_settings(args.settings, modality)
-    have_default_prior = modality in ("mri", "ct") or args.model is not None
+    chosen = modalities.get(modality)
+    have_default_prior = chosen.default_prior is not None or args.model is not None
     methods = parse_methods(args.methods, modality, have_prior=have_default_prior)
     ablation_steps = parse_steps(args.ablation)
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")
     prior = _prior(args, modality, any(m.is_diffusion for m in methods))
-    data = [load_bench_data(d, modality, args.slices, args.quick) for d in (args.data or DEFAULT_DATA[modality])]
+    data = [load_bench_data(d, modality, args.slices, args.quick) for d in (args.data or [chosen.default_dataset])]
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise SettingsError(f"{out} exists and is not a folder")

@@ -22,11 +22,10 @@ from ..errors import DiffreconError, SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
+from ..modalities import suggest_task
 from ..physics.masks import MASK_KINDS
 from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
                            diffusion_setup, reconstruct)
-
-_DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("path", help="input scan (DICOM file/folder, NIfTI, HDF5, NumPy)")
-    p.add_argument("--modality", choices=MODALITIES, help="default: from the scan (MR->mri, CT->ct, US->ultrasound, else denoise)")
+    p.add_argument("--modality", choices=MODALITIES, help="default: from the scan (k-space, MR and NIfTI->mri, CT or HU->ct, US->ultrasound, "
+                                                              "else denoise), as the viewer suggests")
     p.add_argument("--method", default="tv", help=f"one or more of {', '.join(CLASSICAL_METHODS + (DIFFUSION,))}, comma-separated (default: tv)")
     p.add_argument("--simulate", action="store_true", help="the input is the ground truth: simulate the measurements")
     p.add_argument("--out", required=True, help="output .nii.gz / .nii / .h5 / .npy / .npz, or a folder for a DICOM series")
@@ -117,7 +117,7 @@ def _output_path(out: str, method: str, several: bool) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     volume = load_volume(args.path, series=args.series)
-    modality = args.modality or _DEFAULT_MODALITY[volume.modality]
+    modality = args.modality or suggest_task(volume)[0]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise SettingsError("--method names no method")

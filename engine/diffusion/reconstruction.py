@@ -51,33 +51,6 @@ from .schedules import NoiseSchedule
 CLIP_X0: dict[str, float | None] = {"projection": None, "dds": None, "dps": 3.0}
 AUTOCAST = True  # bf16 network calls: the priors are trained under bf16 autocast as well
 
-#: Per-modality defaults, chosen on held-out validation slices (3 per modality, 25 steps) with
-#: ``python -m diffrecon.benchmarks.diffusion --quality``. MRI 4x (mri-brain, step 3457):
-#: DDIM + DDS with a symmetric pair at eta 0 reached 24.6 dB PSNR / 0.71 SSIM (TV 23.3 / 0.71;
-#: one sample 22.8 / 0.57; eta 1 23.9 / 0.66; DDPM 23.1; VP-SDE 20.7; DPS never above 15 dB at
-#: 25 steps); more CG steps change nothing (single-coil A^H A is a projection: one step
-#: lands). Denoising, sigma 0.1 (mri-brain): measurement mixing with a symmetric pair
-#: 28.6 / 0.88 (TV 28.8 / 0.86; one sample 26.7 / 0.82); mixing needs its 25 steps (10: 22.1,
-#: 3: 5.9 dB). Ultrasound has no prior to measure with yet and copies denoising.
-#: CT (ct-head, step ~2500, held-out cranium slice 66, ``diffrecon bench``): DDS with 10 CG
-#: steps per sampling step, stopping at the noise level: 60 views 42.7 dB (5 CG steps 41.3,
-#: 20 steps 42.7, projection 42.4, TV 40.2); 25 % dose 32.1 dB (5 steps 30.8, projection
-#: 31.6, TV 29.8, FBP 23.8).
-MODALITY_DEFAULTS: dict[str, dict] = {
-    "mri": {"sampler": "ddim", "guidance": "dds", "eta": 0.0, "symmetric": True},
-    "ct": {"sampler": "ddim", "guidance": "dds", "eta": 0.0, "symmetric": True, "cg_iters": 10},
-    "denoise": {"sampler": "ddim", "guidance": "projection", "eta": 0.0, "symmetric": True},  # A = I: mixing
-    "ultrasound": {"sampler": "ddim", "guidance": "projection", "eta": 0.0, "symmetric": True},
-}
-
-
-def default_options(modality: str, **overrides) -> DiffusionOptions:
-    """:class:`DiffusionOptions` with this modality's measured defaults; ``overrides`` that
-    are not None win."""
-    chosen = {**MODALITY_DEFAULTS.get(modality, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return DiffusionOptions(**chosen)
-
-
 def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
     """The sampler for ``options``: ``options.steps`` steps, or for a hot start
     ``round(hot_start_t * steps)`` steps from ``hot_start_t`` (never more than a sampler on
@@ -227,5 +200,4 @@ def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOp
     return last
 
 
-__all__ = ["CLIP_X0", "MODALITY_DEFAULTS", "ReconFrame", "default_options", "make_sampler", "reconstruct_to_end",
-           "stream_reconstruction"]
+__all__ = ["CLIP_X0", "ReconFrame", "make_sampler", "reconstruct_to_end", "stream_reconstruction"]
