@@ -1,8 +1,8 @@
 """Run every method on every task, data set and slice; keep per-slice scores and a few images.
 
-Each slice is its own :class:`~diffrecon.measurements.ProblemSource` (one slice), so every
-method sees the same simulated measurements (the seed and slice index fix the mask and
-noise) and its seconds are the seconds of that slice. Nothing here writes files except
+Each slice is its own run of the run API (:class:`~diffrecon.reconstruct.ReconRequest` on
+one slice), so every method sees the same simulated measurements (the seed and slice
+index fix the mask and noise) and its seconds are the seconds of that slice. Nothing here writes files except
 the per-case volumes (``cases/<case>/<method>.nii.gz``), which a reader study can be
 built from (``diffrecon study create --cases OUT``).
 """
@@ -22,8 +22,8 @@ from ..errors import SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..io.volume import Volume
-from ..measurements import ProblemSource
-from ..reconstruct import DiffusionSetup, ReconRun, diffusion_setup, reconstruct
+from ..measurements import MeasurementSettings
+from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, ReconRun, diffusion_setup, run_to_end
 from .tasks import MethodSpec, Task
 
 INPUT = "input"  # the column of the unreconstructed input (zero-filled / FBP / noisy image)
@@ -140,15 +140,14 @@ def run_bench(
         settings = task.settings(seed)
         for d_index, d in enumerate(data):
             for s_index, s in enumerate(d.slices):
-                source = ProblemSource(d.volume, settings, slices=[s], simulate=True)
                 outcomes: dict[str, tuple[ReconRun, str]] = {}
                 if classical:
-                    result = reconstruct(source, classical, batch_size=1)
+                    result = run_to_end(_one_slice(d, settings, s, classical))
                     for m in methods:
                         if not m.is_diffusion:
                             outcomes[m.label] = (result, m.base)
                 for label, setup in setups.items():
-                    outcomes[label] = (reconstruct(source, ["diffusion"], batch_size=1, diffusion=setup), "diffusion")
+                    outcomes[label] = (run_to_end(_one_slice(d, settings, s, [DIFFUSION], setup)), DIFFUSION)
                 first = next(iter(outcomes.values()))[0]
                 rows = _rows(task, d, s, first, outcomes, show_input)
                 run.rows += rows
@@ -165,6 +164,12 @@ def run_bench(
         run.ablation = _ablation(data[0], tasks[0], methods, setups, ablation_steps, seed, quick, progress,
                                  slices=data[0].slices[: max(1, ablation_slices)])
     return run
+
+
+def _one_slice(d: BenchData, settings: MeasurementSettings, s: int, methods: list[str],
+               diffusion: DiffusionSetup | None = None) -> ReconRequest:
+    """The run of ``methods`` on slice ``s`` of ``d``, simulated."""
+    return ReconRequest(d.volume, settings, methods, simulate=True, slices=[s], diffusion=diffusion, batch_size=1)
 
 
 def input_is_a_method(modality: str, methods: list[MethodSpec]) -> bool:
@@ -244,11 +249,10 @@ def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick
         steps_list = sorted({min(n, 2 + i) for i, n in enumerate(steps_list)})
     out = []
     settings = task.settings(seed)
-    sources = {s: ProblemSource(d.volume, settings, slices=[s], simulate=True) for s in slices}  # one per slice
     for n in steps_list:
         variant = DiffusionSetup(setup.prior, replace(setup.options, steps=n), setup.baseline)
-        for s, source in sources.items():
-            o = reconstruct(source, ["diffusion"], batch_size=1, diffusion=variant).outcomes["diffusion"]
+        for s in slices:
+            o = run_to_end(_one_slice(d, settings, s, [DIFFUSION], variant)).outcomes[DIFFUSION]
             out.append({"task": task.label, "data": d.label, "slice": int(s), "method": label, "steps": n,
                         **_metrics(o.metrics), "seconds": round(o.seconds, 4)})
             if progress is not None:

@@ -21,11 +21,11 @@ from ..diffusion.samplers import SAMPLERS
 from ..errors import DiffreconError, SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
-from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
+from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings
 from ..modalities import suggest_task
 from ..physics.masks import MASK_KINDS
-from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
-                           diffusion_setup, reconstruct)
+from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, Reconstruction, ReconRequest, ReconRun,
+                           default_prior_path, diffusion_setup, run_to_end)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise SettingsError("--method names no method")
-    if args.batch_size < 1:
-        raise SettingsError("--batch-size must be at least 1")
     settings = MeasurementSettings(
         modality=modality,
         acceleration=args.acceleration,
@@ -138,16 +136,19 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     selection = parse_slices(args.slices, volume.n_slices)
-    source = ProblemSource(volume, settings, slices=selection, simulate=args.simulate)
+    if args.batch_size < 1:
+        raise SettingsError("--batch-size must be at least 1")
     diffusion = _diffusion_setup(args, modality) if DIFFUSION in methods else None
+    run = Reconstruction(ReconRequest(volume, settings, methods, simulate=args.simulate, slices=selection,
+                                      diffusion=diffusion, batch_size=args.batch_size))
 
     from tqdm import tqdm
 
-    print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}", file=sys.stderr)
-    with tqdm(total=len(source), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
-        result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update, diffusion=diffusion)
+    print(f"diffrecon: {run.source.settings.describe()}, {len(run)} slice(s), methods: {', '.join(methods)}", file=sys.stderr)
+    with tqdm(total=len(run), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
+        result = run_to_end(run, progress=bar.update)
 
-    written = _write_outputs(args, volume, source, result, methods)
+    written = _write_outputs(args, volume, run.source, result, methods)
     for path in written:
         print(path)
     _print_summary(result)
