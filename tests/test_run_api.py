@@ -92,3 +92,21 @@ def test_measurements_come_in_the_inputs_units():
     event = next(iter(Reconstruction(ReconRequest(volume, MeasurementSettings("denoise"), [], simulate=True))))
     assert isinstance(event, MeasurementsReady)
     np.testing.assert_allclose(event.reference, volume.data, rtol=1e-5, atol=1e-6)  # the truth, back in its units
+
+
+@pytest.mark.parametrize("text, expected", [(None, [0, 1, 2, 3, 4, 5]), ("2:4", [2, 3]), ("0:6:2", [0, 2, 4]),
+                                            ("-1", [5]), ("3,1,4", [3, 1, 4]), (":2", [0, 1])])
+def test_one_slices_parser_for_every_command(text, expected):
+    from diffrecon.slices import slice_indices
+
+    assert slice_indices(text, 6).tolist() == expected
+
+
+@pytest.mark.parametrize("text, words", [("7", "outside"), ("4:2", "selects none"), ("a:b", "must look like"),
+                                         ("1:2:3:4", "must look like"), ("0:4:0", "step cannot be zero")])
+def test_bad_slices_are_one_sentence(text, words):
+    from diffrecon.errors import SettingsError
+    from diffrecon.slices import slice_indices
+
+    with pytest.raises(SettingsError, match=words):
+        slice_indices(text, 6)

@@ -23,6 +23,7 @@ from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..io.volume import Volume
 from ..measurements import MeasurementSettings
+from ..slices import slice_indices
 from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, ReconRun, diffusion_setup, run_to_end
 from .tasks import MethodSpec, Task
 
@@ -42,8 +43,6 @@ class BenchData:
 
 def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: bool = False) -> BenchData:
     """A dataset name (its held-out validation slices) or a scan path (all its slices)."""
-    from ..cli.reconstruct import parse_slices
-
     if spec in DATASETS:
         volume = load_dataset(spec)
         chosen = [int(s) for s in validation_slices(volume, spec)]
@@ -58,7 +57,7 @@ def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: 
     if modality == "ct" and volume.units != "HU":
         raise SettingsError(f"{label}: CT benchmarks need a CT scan in Hounsfield units")
     if slices:
-        picked = np.arange(volume.n_slices)[parse_slices(slices, volume.n_slices)]
+        picked = slice_indices(slices, volume.n_slices)
         if held_out and not set(picked.tolist()) <= set(chosen):
             raise SettingsError(f"{label}: slices {slices} leave the held-out block {chosen[0]}-{chosen[-1]} "
                                 f"that the shipped priors never saw; pick slices inside it")

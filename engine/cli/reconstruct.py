@@ -24,6 +24,7 @@ from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings
 from ..modalities import suggest_task
 from ..physics.masks import MASK_KINDS
+from ..slices import slice_indices
 from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, Reconstruction, ReconRequest, ReconRun,
                            default_prior_path, diffusion_setup, run_to_end)
 
@@ -46,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .nii.gz / .nii / .h5 / .npy / .npz, or a folder for a DICOM series")
     p.add_argument("--report", help="write settings, metrics and timings to this JSON file")
     p.add_argument("--save-input", action="store_true", help="also write the input image (zero-filled / FBP / noisy) as <out>_input")
-    p.add_argument("--slices", help="slices to process, Python style: 40:60, 10, 0:100:5 (default: all)")
+    p.add_argument("--slices", help="slices to process, Python style: 40:60, 10, 0:100:5 or 3,9,12 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for masks and noise (default 0)")
     p.add_argument("--series", help="which DICOM series, when a folder holds several")
     p.add_argument("--batch-size", type=int, default=8, help="slices solved together (default 8)")
@@ -85,27 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def parse_slices(text: str | None, n: int) -> slice | list[int]:
-    """``"40:60"`` -> slice(40, 60); ``"7"`` -> [7]; checked against the volume's ``n`` slices."""
-    if not text:
-        return slice(None)
-    try:
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-    except ValueError:
-        raise SettingsError(f"--slices must look like 40:60 or 12, not {text!r}") from None
-    if len(parts) == 1:
-        i = parts[0]
-        if i is None or not -n <= i < n:
-            raise SettingsError(f"slice {text} is outside the volume's {n} slices")
-        return [i % n]
-    if len(parts) > 3:
-        raise SettingsError(f"--slices must look like 40:60 or 12, not {text!r}")
-    sel = slice(*parts)
-    if len(range(*sel.indices(n))) == 0:
-        raise SettingsError(f"--slices {text} selects none of the volume's {n} slices")
-    return sel
-
-
 def _output_path(out: str, method: str, several: bool) -> Path:
     p = Path(out)
     if not several:
@@ -135,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         looks=args.looks,
         seed=args.seed,
     )
-    selection = parse_slices(args.slices, volume.n_slices)
+    selection = slice_indices(args.slices, volume.n_slices)
     if args.batch_size < 1:
         raise SettingsError("--batch-size must be at least 1")
     diffusion = _diffusion_setup(args, modality) if DIFFUSION in methods else None
