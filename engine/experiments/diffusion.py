@@ -2,7 +2,7 @@
 
 Speed (the default)::
 
-    python -m diffrecon.benchmarks.diffusion --size 256 --steps 25 [--samples 1] [--guidance dds]
+    python -m diffrecon.experiments.diffusion --size 256 --steps 25 [--samples 1] [--guidance dds]
 
 runs the run API (:func:`diffrecon.reconstruct.run_to_end`, as ``diffrecon reconstruct``
 does) on a synthetic single-coil 4x MRI slice of ``size x size`` pixels with the prior (``--model``; default the
@@ -189,7 +189,7 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffrecon.benchmarks.diffusion", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffrecon.experiments.diffusion", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="prior file (default: the shipped prior for the modality)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--samples", type=int, default=1)
