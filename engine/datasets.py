@@ -21,7 +21,6 @@ volume outside the slab (so coronal and sagittal crops never cross it) and
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import plistlib
 import tarfile

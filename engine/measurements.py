@@ -204,11 +204,13 @@ class MRIMeasurements(ModalityMeasurements):
         self._crop = self.volume.shape[1:]
 
     def _zero_filled_rss(self, idx: np.ndarray) -> np.ndarray:
+        assert self.volume.kspace is not None  # measured MRI
         k = torch.from_numpy(np.ascontiguousarray(self.volume.kspace.data[idx]))
         return ifft2c(k * torch.from_numpy(self._mask)).abs().square().sum(1).sqrt().numpy()
 
     def _measured_problem(self, idx: np.ndarray) -> ReconProblem:
         k = self.volume.kspace
+        assert k is not None  # measured MRI
         full = torch.from_numpy(np.ascontiguousarray(k.data[idx])) / self._scale
         mask = torch.from_numpy(self._mask)
         y = full * mask
@@ -250,6 +252,7 @@ class CTMeasurements(ModalityMeasurements):
         if volume.modality != "CT" and volume.units != "HU":
             raise SettingsError("CT simulation needs a CT volume in Hounsfield units")
         h, w = volume.shape[1:]
+        assert settings.views is not None  # MeasurementSettings fills in the default
         self._ct_size = max(h, w)
         pixel_mm = float(volume.spacing[1])
         # A x = physical line integral of mu when x = mu / (2 mu_water).

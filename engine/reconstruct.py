@@ -25,7 +25,7 @@ arrays.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -164,7 +164,7 @@ class ReconRequest:
     settings: MeasurementSettings
     methods: Sequence[str] = ()
     simulate: bool = False
-    slices: slice | Sequence[int] = field(default_factory=lambda: slice(None))
+    slices: slice | Sequence[int] | np.ndarray = field(default_factory=lambda: slice(None))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     diffusion: DiffusionSetup | None = None
     batch_size: int = 8
@@ -290,7 +290,7 @@ class Reconstruction:
         batches = -(-len(self.source) // self.request.batch_size)
         return make_sampler(setup.options, setup.prior.schedule).n_steps * batches
 
-    def __iter__(self) -> Iterator[RunEvent]:
+    def __iter__(self) -> Generator[RunEvent, None, None]:
         request, source = self.request, self.source
         methods = list(request.methods)
         scores = _Scores(source, methods)
@@ -327,7 +327,7 @@ class Reconstruction:
             yield SliceDone(problem.slices, images, stds)
         yield Summary(scores.run(clock.seconds, request))
 
-    def _diffusion(self, problem: ReconProblem) -> Iterator[ReconFrame]:
+    def _diffusion(self, problem: ReconProblem) -> Generator[ReconFrame, None, None]:
         """The diffusion method's frames on one batch (a hot start first solves its baseline)."""
         from .diffusion.reconstruction import stream_reconstruction
 

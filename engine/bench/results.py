@@ -89,11 +89,13 @@ def _slug(text: str) -> str:
 
 def _ranges(slices: list[int]) -> str:
     """[81, 82, 83, 90] -> '81-83, 90'."""
-    parts, start, prev = [], None, None
-    for s in slices + [None]:
+    parts: list[str] = []
+    start: int | None = None
+    prev: int | None = None
+    for s in [*slices, None]:
         if start is None:
             start = prev = s
-        elif s is not None and s == prev + 1:
+        elif s is not None and prev is not None and s == prev + 1:
             prev = s
         else:
             parts.append(f"{start}" if start == prev else f"{start}-{prev}")

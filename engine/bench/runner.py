@@ -119,7 +119,7 @@ def run_bench(
     ablation_steps: list[int] | None = None,
     ablation_slices: int = 2,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], object] | None = None,
 ) -> BenchRun:
     """Score ``methods`` on every task x data x slice; ``progress(label)`` after each slice.
 

@@ -211,6 +211,8 @@ def _print_summary(result: ReconRun) -> None:
     ]
     print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>9} {'MAE':>9} {'s/slice':>8}", file=sys.stderr)
     for name, m, sec in rows:
+        if m is None:  # every method is scored when the input is
+            continue
         s = "" if sec is None else f"{sec:8.3f}"
         print(f"{name:<12} {m['psnr']:7.2f} {m['ssim']:7.4f} {m['nmse']:9.5f} {m['mae']:9.5f} {s:>8}", file=sys.stderr)
     for name, o in result.outcomes.items():

@@ -32,7 +32,7 @@ with nothing left behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -125,7 +125,7 @@ def _summarise(samples: torch.Tensor, n_samples: int, batch: int) -> tuple[torch
 
 
 def stream_reconstruction(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
-                          baseline: torch.Tensor | None = None) -> Iterator[ReconFrame]:
+                          baseline: torch.Tensor | None = None) -> Generator[ReconFrame, None, None]:
     """Reconstruct ``problem`` with ``prior``; yield a :class:`ReconFrame` after every step.
 
     ``baseline``: a working-domain ``(B, 1, H, W)`` classical estimate for the hot start.
@@ -169,7 +169,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x.contiguous(memory_format=torch.channels_last), t)
 
-    model.to(memory_format=torch.channels_last)  # oneDNN's fast layout for CPU convolutions
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
     sampler = make_sampler(options, schedule)
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
@@ -182,9 +182,9 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                 frame = next(frames)
                 # The last frame's x_t is the (data-consistent) sample itself.
                 x0_samples = domain.from_model(frame.x_t if frame.last else frame.x0_hat)
-                mean, variance = _summarise(x0_samples, n_samples, batch)
+                x0_mean, variance = _summarise(x0_samples, n_samples, batch)
                 x_t = domain.from_model(frame.x_t[:batch])
-            yield ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=mean, variance=variance,
+            yield ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
                              elapsed=time.perf_counter() - start)
     finally:
         frames.close()  # cancellation: the sampler's generator ends here too

@@ -94,7 +94,7 @@ def forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeats: int =
     """Median time of one network forward as the sampler runs it."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     t = torch.full((shape[0],), 0.5)
-    net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     times = []
     with torch.inference_mode(), autocast_context(AUTOCAST):
         net(x, t)  # warm-up: oneDNN picks its kernels on the first call
@@ -108,7 +108,7 @@ def forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeats: int =
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     prior = _prior(args.model)
     counter = CountingModel(prior.model)
-    prior.model = counter
+    prior.model = counter  # type: ignore[assignment]  # a UNet that counts its calls
     volume, settings = _synthetic_mri(args.size)
     options = DiffusionOptions(sampler=args.sampler, guidance=args.guidance, steps=args.steps,
                                samples=args.samples, hot_start=args.hot_start, symmetric=args.symmetric)
