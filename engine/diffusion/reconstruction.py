@@ -46,8 +46,8 @@ from .schedules import NoiseSchedule
 
 #: Per guidance: clamp Tweedie estimates to [-c, c] (model domain) before the guidance sees
 #: them, or None. At the first steps ``1 / sqrt(abar)`` amplifies the network's error ~100x.
-#: Projection and DDS rein the estimate in themselves (on MRI validation slices a clamp at 3
-#: cost them 0.1-0.4 dB); DPS only nudges, and without the clamp weak priors run away.
+#: Projection and DDS rein the estimate in themselves (a clamp cost them PSNR); DPS only
+#: nudges, and without the clamp weak priors run away (resources/results/diffusion-defaults.md).
 CLIP_X0: dict[str, float | None] = {"projection": None, "dds": None, "dps": 3.0}
 AUTOCAST = True  # bf16 network calls: the priors are trained under bf16 autocast as well
 
