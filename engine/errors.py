@@ -11,6 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def quoted(name: str | Path) -> str:
+    """A file name safe inside a one-line message: printable names as they are, others
+    (a newline or another control character in the name) as a Python string literal."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, so a message stays one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
 class DiffreconError(Exception):
     """A problem the user can act on; ``str(err)`` is one sentence."""
 
@@ -24,7 +36,7 @@ class VolumeReadError(DiffreconError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason.rstrip(".") + "."
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{quoted(self.path)}: {self.reason}")
 
 
 class VolumeWriteError(DiffreconError):
@@ -33,7 +45,7 @@ class VolumeWriteError(DiffreconError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason.rstrip(".") + "."
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{quoted(self.path)}: {self.reason}")
 
 
 class SettingsError(DiffreconError):

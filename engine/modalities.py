@@ -3,7 +3,8 @@
 One :class:`Modality` per task holds its problem builder and working-domain mapping
 (:mod:`.measurements`), its classical baselines and the one a diffusion hot start enters
 from, its diffusion defaults and default prior, the name of its unreconstructed input, and
-the data set it is benchmarked on. Front ends (CLI, bench, viewer) look a modality up
+the data set its defaults were tuned on (``diffrecon bench`` itself scores the test subjects of
+:mod:`.datasets`). Front ends (CLI, bench, viewer) look a modality up
 here instead of comparing its name; :func:`suggest_task` is the one rule for which task a
 scan starts in.
 
@@ -30,7 +31,7 @@ class Modality:
     name: str  # "mri", "ct", "denoise", "ultrasound": the --modality value
     measurements: type[ModalityMeasurements]  # problem builder and working-domain mapping
     input_name: str  # what the unreconstructed input image is called (zero-filled, FBP, ...)
-    default_dataset: str  # what `diffrecon bench` and the quality benchmark score on by default
+    default_dataset: str  # the held-out slab the quality sweep (experiments.diffusion) scores on
     bench_tasks: str  # the default `diffrecon bench --settings`
     diffusion_defaults: dict[str, Any] = field(default_factory=dict)  # DiffusionOptions fields
     default_prior: str | None = None  # file under resources/models/, None: no prior of its own

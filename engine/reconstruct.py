@@ -321,6 +321,8 @@ class Reconstruction:
                                              time.perf_counter() - started)
                     since = time.perf_counter()
                 assert last is not None  # at least one step always runs
+                if last.adaptation is not None:  # what dds-tv chose for this batch, and why
+                    scores.adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
                 images[m], std = scores.add(m, last.x0.detach(), None if last.variance is None else last.variance.detach())
                 if std is not None:
                     stds[m] = std
@@ -357,6 +359,7 @@ class _Scores:
         self.working: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         self.stds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         self.stds_w: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        self.adaptations: list[dict[str, Any]] = []  # per batch, the diffusion method's own choices
 
     def add_problem(self, problem: ReconProblem) -> np.ndarray:
         """Keep a batch's input and reference; return the input in the input's units."""
@@ -399,6 +402,8 @@ class _Scores:
             )
             if m == DIFFUSION and diffusion is not None:
                 outcome.model = diffusion.describe()
+                if self.adaptations:
+                    outcome.params["adaptation"] = self.adaptations
                 if self.stds[m]:
                     outcome.variance = np.square(np.concatenate(self.stds[m])).astype(np.float32)
                     if ref is not None:

@@ -32,6 +32,22 @@ def configure_threads(threads: int | None) -> None:
     torch.set_num_threads(n)
 
 
+def thread_settings() -> dict:
+    """The thread counts a result depends on, for every output's provenance.
+
+    Results are reproducible bit for bit only at the same torch thread count: a
+    different count splits the reductions inside convolutions differently, the sums
+    round differently, and a diffusion sampler iterates those differences (README,
+    "Reproducibility").
+    """
+    torch = sys.modules.get("torch")  # never import torch just to say it was not used
+    return {
+        "torch_threads": int(torch.get_num_threads()) if torch is not None else None,
+        "torch_interop_threads": int(torch.get_num_interop_threads()) if torch is not None else None,
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def keep_freed_memory() -> bool:
     """Let glibc keep freed activation buffers for reuse instead of returning them to the OS.
 

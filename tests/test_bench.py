@@ -173,12 +173,9 @@ def test_a_reader_study_is_built_from_a_real_bench_run(cli, tmp_path, mri_scan):
     made = cli("study", "create", "--cases", out, "--out", study, "--reference", "ground-truth",
                "--readers", "alice,bob")
     assert made.code == 0, made.err
-    from diffrecon.study.store import StudyStore
+    from diffrecon.study import open_keyed
 
-    store = StudyStore(study / "study.sqlite")
-    try:
-        items = store.items()
+    with open_keyed(study) as keyed:  # the owner's view: the methods come from the key beside the study
+        items = keyed.items()
         assert sorted({i.method for i in items}) == ["tv", "zero-filled"] and len(items) == 4  # 2 slices x 2
-    finally:
-        store.close()
     assert cli("study", "report", study).code == 0  # no scores yet: a report that says so

@@ -74,7 +74,9 @@ def test_npz_round_trip_keeps_geometry(tmp_path):
     assert np.array_equal(back.data, vol.data)
     assert np.array_equal(back.affine, vol.affine)
     assert back.spacing == pytest.approx(spacing)
-    assert json.loads((tmp_path / "out.json").read_text()) == {"method": "tv", "lambda": pytest.approx(0.01)}
+    recorded = json.loads((tmp_path / "out.json").read_text())
+    assert "torch_threads" in recorded.pop("threads")  # save_volume adds the thread settings
+    assert recorded == {"method": "tv", "lambda": pytest.approx(0.01)}
 
 
 def test_npz_with_only_spacing_builds_the_affine(tmp_path):
@@ -110,7 +112,7 @@ def test_npy_header_bigger_than_memory_is_refused_before_reading(tmp_path):
     with open(path, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (4000, 8192, 8192)})
         fh.truncate(fh.tell() + 4000 * 8192 * 8192 * 4)
-    with pytest.raises(VolumeReadError, match="needs .* GiB, more than this machine can spare"):
+    with pytest.raises(VolumeReadError, match="needs about .* GiB of memory but only .* is available"):
         read_numpy(path)
 
 

@@ -234,7 +234,7 @@ CASES = [
     ("NIfTI 4D time series", nifti_time_series, "is 4D (64 volumes); diffrecon reads one 3D volume"),
     ("NIfTI dims far beyond the file", nifti_dims_beyond_file, "header declares 512x512x400 int16"),
     ("NIfTI .nii.gz dims far beyond the file", nifti_gz_dims_beyond_file, "gzip file cannot hold that much"),
-    ("NIfTI larger than memory", nifti_too_big_for_memory, "more than this machine can spare"),
+    ("NIfTI larger than memory", nifti_too_big_for_memory, "of memory but only"),
     ("NIfTI NaN voxels", nifti_nan, "NaN or infinite"),
     ("NIfTI Inf voxels", nifti_inf, "2 voxels are NaN or infinite"),
     ("NIfTI slices too small", nifti_tiny_slices, "too small"),

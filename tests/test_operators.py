@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_phantom
+from diffrecon.diffusion.adaptation import HeldOutOperator
 from diffrecon.physics import (
     IdentityOperator,
     LinearOperator,
@@ -65,6 +66,16 @@ CASES = {
         pinv_exact=False,
     ),
     "identity": Case(IdentityOperator, (1, 20, 30), False, True),
+    # the self-supervised hold-out's restriction of an operator to part of its measurements
+    "mri-held-out-columns": Case(
+        lambda: HeldOutOperator(MRIOperator(make_mask("random", (32, 48), 4, seed=3)),
+                                (torch.arange(48) % 5 != 2).float().view(1, 1, 1, 48)),
+        (1, 32, 48), True, False,
+    ),
+    "radon-held-out-views": Case(
+        lambda: HeldOutOperator(ParallelBeamRadon(32, 30), (torch.arange(30) % 4 != 1).float().view(1, 1, 30, 1)),
+        (1, 32, 32), False, False, pinv_exact=False,
+    ),
 }
 BATCH = 3
 

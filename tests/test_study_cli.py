@@ -17,7 +17,7 @@ pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 def test_create_report_and_status_from_the_command_line(cli, tmp_path, case_root):
     out = tmp_path / "study"
     result = cli("study", "create", "--cases", case_root, "--out", out, "--readers", "ann,ben",
-                 "--questions", "quality,artefact", "--seed", "3")
+                 "--questions", "quality,artefact")
     assert result.code == 0, result.err
     assert result.out.strip() == str(out) and "3 cases x 2 methods" in result.err
 
@@ -35,6 +35,16 @@ def test_create_report_and_status_from_the_command_line(cli, tmp_path, case_root
     assert report.code == 0, report.err
     assert "Fleiss' kappa" in report.out and str(tmp_path / "rep" / "scores_long.csv") in report.out
     assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "scores_long.csv", "scores_by_method.png"}
+    # The key lives beside the study; without it there is no report, and a moved key is named with --key.
+    key = tmp_path / "study.key.json"
+    assert key.is_file() and str(key) in result.err
+    moved = tmp_path / "owner" / "k.json"
+    moved.parent.mkdir()
+    key.rename(moved)
+    assert_one_sentence_error(cli("study", "report", out, "--out", tmp_path / "rep2"), mentions="--key")
+    assert cli("study", "report", out, "--key", moved, "--out", tmp_path / "rep2").code == 0
+    assert_one_sentence_error(cli("study", "create", "--cases", case_root, "--out", tmp_path / "s2",
+                                  "--key", tmp_path / "s2" / "key.json"), mentions="must not be inside")
 
 
 @pytest.mark.parametrize("args, mentions", [
@@ -91,3 +101,11 @@ def test_read_screenshot_draws_the_window_and_exits(tmp_path, study):
 
     with open_store(study) as store:
         assert "zoe" in store.readers()
+
+
+def test_a_key_that_cannot_be_written_leaves_no_study(cli, tmp_path, case_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    assert_one_sentence_error(cli("study", "create", "--cases", case_root, "--out", tmp_path / "s",
+                                  "--key", blocker / "k.json"), mentions="key cannot be written")
+    assert not (tmp_path / "s").exists() and not [p for p in tmp_path.iterdir() if ".creating-" in p.name]

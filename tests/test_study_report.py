@@ -19,14 +19,14 @@ TRUE_QUALITY = {"diffusion": 4.3, "tv": 3.4, "zero-filled": 1.8}
 @pytest.fixture
 def scored_study(tmp_path):
     """3 readers x 10 cases x 3 methods with known scores: diffusion clearly best, zero-filled worst."""
-    from diffrecon.study import create_study, open_store
+    from diffrecon.study import create_study, open_keyed
 
     write_cases(tmp_path / "cases", 10, METHODS, slices=1, size=8)
     folder = create_study([str(tmp_path / "cases")], tmp_path / "study", readers=list(READERS),
-                          questions=["quality", "artefact", "comment"], seed=5).folder
+                          questions=["quality", "artefact", "comment"]).folder
     rng = np.random.default_rng(11)
     given: dict[tuple[str, str, str], int] = {}
-    with open_store(folder) as store:
+    with open_keyed(folder) as store:
         quality, artefact, comment = store.questions()
         for item in store.items():
             case_effect = rng.normal(0, 0.4)
@@ -45,10 +45,10 @@ def test_statistics_match_the_libraries_computed_directly(scored_study):
     from sklearn.metrics import cohen_kappa_score
     from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 
-    from diffrecon.study import build_report, open_store
+    from diffrecon.study import build_report, open_keyed
 
     folder, given = scored_study
-    with open_store(folder) as store:
+    with open_keyed(folder) as store:
         report = build_report(store)
     assert report.completion == {r: (30, 30) for r in READERS}
     cases = report.cases
@@ -92,11 +92,11 @@ def test_statistics_match_the_libraries_computed_directly(scored_study):
 def test_report_files_csv_long_format_and_a_readable_chart(scored_study, tmp_path):
     from PIL import Image
 
-    from diffrecon.study import open_store, write_report
+    from diffrecon.study import open_keyed, write_report
     from diffrecon.study.report import render_text
 
     folder, given = scored_study
-    with open_store(folder) as store:
+    with open_keyed(folder) as store:
         report, files = write_report(store, tmp_path / "out")
         n_answers = store.count_answers()
     assert [f.name for f in files] == ["report.md", "scores_long.csv", "scores_by_method.png"]
@@ -123,12 +123,12 @@ def test_report_files_csv_long_format_and_a_readable_chart(scored_study, tmp_pat
 
 
 def test_degenerate_studies_get_a_sentence_not_a_crash(tmp_path):
-    from diffrecon.study import build_report, create_study, open_store
+    from diffrecon.study import build_report, create_study, open_keyed
     from diffrecon.study.report import render_text, write_report
 
     write_cases(tmp_path / "cases", 3, ("tv", "diffusion"), slices=1, size=8)
     folder = create_study([str(tmp_path / "cases")], tmp_path / "study", readers=["ann", "ben"]).folder
-    with open_store(folder) as store:
+    with open_keyed(folder) as store:
         report, files = write_report(store, tmp_path / "empty")
         assert "No scores yet" in render_text(report)
         assert [f.name for f in files] == ["report.md", "scores_long.csv"]  # no chart of nothing

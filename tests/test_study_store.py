@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,26 +32,21 @@ def _scores(study) -> dict[tuple[str, str, str], object]:
 
 
 def test_create_lays_out_a_blinded_study(tmp_path, case_root):
-    from diffrecon.study import create_study, open_store
+    from diffrecon.study import create_study, open_keyed, open_store
 
     created = create_study([str(case_root)], tmp_path / "study", readers=["alice", "bob"],
-                           questions=["quality", "artefact", "comment"], seed=7)
+                           questions=["quality", "artefact", "comment"])
     folder = created.folder
     assert created.cases == ["case01", "case02", "case03"] and created.methods == sorted(METHODS)
     assert {p.name for p in folder.iterdir()} == {"images", "study.json", "study.sqlite"}
+    assert created.key == tmp_path / "study.key.json" and created.key.stat().st_mode & 0o077 == 0
     images = sorted((folder / "images").iterdir())
     assert len(images) == 2 * 3 * 2  # an .npy and a .json per case x method
-
-    # Blinding: no method (nor case, nor source path) in the image names or beside them.
-    for path in images:
-        text = path.name + (path.read_text() if path.suffix == ".json" else "")
-        for secret in (*METHODS, "case0", str(case_root)):
-            assert secret not in text, (secret, path.name)
     assert len({p.stat().st_mtime for p in images}) == 1  # file times do not give the write order away
     assert all(np.load(p).shape == (3, 16, 16) for p in images if p.suffix == ".npy")
 
     manifest = json.loads((folder / "study.json").read_text())
-    assert manifest["seed"] == 7 and manifest["readers"] == ["alice", "bob"]
+    assert manifest["readers"] == ["alice", "bob"] and "seed" not in manifest and "methods" not in manifest
     assert [q["id"] for q in manifest["questions"]] == ["quality", "artefact", "comment"]
     assert manifest["questions"][0]["anchors"]["1"].startswith("Non-diagnostic")
 
@@ -58,20 +54,81 @@ def test_create_lays_out_a_blinded_study(tmp_path, case_root):
         assert store.con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert store.con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert store.con.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert store.meta("schema_version") == "1"
-        items = store.items()
-        assert [(i.case_id, i.method) for i in items] == [(c, m) for c in created.cases for m in sorted(METHODS)]
-        assert {i.id for i in items} == {p.stem for p in images}
+        assert store.meta("schema_version") == "2"
         alice, bob = store.reading_order("alice"), store.reading_order("bob")
+    with open_keyed(folder) as keyed:  # the owner's view: the store joined with the key beside it
+        items = keyed.items()
+    assert [(i.case_id, i.method) for i in items] == [(c, m) for c in created.cases for m in sorted(METHODS)]
+    assert {i.id for i in items} == {p.stem for p in images}
     assert sorted(alice) == sorted(bob) == sorted(i.id for i in items)
     assert alice != bob  # randomised per reader
-
-    # The same reader gets the same order on reopening, and from the seed alone.
-    from diffrecon.study import reading_order_for
-
     with open_store(folder) as store:
-        assert store.reading_order("alice") == alice
-        assert reading_order_for([i.id for i in items], 7, "alice") == alice
+        assert store.reading_order("alice") == alice  # stored: the same order on reopening
+
+
+def _every_byte_under(folder: Path) -> bytes:
+    return b"".join(p.name.encode() + p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_a_readers_folder_reveals_no_method_and_no_mapping(tmp_path):
+    """Read every file a reader receives: no method name, source path or setting that rebuilds the key."""
+    from diffrecon.study import create_study, open_keyed, read_key
+
+    methods = ("diffusionmethod", "zerofilledmethod", "totalvariation")
+    write_cases(tmp_path / "cases", 3, methods, reference="groundtruthimage")
+    study = create_study([str(tmp_path / "cases")], tmp_path / "out" / "study", readers=["ann"],
+                         reference="groundtruthimage")
+    with open_keyed(study.folder) as keyed:  # some answers and reading time, as a reader leaves them
+        quality = keyed.questions()[0]
+        for item in keyed.reading_order("ann")[:4]:
+            keyed.answer("ann", item, quality, 3, add_seconds=2.0)
+    blob = _every_byte_under(study.folder).lower()
+    for secret in (*methods, "groundtruthimage", "case0", str(tmp_path), '"seed"'):
+        assert secret.encode() not in blob, secret
+    # The key has the mapping; the folder's own order of ids (file names, database pages) is the
+    # random ids' order, which says nothing: a second study from the same inputs has new ids.
+    key = read_key(study.key)
+    assert {m for _, _, m, _ in key.items} == set(methods)
+    again = create_study([str(tmp_path / "cases")], tmp_path / "again", reference="groundtruthimage")
+    assert not {i for i, *_ in key.items} & {i for i, *_ in read_key(again.key).items}
+    # A key from another study is refused, not used to mislabel every score.
+    from diffrecon.study import StudyStoreError
+
+    with pytest.raises(StudyStoreError, match="key of another study"):
+        open_keyed(study.folder, again.key)
+
+
+def test_an_answer_into_a_deleted_database_is_refused_not_lost(study):
+    """SQLite happily commits into an unlinked file: the store must notice and refuse."""
+    from diffrecon.study import ReadingSession, StudyStoreError, open_store
+
+    store = open_store(study)
+    session = ReadingSession(store, "alice")
+    session.answer("quality", 4)
+    session.next()
+    (study / "study.sqlite").unlink()
+    with pytest.raises(StudyStoreError, match="was deleted while the study was open"):
+        session.answer("quality", 5)
+    assert session.answers_for() == {}  # the session does not believe an answer that was not saved
+    store.close()
+    (study / "study.sqlite").write_bytes(b"")  # a new file at the same path: another inode
+    with pytest.raises(StudyStoreError):
+        open_store(study)
+
+
+def test_an_answer_into_a_replaced_database_is_refused(tmp_path, study):
+    import shutil
+
+    from diffrecon.study import StudyStoreError, open_store
+
+    store = open_store(study)
+    item = store.reading_order("alice")[0]
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(study / "study.sqlite", copy)
+    os.replace(copy, study / "study.sqlite")
+    with pytest.raises(StudyStoreError, match="replaced by another file"):
+        store.answer("alice", item, store.questions()[0], 2)
+    store.close()
 
 
 def test_a_new_reader_joins_with_an_order_of_their_own(study):
@@ -113,12 +170,12 @@ def test_recreating_never_overwrites_a_study_with_scores(tmp_path, study, case_r
     from diffrecon.study import StudyDesignError, create_study, open_store
 
     before = sorted(p.name for p in (study / "images").iterdir())
-    create_study([str(case_root)], study, readers=["alice"], seed=3)  # no answers yet: replaced
+    create_study([str(case_root)], study, readers=["alice"])  # no answers yet: replaced
     assert sorted(p.name for p in (study / "images").iterdir()) != before
     with open_store(study) as store:
         store.answer("alice", store.reading_order("alice")[0], store.questions()[0], 4)
     with pytest.raises(StudyDesignError, match="never overwritten"):
-        create_study([str(case_root)], study, seed=4)
+        create_study([str(case_root)], study)
     assert len(_scores(study)) == 1
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
@@ -233,7 +290,7 @@ def test_two_processes_scoring_at_once_do_not_corrupt_the_study(study):
 
     with open_store(study) as store:
         assert store.integrity_check() == "ok"
-        n = len(store.items())
+        n = len(store.image_ids())
         scores = _scores(study)
         assert set(store.readers()) == {"alice", "bob", "dave", "erin", "frank"}
         for part, own in ((0, "erin"), (1, "frank")):

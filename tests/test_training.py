@@ -136,7 +136,7 @@ def test_loading_refuses_files_that_are_not_priors(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(bad_config), metadata={
         "format": "diffrecon-prior/1", "unet_config": json.dumps({"in_channels": 3}),
         "schedule": json.dumps({"kind": "linear", "steps": 1000}), "normalisation": "{}", "modality": "mri"})
-    for path, says in ((bare, "not a diffrecon prior"), (junk, "not a readable"), (bad_config, "do not build"),
+    for path, says in ((bare, "not a diffrecon prior"), (junk, "not a readable"), (bad_config, "unet_config lacks"),
                        (tmp_path / "missing.safetensors", "no such file")):
         with pytest.raises(DiffreconError, match=says) as err:
             load_prior(path)

@@ -79,7 +79,10 @@ def test_rejects_unsupported_channels() -> None:
         tiny_unet(1)(torch.randn(1, 2, 8, 8), 0.5)
 
 
-def test_bf16_autocast_and_channels_last_agree_with_float32() -> None:
+def test_bf16_autocast_and_channels_last_agree_with_float32(monkeypatch) -> None:
+    import diffrecon.diffusion.unet as unet
+
+    monkeypatch.setattr(unet, "bf16_is_fast", lambda device_type="cpu": True)  # the numerics, on any CPU
     net = tiny_unet()
     x = torch.randn(2, 1, 24, 24)
     with torch.no_grad():
@@ -93,8 +96,26 @@ def test_bf16_autocast_and_channels_last_agree_with_float32() -> None:
     assert torch.allclose(fast_cl, ref, atol=1e-5)
 
 
-def test_bf16_inference_fast_path_matches_the_training_path() -> None:
+def test_autocast_is_off_where_bf16_would_be_emulated(monkeypatch) -> None:
+    """Without native bf16 (an AVX2-only CPU) oneDNN emulates it ~25x slower: autocast stays off."""
+    import diffrecon.diffusion.unet as unet
+
+    monkeypatch.setattr(unet, "bf16_is_fast", lambda device_type="cpu": False)
+    net = tiny_unet()
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        ref = net(x, 0.5)
+        with autocast_context(True):
+            assert not torch.is_autocast_enabled("cpu")
+            same = net(x, 0.5)
+    assert torch.equal(same, ref)
+
+
+def test_bf16_inference_fast_path_matches_the_training_path(monkeypatch) -> None:
     """Inference keeps GroupNorm/SiLU in bf16 (norm_silu); with grad on, the plain autocast path runs."""
+    import diffrecon.diffusion.unet as unet
+
+    monkeypatch.setattr(unet, "bf16_is_fast", lambda device_type="cpu": True)
     net = tiny_unet(in_channels=2)
     x = torch.randn(2, 2, 32, 24)
     with torch.no_grad():

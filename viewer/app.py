@@ -2,8 +2,10 @@
 
 ``diffrecon view [PATH]`` opens PATH (or, with none, the bundled T1 sample as ground
 truth with the bundled prior, ready to run). With ``--run`` the current settings run
-to completion; ``--screenshot`` then saves the four panes as a PNG and the app exits,
-printing frames per second and the longest event-loop stall it measured.
+to completion and the window stays open for the user; ``--screenshot`` saves the four
+panes as a PNG and the app exits, as does ``--exit``. A scripted run prints its metrics
+line, frames per second and the longest event-loop stall it measured; ``--report``
+writes them as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from PySide6.QtWidgets import QApplication
 
 from diffrecon.errors import DiffreconError
 
+from .export import metrics_line, write_run_report
+
 
 @dataclass
 class ViewOptions:
@@ -26,6 +30,8 @@ class ViewOptions:
     run: bool = False
     screenshot: Path | None = None
     window_screenshot: Path | None = None
+    exit_after: bool = False  # close when the run ends (a screenshot implies it)
+    report: Path | None = None  # JSON with the run's settings, metrics and timings
     modality: str | None = None
     acceleration: float | None = None
     mask: str | None = None
@@ -46,6 +52,10 @@ class ViewOptions:
     preset: str | None = None
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
+
+    @property
+    def exits_after_run(self) -> bool:
+        return bool(self.run and (self.exit_after or self.screenshot or self.window_screenshot))
 
 
 def threads_for_sampling(cores: int, load_1min: float) -> int:
@@ -137,8 +147,8 @@ def apply_options(window, o: ViewOptions) -> None:
 
 def choose_platform(options: ViewOptions) -> None:
     """Without a display, a scripted run renders offscreen; an interactive one cannot start."""
-    choose_qt_platform(scripted=bool(options.run and (options.screenshot or options.window_screenshot)),
-                       how_to_script="--run --screenshot out.png")
+    choose_qt_platform(scripted=options.exits_after_run,
+                       how_to_script="--run --screenshot out.png (or --run --exit)")
 
 
 def choose_qt_platform(scripted: bool, how_to_script: str) -> None:
@@ -195,6 +205,9 @@ def run_viewer(options: ViewOptions) -> int:
         window.runner.runFinished.disconnect(finished)
         stats = window.runner.last_stats
         print(f"diffrecon view: {window.last_status}", file=sys.stderr)
+        line = metrics_line(window.session.metrics)
+        if line:
+            print(f"diffrecon view: {line}", file=sys.stderr)
         print(f"diffrecon view: {stats.get('frames_drawn', 0)} frames drawn, {stats.get('fps', 0.0):.1f} frames/s, "
               f"longest event-loop stall {stats.get('longest_stall_ms', 0.0):.0f} ms "
               f"(99th percentile {stats.get('p99_stall_ms', 0.0):.0f} ms, "
@@ -202,8 +215,15 @@ def run_viewer(options: ViewOptions) -> int:
               file=sys.stderr)
         if not ok:
             outcome["code"] = 1
-        # Let the last frame and the metrics paint before grabbing.
-        QTimer.singleShot(300, lambda: save_and_quit(ok))
+        if options.report is not None:
+            try:
+                print(write_run_report(window.session, stats, ok, options.report))
+            except DiffreconError as exc:
+                print(f"diffrecon: error: {exc}", file=sys.stderr)
+                outcome["code"] = 2
+        if options.exits_after_run:
+            # Let the last frame and the metrics paint before grabbing.
+            QTimer.singleShot(300, lambda: save_and_quit(ok))
 
     def save_and_quit(ok: bool) -> None:
         if options.window_screenshot is not None:  # first, while the status bar still reports the run

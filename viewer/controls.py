@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -49,6 +49,28 @@ def _spin(lo, hi, value, step=1.0, decimals=None, suffix="", special=None):
     return box
 
 
+SAMPLER_HELP = {
+    "ddim": "DDIM: a fixed path from noise to image; fast, the same result for the same seed.",
+    "ddpm": "DDPM: the original sampler, fresh noise at every step; needs many steps.",
+    "sde": "VP-SDE: noise-driven steps (stochastic differential equation); more varied samples.",
+}
+GUIDANCE_HELP = {
+    "projection": "projection: after each step, put the measured data back in exactly (simple, fast).",
+    "dds": "DDS (CG): after each step, a few conjugate-gradient iterations pull the estimate towards "
+           "the measurements; the default for MRI and CT.",
+    "dps": "DPS: steers each step with the gradient of the data mismatch; slower, needs no exact model.",
+}
+
+
+def _explain(box: QComboBox, summary: str, choices: dict[str, str]) -> None:
+    """A plain-words tooltip on the box (all choices) and on each entry (its own)."""
+    lines = [choices[box.itemData(i)] for i in range(box.count()) if box.itemData(i) in choices]
+    box.setToolTip("\n".join([summary, *lines]))
+    for i in range(box.count()):
+        if box.itemData(i) in choices:
+            box.setItemData(i, choices[box.itemData(i)], Qt.ItemDataRole.ToolTipRole)
+
+
 class ControlPanel(QWidget):
     measurementChanged = Signal()  # the input image must be recomputed
     taskChanged = Signal(str)
@@ -68,12 +90,17 @@ class ControlPanel(QWidget):
         self.simulate = QCheckBox("Scan is the ground truth (simulate)")
         self.simulate.setToolTip("Simulate measurements from the scan and score every method against it")
         self.acceleration = _spin(2.0, 12.0, 4.0, 0.5, 1, "x")
+        self.acceleration.setToolTip("MRI speed-up: 4x keeps one k-space line in four (a scan 4 times shorter)")
         self.mask_kind = _combo([(m, m) for m in MASK_KINDS], "random")
+        self.mask_kind.setToolTip("Which k-space lines are kept: random, evenly spaced (equispaced), ...")
         self.views = _spin(2, 720, 60)
+        self.views.setToolTip("CT projection angles over 180 degrees: fewer views, less dose, more streaks")
         self.dose = _spin(0.0, 1.0, 0.0, 0.05, 2, special="noiseless")
         self.dose.setToolTip("Dose fraction of 4096 photons per detector bin; 'noiseless' adds no noise")
         self.noise_sigma = _spin(0.005, 1.0, 0.1, 0.01, 3)
+        self.noise_sigma.setToolTip("Noise added for denoising, relative to the image's bright end (0.1 = 10 %)")
         self.seed = _spin(0, 2**31 - 1, 0)
+        self.seed.setToolTip("Fixes the random mask, noise and sampling: the same seed gives the same result")
         form.addRow("Task", self.modality)
         form.addRow(self.simulate)
         form.addRow("Acceleration", self.acceleration)
@@ -88,17 +115,23 @@ class ControlPanel(QWidget):
         diffusion = QGroupBox("Diffusion")
         dform = QFormLayout(diffusion)
         self.model = QComboBox()
-        self.model.setToolTip("The diffusion prior (a .safetensors file)")
+        self.model.setToolTip("The diffusion prior: a network trained on many scans of one kind (brain MRI, "
+                              "head CT) that knows what such images look like. A .safetensors file.")
         self.sampler = _combo([(s, s.upper() if s != "sde" else "VP-SDE") for s in SAMPLERS], "ddim")
+        _explain(self.sampler, "How the image is drawn out of noise, one step at a time.", SAMPLER_HELP)
         guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dps": "DPS"}
         self.guidance = _combo([(g, guidance_names.get(g, g)) for g in GUIDANCE], "dds")
+        _explain(self.guidance, "How each step is kept faithful to what was measured.", GUIDANCE_HELP)
         self.steps = _spin(1, 1000, 25)
+        self.steps.setToolTip("Denoising steps from pure noise to the image: more steps are slower and "
+                              "usually a little sharper (25 is the measured default)")
         # One sample runs as a symmetric pair (+noise and -noise, SRDS): already a variance map, and
         # the fastest live view; more samples sharpen the uncertainty map at a proportional cost.
         self.samples = _spin(1, 16, 1)
         self.samples.setToolTip("Posterior samples, each run with its mirrored-noise twin: the spread of "
                                 "the 2 x samples estimates is the uncertainty map")
         self.scope = _combo([("slice", "Current slice"), ("volume", "Whole volume")], "slice")
+        self.scope.setToolTip("Reconstruct only the slice on screen (fast), or every slice of the scan")
         dform.addRow("Model", self.model)
         dform.addRow("Sampler", self.sampler)
         dform.addRow("Guidance", self.guidance)
@@ -110,6 +143,8 @@ class ControlPanel(QWidget):
         base = QGroupBox("Baseline")
         bform = QFormLayout(base)
         self.baseline = QComboBox()
+        self.baseline.setToolTip("A classical (non-learned) reconstruction to compare with: TV smooths while "
+                                 "keeping edges, l1-wavelet keeps sparse detail, median and BM3D denoise")
         bform.addRow("Method", self.baseline)
         outer.addWidget(base)
 

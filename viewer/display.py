@@ -51,6 +51,8 @@ class PaneRenderer:
         self.options = DisplayOptions()
         self.session: Session | None = None
         self.progress_text = ""  # e.g. "step 12/25", shown in the diffusion pane's title
+        self.running = False  # a run is under way: empty panes say they are waiting, not "press Run"
+        self.frame_scaled = False  # the diffusion pane shows a frame scaled to the measurements' range
 
     def attach(self, session: Session) -> None:
         self.session = session
@@ -98,10 +100,33 @@ class PaneRenderer:
         pane = self.grid[name]
         pane.set_colormap(None)
         image = self.session.image(self._layer_for(name))
+        self.frame_scaled = False
+        if image is not None and name == "recon" and self.running:
+            image = self._scaled_to_measurements(image)
         pane.show_image(image, (self.session.window.low, self.session.window.high))
         pane.set_title(self._title(name))
         if image is None:
             pane.set_hint(self._empty_hint(name))
+
+    def _scaled_to_measurements(self, frame: np.ndarray) -> np.ndarray:
+        """A mid-run frame whose spread far exceeds the measurements', mapped onto their range.
+
+        The first x0 estimates of a sampler are mostly noise far outside any real value
+        (-4800 to 3900 HU at step 1 of a CT run; magnitudes above every MR value): drawn as
+        they are, the pane is a saturated block in any window. While the frame's 1-99th
+        percentile spread is over 1.5x the measured input's, it is scaled linearly onto the
+        input's; once the estimate settles it is drawn as it is, and the title says which.
+        Stored values (readout, export, metrics) are never scaled.
+        """
+        measured = self.session.image("input")
+        if measured is None or not np.isfinite(frame).any():
+            return frame
+        lo_m, hi_m = np.percentile(measured, [1.0, 99.0])
+        lo_f, hi_f = np.nanpercentile(frame, [1.0, 99.0])
+        if not (hi_m > lo_m) or (hi_f - lo_f) <= 1.5 * (hi_m - lo_m):
+            return frame
+        self.frame_scaled = True
+        return ((frame - lo_f) * ((hi_m - lo_m) / (hi_f - lo_f)) + lo_m).astype(np.float32)
 
     def _render_error(self, name: str) -> None:
         pane = self.grid[name]
@@ -133,12 +158,33 @@ class PaneRenderer:
         else:
             image, label = sigma, f"σ ({units})" if units else "σ"
         pane.set_colormap(VARIANCE_MAP)
-        top = robust_max(image) if image is not None else 1.0
+        top = self.uncertainty_scale(image)
         pane.show_image(image, (0.0, top))
         pane.set_levels((0.0, top))
-        pane.set_title(f"Uncertainty {label} over samples")
+        pane.set_title(f"Uncertainty {label}" + self._run_state())
         if image is None:
             pane.set_hint(self._empty_hint("variance"))
+
+    def uncertainty_scale(self, image: np.ndarray | None) -> float:
+        """Top of the σ (or σ²) colour scale: the map's own range, capped by the image window.
+
+        Early in sampling the posterior samples disagree by most of the data range (σ of
+        1000 HU and more on CT), and a bar rescaled to that for the first frames says
+        nothing. A spread wider than the grey window the images are read in is off the
+        scale anyway: the cap is the window width (squared for variance).
+        """
+        if image is None:
+            return 1.0
+        top = robust_max(image)
+        width = self.session.window.width if self.session is not None else 0.0
+        if width > 0:
+            top = min(top, width**2 if self.options.variance_mode == "variance" else width)
+        return top if top > 0 else 1.0
+
+    def _run_state(self, note: str = "") -> str:
+        """The run's state for a pane title: "step 12/25", "done", or "cancelled at step 7/25"."""
+        text = self.progress_text or (self.session.run.cancelled if self.session is not None else "")
+        return f"  ({text}{note})" if text and text != "done" else ""
 
     # ----- text -----
 
@@ -152,7 +198,8 @@ class PaneRenderer:
             return f"Input: {_input_name(o.task)}" + (f"  ({o.measurement})" if o.measurement else "")
         if name == "recon":
             what = "noisy sample x_t" if o.recon_shows == "sample" else "reconstruction"
-            return f"Diffusion {what}" + (f"  {self.progress_text}" if self.progress_text else "")
+            scaled = ", scaled to the input's range" if self.frame_scaled and self.progress_text else ""
+            return f"Diffusion {what}" + self._run_state(scaled)
         if name == "baseline":
             return f"Baseline: {o.baseline_name or 'none'}"
         return "Uncertainty"
@@ -177,11 +224,15 @@ class PaneRenderer:
             return "No baseline is chosen (Baseline box)."
         if name in ("recon", "variance") and self.options.model_name is None:
             return "No diffusion prior for this task: choose a .safetensors file in the Model box."
+        if self.running and name != "input":
+            return {"recon": "The reconstruction appears here from the first sampling step.",
+                    "baseline": "Computing the classical baseline...",
+                    "variance": "The uncertainty appears here from the first sampling step."}[name]
         return {
             "input": "Computing the measured input...",
             "recon": "Press Run to watch the diffusion reconstruction form here.",
             "baseline": "The classical baseline appears here after Run.",
-            "variance": "Per-pixel uncertainty appears here (needs 2 or more samples).",
+            "variance": "Per-pixel uncertainty (how much the posterior samples disagree) appears here during Run.",
         }[name]
 
     # ----- window/level -----
@@ -195,3 +246,4 @@ class PaneRenderer:
             if not self.is_error_pane(name):
                 self.grid[name].set_levels(levels)
                 self.grid[name].set_corners(self._slice_text(), self._corner_text(name))
+        self._render_variance()  # its scale is capped by the window width

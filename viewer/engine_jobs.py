@@ -83,6 +83,13 @@ class DisplayFrame:
 
 
 @dataclass
+class JobPhase:
+    """What a job is doing before its first frame (loading the prior, a hot start...), in plain words."""
+
+    text: str
+
+
+@dataclass
 class JobSummary:
     """What a finished job reports: metrics per pane name (None without a reference)."""
 
@@ -168,14 +175,23 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
     start = time.perf_counter()
+    yield JobPhase(f"loading the prior {request.model.stem}")
     hot_start_from = request.baseline or modalities.get(request.settings.modality).hot_start_baseline
     run = ReconRequest(volume, request.settings, [DIFFUSION], simulate=request.simulate, slices=list(request.slices),
                        batch_size=request.batch_size, frames=True,
                        diffusion=DiffusionSetup(cached_prior(request.model), request.options, hot_start_from))
     if cancelled():
         return
+    preparing = JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")
+    yield preparing
     for event in _events(run, cancelled):
-        if isinstance(event, DiffusionFrame):
+        if isinstance(event, MeasurementsReady):
+            if request.options.hot_start:  # the hot start enters from the classical estimate
+                name = hot_start_from.upper() if hot_start_from == "tv" else hot_start_from
+                yield JobPhase(f"starting point: {name} estimate")
+            else:
+                yield JobPhase("first sampling step")
+        elif isinstance(event, DiffusionFrame):
             frame, source = event.frame, event.source
             with torch.inference_mode():
                 sigma = None if frame.variance is None else source.std_in_volume_units(frame.x0, frame.variance)
@@ -188,6 +204,8 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
             # Yield outside the `with`: a generator suspended inside inference_mode would
             # leave the consumer's thread in inference mode (and leak it if abandoned).
             yield display
+        elif isinstance(event, SliceDone) and event.slices[-1] != run.slices[-1]:
+            yield preparing  # the next batch's measurements
         elif isinstance(event, Summary):
             outcome = event.run.outcomes[DIFFUSION]
             metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}

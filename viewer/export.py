@@ -44,6 +44,7 @@ def provenance(session: Session, layer: str) -> dict:
         "diffusion": run.get("diffusion"),
         "model": run.get("model"),
         "slices": run.get("slices"),
+        "state": session.run.cancelled or ("complete" if session.run.finished else "running"),
     }
 
 
@@ -108,3 +109,52 @@ def _number(value) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     return f"{value:.6g}"
+
+
+PANE_LABELS = (("input", "input"), ("diffusion", "diffusion"), ("baseline", "baseline"))
+
+
+def metrics_line(metrics: dict[str, dict[str, float]]) -> str:
+    """One line of scores for a scripted run, with the metrics table's digits
+    ("against the reference: input PSNR 20.59 dB SSIM 0.5629 NMSE 0.0469; diffusion ...")."""
+    from .metrics_table import format_metric
+
+    parts = []
+    for key, label in PANE_LABELS:
+        values = metrics.get(key)
+        if values:
+            psnr, ssim, nmse = (format_metric(k, values.get(k)) for k in ("psnr", "ssim", "nmse"))
+            parts.append(f"{label} PSNR {psnr} dB SSIM {ssim} NMSE {nmse}")
+    return ("against the reference: " + "; ".join(parts)) if parts else ""
+
+
+def run_report(session: Session, stats: dict, completed: bool) -> dict:
+    """What ``view --run --report`` writes: the run's settings, its metrics and timings."""
+    run = session.run.provenance
+    return {
+        "diffrecon_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "diffrecon view --run",
+        "input": None if session.path is None else str(session.path),
+        "completed": bool(completed),  # False: cancelled or failed; the metrics then cover what finished
+        "settings": run.get("settings"),
+        "simulate": run.get("simulate"),
+        "baseline": run.get("baseline"),
+        "diffusion": run.get("diffusion"),
+        "model": run.get("model"),
+        "slices": run.get("slices"),
+        "metrics": session.metrics,
+        "display": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()},
+    }
+
+
+def write_run_report(session: Session, stats: dict, completed: bool, path: str | Path) -> Path:
+    import json
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run_report(session, stats, completed), indent=2, allow_nan=True))
+    except OSError as exc:
+        raise DiffreconError(f"{path}: the report could not be written ({exc.strerror or exc})") from exc
+    return path

@@ -38,10 +38,24 @@ class MetricsTable(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setFixedHeight(self.table.horizontalHeader().height() + 3 * 26 + 4)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._fit_height()
         layout.addWidget(self.caption)
         layout.addWidget(self.table)
         self.values: dict[str, dict[str, float]] = {}
+
+    def _fit_height(self) -> None:
+        """Exactly the header and the three rows: a guessed row height left an empty fourth row."""
+        self.table.resizeRowsToContents()
+        header = self.table.horizontalHeader()
+        height = max(header.height(), header.sizeHint().height())
+        rows = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(height + rows + 2 * self.table.frameWidth())
+
+    def showEvent(self, ev):
+        super().showEvent(ev)
+        self._fit_height()  # the style's real row and header heights are known once shown
 
     def show_metrics(self, metrics: dict[str, dict[str, float]], caption: str) -> None:
         self.values = {k: dict(v) for k, v in metrics.items()}
@@ -52,6 +66,7 @@ class MetricsTable(QWidget):
                 item = QTableWidgetItem(format_metric(col_key, value))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(r, c, item)
+        self._fit_height()
 
     def cell_text(self, row_key: str, col_key: str) -> str:
         r = [k for k, _ in ROWS].index(row_key)

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtWidgets import QLabel
+from PySide6.QtWidgets import QGraphicsView, QLabel
 
 from .colorbar import ColorBar
 from .geometry import SliceGeometry
@@ -88,6 +88,11 @@ class ImagePane(pg.GraphicsLayoutWidget):
         self.setBackground("k")
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         self.ci.layout.setContentsMargins(0, 0, 0, 0)
+        # Repaint the whole pane on any change. Qt's minimal updates left the previous slice
+        # around a hint after an image was cleared (its bounding rect was already empty) and
+        # dashed crosshair lines behind when the overlays moved; a full repaint of a pane this
+        # size costs well under a millisecond.
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
         self.view = SliceViewBox()
         self.addItem(self.view, row=0, col=0)
         self.image = pg.ImageItem(axisOrder="row-major")
@@ -152,9 +157,8 @@ class ImagePane(pg.GraphicsLayoutWidget):
             bar = COLORBAR_WIDTH
             self.colorbar.setGeometry(w - bar, 0, bar, h)
         m, room = 6, max(w - bar, 20)
-        self.title.setText(self.title.fontMetrics().elidedText(
-            self._title_text, Qt.TextElideMode.ElideRight, room - 2 * m))
-        for label in (self.title, self.corner_bl, self.corner_br, *self.edges.values()):
+        self._set_title_lines(room - 2 * m)
+        for label in (self.corner_bl, self.corner_br, *self.edges.values()):
             label.adjustSize()
         self.title.move(m, m)
         self.corner_bl.move(m, h - self.corner_bl.height() - m)
@@ -172,6 +176,24 @@ class ImagePane(pg.GraphicsLayoutWidget):
         e["left"].move(m, (h - e["left"].height()) // 2)
         e["right"].move(room - e["right"].width() - m, (h - e["right"].height()) // 2)
         self.hint.setGeometry(20, h // 2 - 40, max(room - 40, 10), 80)
+
+    def _set_title_lines(self, width: int) -> None:
+        """The title on one line, or wrapped onto two in narrow panes (the 1 x 4 layout);
+        only a title longer than two lines is elided."""
+        metrics = self.title.fontMetrics()
+        text = self._title_text
+        if metrics.horizontalAdvance(text) > width:
+            words, first = text.split(" "), ""
+            for i in range(len(words), 0, -1):  # the most words that fit on the first line
+                candidate = " ".join(words[:i]).rstrip()
+                if metrics.horizontalAdvance(candidate) <= width:
+                    first, rest = candidate, " ".join(words[i:]).strip()
+                    break
+            if not first:
+                first, rest = metrics.elidedText(text, Qt.TextElideMode.ElideRight, width), ""
+            text = first + ("\n" + metrics.elidedText(rest, Qt.TextElideMode.ElideRight, width) if rest else "")
+        self.title.setText(text)
+        self.title.adjustSize()
 
     @property
     def title_text(self) -> str:
@@ -246,20 +268,21 @@ class ImagePane(pg.GraphicsLayoutWidget):
             self._place_overlays()
 
     def fit(self) -> None:
-        """Show the whole slice with a margin, centred left of where colour bars float.
+        """Show the whole slice with a margin, centred in the pane.
 
-        Every pane leaves the colour bar's strip free (linked panes share one range, and
-        the uncertainty pane always has a bar), so no bar ever hides part of the slice.
+        The margin left and right is as wide as a colour bar, so the bar that floats over
+        the right edge never hides part of the slice (linked panes share one range, and the
+        uncertainty pane always has a bar), while the slice sits in the middle of the pane.
         """
         if self.slice_geometry is None:
             return
         width_mm, height_mm = self.slice_geometry.extent_mm
         rect = self.view.geometry()  # the view box in pixels
         w_px, h_px = max(rect.width(), 1.0), max(rect.height(), 1.0)
-        room = max(w_px - COLORBAR_WIDTH, w_px / 2)
-        scale = min((room - 2 * FIT_MARGIN_X) / width_mm, (h_px - 2 * FIT_MARGIN_Y) / height_mm)  # px per mm
+        side = min(COLORBAR_WIDTH + FIT_MARGIN_X, w_px / 4)
+        scale = min((w_px - 2 * side) / width_mm, (h_px - 2 * FIT_MARGIN_Y) / height_mm)  # px per mm
         scale = max(scale, 1e-3)
-        x0 = -((room / scale) - width_mm) / 2
+        x0 = -((w_px / scale) - width_mm) / 2
         y0 = -((h_px / scale) - height_mm) / 2
         self.view.setRange(QRectF(x0, y0, w_px / scale, h_px / scale), padding=0)
 

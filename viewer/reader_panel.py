@@ -170,7 +170,7 @@ class ScoringPanel(QWidget):
             parts.append("Y / N artefact")
         parts += [f"{KEY_BACK} back", f"{KEY_NEXT} next"]
         return ("Keys: " + " · ".join(parts) + "\nImage: wheel or ↑/↓ slices · right-drag window/level · "
-                "Ctrl+wheel zoom · drag pan · double-click fit · R reset")
+                "Ctrl+wheel zoom · drag pan · double-click fit · R reset\nEsc or Ctrl+Q: close (answers are saved)")
 
     # ----- showing the session -----
 

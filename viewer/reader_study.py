@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QMainWindow, QSlider, QStackedWidget, QVBoxLayout,
                                QWidget)
 
@@ -83,6 +84,10 @@ class ReaderStudyWindow(QMainWindow):
         self.end_page.revisitRequested.connect(lambda: self.go_to(0))
         self.end_page.unscoredRequested.connect(lambda: self.go_to(self.session.first_unscored()))
         self.end_page.closeRequested.connect(self.close)
+        quit_action = QAction("Quit", self)
+        quit_action.setShortcut(QKeySequence("Ctrl+Q"))  # spelled out: not every platform binds StandardKey.Quit
+        quit_action.triggered.connect(self.close)
+        self.addAction(quit_action)
         self.show_current()
 
     def _build_layout(self) -> None:
@@ -363,6 +368,8 @@ class ReaderStudyWindow(QMainWindow):
             self.reset_window()
         elif key == Qt.Key.Key_Escape and self.panel.comment is not None and self.panel.comment.hasFocus():
             self.image_pane.setFocus()
+        elif key == Qt.Key.Key_Escape:  # as Ctrl+Q: every answer is already saved; reading resumes here
+            QTimer.singleShot(0, self.close)  # after this event: closing inside it pulls the pane away
         else:
             super().keyPressEvent(ev)
             return

@@ -15,8 +15,8 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from diffrecon.errors import DiffreconError
 
-from .engine_jobs import (DisplayFrame, JobSummary, RunRequest, SliceImages, baseline_images, diffusion_frames,
-                          input_images)
+from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, RunRequest, SliceImages, baseline_images,
+                          diffusion_frames, input_images)
 from .responsiveness import FrameRate, StallMeter
 from .workers import JobSlot
 
@@ -34,6 +34,7 @@ class RunController(QObject):
     runFinished = Signal(bool)  # True when every job completed (not cancelled, no error)
     frameShown = Signal(int)  # a new diffusion frame was drawn (its step over the run)
     inputsReady = Signal()
+    phaseShown = Signal(str)  # what the diffusion job does before a batch's first step, in plain words
 
     def __init__(self, window):
         super().__init__(window)
@@ -125,6 +126,7 @@ class RunController(QObject):
         self._ok = True
         self._last_frame = None
         self.w.renderer.progress_text = ""
+        self.w.renderer.running = True
         self.w.renderer.render_all()
         self._pending = {"baseline"}
         self.baseline.start("baseline", partial(baseline_images, s.volume, request))
@@ -134,7 +136,7 @@ class RunController(QObject):
             self.diffusion.start("diffusion", partial(diffusion_frames, s.volume, request))
             self.w.progress.setRange(0, request.options.steps * n_batches)
             self.w.progress.setValue(0)
-            self.w.progress.setFormat("starting...")
+            self.w.progress.setFormat("loading the prior...")
             self.w.show_status(f"Sampling {len(request.slices)} slice(s) with {request.model.stem}...")
         else:
             self.w.progress.setRange(0, 0)
@@ -155,15 +157,25 @@ class RunController(QObject):
         self._pending.clear()
         self._ok = False
         frame = self._last_frame
+        s = self.w.session
+        if s is not None:  # the half-finished result says so in its pane title and in exports
+            s.run.cancelled = f"cancelled at step {frame.done_steps}/{frame.total_steps}" if frame else "cancelled"
         self._finish(resume_inputs=not restarting)
         if not quiet:
             where = f" at step {frame.done_steps} of {frame.total_steps}" if frame else ""
-            self.w.show_status(f"Cancelled{where}.")
+            self.w.show_status(f"Cancelled{where}: the panes keep the unfinished estimate.")
 
     def _diffusion_item(self, item) -> None:
         s = self.w.session
         if isinstance(item, JobSummary):
             self._merge_metrics(item)
+            return
+        if isinstance(item, JobPhase):  # before the first frame of a batch: say what takes the time
+            self.w.progress.setFormat(f"{item.text}...")
+            self.phaseShown.emit(item.text)
+            if self._last_frame is None:
+                self.w.renderer.progress_text = f"{item.text}..."
+                self.w.renderer.render("recon")
             return
         frame: DisplayFrame = item
         s.layers["recon"].put(frame.slices, frame.estimate)
@@ -228,9 +240,11 @@ class RunController(QObject):
         ok = self._ok
         s.run.finished = ok
         self.w.renderer.progress_text = "done" if ok and frame else ""
+        self.w.renderer.running = False
         self.w.renderer.render_all()
         self.w.controls.set_running(False)
         self.w.progress.setVisible(False)
+        self.w.show_metrics()  # never "Running..." after the run, whatever ended it
         if resume_inputs and not self._closed:
             self.start_inputs(only_missing=True)
         if ok:

@@ -54,6 +54,7 @@ class RunRecord:
     slices: list[int] = field(default_factory=list)
     steps_seen: list[tuple[int, int]] = field(default_factory=list)  # (slice batch start, step) in arrival order
     finished: bool = False
+    cancelled: str = ""  # e.g. "cancelled at step 7/25": the results are unfinished
     seconds: float = 0.0
 
 

@@ -20,7 +20,7 @@ from .paths import default_sample
 from .run_controller import RunController
 from .session import Session
 from .window_actions import WindowActions
-from .windowing import load_presets, presets_for
+from .windowing import anatomy_preset, ct_anatomy, load_presets, presets_for
 from .workers import JobSlot
 
 
@@ -85,7 +85,8 @@ class MainWindow(QMainWindow):
         self.grid.sliceStep.connect(lambda step: self.set_slice(self.slider.value() + step))
         self.grid.windowDrag.connect(self._window_drag)
         self.grid.hovered.connect(self._hovered)
-        self.grid.left.connect(lambda: self.readout.setText(""))
+        self.grid.left.connect(self._cursor_left)
+        self._cursor_mm: tuple[float, float] | None = None  # where the cursor is, to refresh the readout
         self.slider.valueChanged.connect(self.set_slice)
         self.renderer.render_all()
 
@@ -171,13 +172,21 @@ class MainWindow(QMainWindow):
         self.slider.setEnabled(volume.n_slices > 1)
         self.slider.blockSignals(False)
         self._fill_presets()
+        fitting = anatomy_preset(volume, self.current_presets)
+        if fitting is not None:  # a head CT opens in the brain window, not the header's (often W400)
+            self.session.window = self.current_presets[fitting].window_for(self.session.display_data())
+            self.preset_box.setCurrentIndex(fitting)
         self._update_descriptions()
         self.renderer.attach(self.session)
         self._update_slice_label()
         self.show_metrics()
         self.setWindowTitle(f"diffrecon: {self.session.title()}")
         self.commands.add_recent(path)
-        self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}.")
+        window_note = ""
+        if fitting is not None:
+            name = self.current_presets[fitting].name
+            window_note = f"; {name} window for a {ct_anatomy(volume)} CT (View > Window presets to change it)"
+        self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}{window_note}.")
         self._inputs_timer.stop()  # the task change above asked for inputs too: compute them once
         self.runner.start_inputs()
         self._model_changed()
@@ -232,6 +241,8 @@ class MainWindow(QMainWindow):
             self.slider.blockSignals(False)
         self._update_slice_label()
         self.renderer.render_all()
+        if self._cursor_mm is not None:  # the readout follows the slice, not only the mouse
+            self._hovered(*self._cursor_mm)
 
     def _update_slice_label(self) -> None:
         s = self.session
@@ -265,7 +276,12 @@ class MainWindow(QMainWindow):
         self.preset_box.setCurrentIndex(-1)
         self.renderer.update_levels()
 
+    def _cursor_left(self) -> None:
+        self._cursor_mm = None
+        self.readout.setText("")
+
     def _hovered(self, x_mm: float, y_mm: float) -> None:
+        self._cursor_mm = (x_mm, y_mm)
         s = self.session
         if s is None:
             return
@@ -299,6 +315,7 @@ class MainWindow(QMainWindow):
             ev.acceptProposedAction()
 
     def closeEvent(self, ev):
+        self.hide()  # gone at once for the user, while a running solve finishes its step below
         self._inputs_timer.stop()
         self.runner.shutdown()
         self.loader.cancel()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QComboBox, QFileDialog, QLabel, QToolBar
 
 from diffrecon.errors import DiffreconError
 
 from .export import EXPORTS, VOLUME_FILTERS, export_metrics_csv, export_volume
-from .paths import default_sample
+from .paths import default_sample, resources_dir
 
 MAX_RECENT = 8
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.h5 *.hdf5 *.dcm *.npy *.npz);;All files (*)"
@@ -43,7 +44,7 @@ class WindowActions:
         self.export_csv = self._action("Export &metrics as CSV...", self.csv_dialog)
         file_menu.addActions([self.export_png, self.export_csv])
         file_menu.addSeparator()
-        file_menu.addAction(self._action("&Quit", window.close, QKeySequence.StandardKey.Quit))
+        file_menu.addAction(self._action("&Quit", window.close, "Ctrl+Q"))
 
         view = bar.addMenu("&View")
         group = QActionGroup(window)
@@ -68,15 +69,28 @@ class WindowActions:
         self.cancel = self._action("&Cancel", window.runner.cancel, "Esc")
         run.addActions([self.run, self.cancel])
 
+        help_menu = bar.addMenu("&Help")
+        self.guide = self._action("Quick &guide", lambda: self.show_help("guide"), "F1")
+        self.keys = self._action("&Keyboard and mouse", lambda: self.show_help("keys"))
+        help_menu.addActions([self.guide, self.keys])
+        self.help_dialog = None
+
         self.recon_shows = QComboBox()
         self.recon_shows.addItem("x0 estimate", "estimate")
         self.recon_shows.addItem("noisy x_t", "sample")
-        self.recon_shows.setToolTip("Diffusion pane: the current clean estimate, or the sampler's noisy state")
+        self.recon_shows.setItemData(0, "x0 estimate: the network's current guess of the clean image "
+                                     "(the final image at the last step)", Qt.ItemDataRole.ToolTipRole)
+        self.recon_shows.setItemData(1, "noisy x_t: the sampler's state itself, noise fading step by step",
+                                     Qt.ItemDataRole.ToolTipRole)
+        self.recon_shows.setToolTip("What the diffusion pane shows while sampling:\n"
+                                    "x0 estimate = the current guess of the clean image;\n"
+                                    "noisy x_t = the partly denoised state the sampler works on")
         self.recon_shows.currentIndexChanged.connect(self._display_changed)
         self.variance_mode = QComboBox()
         self.variance_mode.addItem("σ", "sigma")
         self.variance_mode.addItem("σ²", "variance")
-        self.variance_mode.setToolTip("Uncertainty pane: standard deviation or variance over the samples")
+        self.variance_mode.setToolTip("Uncertainty pane: how much the posterior samples disagree, per pixel, "
+                                      "as a standard deviation σ (image units) or a variance σ²")
         self.variance_mode.currentIndexChanged.connect(self._display_changed)
         tb = self.toolbar
         tb.addActions([self.open, self.run, self.cancel])
@@ -123,6 +137,18 @@ class WindowActions:
         o.variance_mode = self.variance_mode.currentData()
         self.w.renderer.render_all()
 
+    def show_help(self, which: str) -> None:
+        """The quick guide or the key list, in one non-modal window beside the viewer."""
+        from .help import GUIDE, HelpDialog, shortcuts_html
+
+        title, html = ("Quick guide", GUIDE) if which == "guide" else ("Keyboard and mouse", shortcuts_html(self.w))
+        if self.help_dialog is None:
+            self.help_dialog = HelpDialog(title, html, self.w)
+        self.help_dialog.setWindowTitle(f"diffrecon: {title}")
+        self.help_dialog.text.setHtml(html)
+        self.help_dialog.show()
+        self.help_dialog.raise_()
+
     def set_preset_shortcuts(self, presets) -> None:
         self.preset_menu.clear()
         for i, preset in enumerate(presets):
@@ -158,22 +184,35 @@ class WindowActions:
 
     # ----- dialogs -----
 
-    def _last_dir(self) -> str:
-        return str(self.w.settings.value("last_dir", str(Path.home())))
+    # Open and export remember their own folders: an export never lands among the inputs
+    # (least of all in the bundled resources), and the first dialog starts where the user
+    # launched diffrecon, not in the home folder of whoever installed it.
 
-    def _remember_dir(self, path: str) -> None:
-        self.w.settings.setValue("last_dir", str(Path(path).parent))
+    def open_dir(self) -> str:
+        return self._remembered("last_open_dir")
+
+    def export_dir(self) -> str:
+        return self._remembered("last_export_dir")
+
+    def _remembered(self, key: str) -> str:
+        saved = self.w.settings.value(key)
+        if saved and Path(str(saved)).is_dir() and not _inside_resources(Path(str(saved))):
+            return str(saved)
+        return str(Path.cwd())
+
+    def _remember(self, key: str, path: str) -> None:
+        self.w.settings.setValue(key, str(Path(path).parent))
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.w, "Open a scan", self._last_dir(), SCAN_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self.w, "Open a scan", self.open_dir(), SCAN_FILTER)
         if path:
-            self._remember_dir(path)
+            self._remember("last_open_dir", path)
             self.w.open_path(path)
 
     def open_folder_dialog(self) -> None:
-        path = QFileDialog.getExistingDirectory(self.w, "Open a DICOM series folder", self._last_dir())
+        path = QFileDialog.getExistingDirectory(self.w, "Open a DICOM series folder", self.open_dir())
         if path:
-            self._remember_dir(path + "/")
+            self._remember("last_open_dir", path)  # its parent: the next folder is likely a sibling
             self.w.open_path(path)
 
     def _stem(self) -> str:
@@ -187,12 +226,12 @@ class WindowActions:
     def export_dialog(self, layer: str) -> None:
         if self.w.session is None:
             return
-        suggestion = str(Path(self._last_dir()) / f"{self._stem()}_{EXPORTS[layer][0]}.nii.gz")
+        suggestion = str(Path(self.export_dir()) / f"{self._stem()}_{EXPORTS[layer][0]}.nii.gz")
         path, chosen = QFileDialog.getSaveFileName(self.w, f"Export {EXPORTS[layer][0]}", suggestion, VOLUME_FILTERS)
         if path:
             if chosen.startswith("DICOM"):
                 path = path.removesuffix(".nii.gz")
-            self._remember_dir(path)
+            self._remember("last_export_dir", path)
             self.export(layer, path)
 
     def export(self, layer: str, path: str | Path) -> list[Path]:
@@ -205,10 +244,10 @@ class WindowActions:
         return written
 
     def png_dialog(self) -> None:
-        suggestion = str(Path(self._last_dir()) / f"{self._stem()}_panes.png")
+        suggestion = str(Path(self.export_dir()) / f"{self._stem()}_panes.png")
         path, _ = QFileDialog.getSaveFileName(self.w, "Export panes as PNG", suggestion, "PNG (*.png)")
         if path:
-            self._remember_dir(path)
+            self._remember("last_export_dir", path)
             self.save_png(path)
 
     def save_png(self, path: str | Path) -> bool:
@@ -222,10 +261,10 @@ class WindowActions:
         return ok
 
     def csv_dialog(self) -> None:
-        suggestion = str(Path(self._last_dir()) / f"{self._stem()}_metrics.csv")
+        suggestion = str(Path(self.export_dir()) / f"{self._stem()}_metrics.csv")
         path, _ = QFileDialog.getSaveFileName(self.w, "Export metrics", suggestion, "CSV (*.csv)")
         if path:
-            self._remember_dir(path)
+            self._remember("last_export_dir", path)
             self.export_csv_to(path)
 
     def export_csv_to(self, path: str | Path) -> Path | None:
@@ -236,3 +275,11 @@ class WindowActions:
             return None
         self.w.show_status(f"Wrote metrics to {out}.")
         return out
+
+
+def _inside_resources(path: Path) -> bool:
+    """Is ``path`` in the bundled resources (samples, priors)? Nothing is written there."""
+    try:
+        return path.resolve().is_relative_to(resources_dir().resolve())
+    except OSError:
+        return False

@@ -122,3 +122,51 @@ def initial_window(data: np.ndarray, stored: tuple[float, float] | None, units: 
     if units == "HU":
         return WindowLevel(40.0, 400.0)
     return auto_window(data)
+
+
+# Words in the DICOM header (body part, study and series descriptions) naming a CT's anatomy,
+# and the preset a radiologist reads that anatomy in first.
+ANATOMY_WORDS = {
+    "head": ("HEAD", "BRAIN", "SKULL", "CRANI", "NEURO", "CEREBR"),
+    "lung": ("LUNG", "PULMO"),
+}
+ANATOMY_PRESETS = {"head": "Brain", "lung": "Lung"}
+HEAD_WIDTH_MM = (100.0, 240.0)  # a head's extent across an axial slice; bodies are wider
+
+
+def ct_anatomy(volume) -> str | None:
+    """"head", "lung" or None for a CT volume: from its header's words, else from its shape.
+
+    Without words (anonymised files, NIfTI), a head is recognised by what it looks like on
+    the middle slice: tissue spanning 10-24 cm in both directions, inside a ring of bone.
+    """
+    if not (volume.units == "HU" or volume.modality == "CT"):
+        return None
+    meta = volume.metadata or {}
+    tags = (meta.get("dicom_source") or {}).get("tags") or {}
+    words = " ".join(str(v) for v in (tags.get("BodyPartExamined"), tags.get("StudyDescription"),
+                                       tags.get("SeriesDescription"), meta.get("series_description")) if v).upper()
+    for anatomy, keys in ANATOMY_WORDS.items():
+        if any(k in words for k in keys):
+            return anatomy
+    image = np.asarray(volume.data[volume.n_slices // 2], dtype=np.float32)
+    body = image > -500.0
+    if body.mean() < 0.02:
+        return None
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    height_mm = (rows[-1] - rows[0] + 1) * float(volume.spacing[1])
+    width_mm = (cols[-1] - cols[0] + 1) * float(volume.spacing[2])
+    bone = (image > 300.0).sum() / max(int(body.sum()), 1)
+    lo, hi = HEAD_WIDTH_MM
+    if lo <= height_mm <= hi and lo <= width_mm <= hi and 0.03 <= bone <= 0.6:
+        return "head"
+    return None
+
+
+def anatomy_preset(volume, presets: list[Preset]) -> int | None:
+    """Index in ``presets`` of the preset that fits the scan's anatomy (head CT: Brain), if any."""
+    name = ANATOMY_PRESETS.get(ct_anatomy(volume) or "")
+    for i, preset in enumerate(presets):
+        if name is not None and preset.name == name:
+            return i
+    return None

@@ -128,7 +128,12 @@ class JobSlot:
     def busy(self) -> bool:
         return self.current is not None
 
-    def wait_all(self, ms: int = 10_000) -> None:
-        """Block until every thread of this slot has stopped (used on exit)."""
+    def wait_all(self) -> None:
+        """Block until every thread of this slot has stopped (used on exit).
+
+        No time limit: a cancelled job stops at its next check, but one unit of work (a CT
+        baseline solve, a sampling step on a busy machine) can take longer than any fixed
+        bound, and a QThread destroyed while it runs aborts the whole process.
+        """
         for t in [*self._retired, *([self.current] if self.current else [])]:
-            t.wait(ms)
+            t.wait()

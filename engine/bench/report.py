@@ -10,6 +10,18 @@ from ..io.sidecar import write_json
 from .statistics import HIGHER_IS_BETTER
 
 
+def _role_text(d: dict) -> str:
+    """How a scan relates to the shipped priors' training."""
+    role = d.get("role")
+    if role == "test":
+        return f" (test subject {d.get('subject')}: no prior trained and no default was tuned on it)"
+    if role == "validation":
+        return f" (validation subject {d.get('subject')}: defaults were tuned on it)"
+    if d.get("held_out"):
+        return " (held-out slab of a training subject)"
+    return ""
+
+
 def _fmt(value: float, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -60,9 +72,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        "Data: " + "; ".join(f"{d['label']} slices {d['slices_text']}"
-                             + (" (held out from the shipped priors' training)" if d["held_out"] else "")
-                             for d in results["data"]),
+        "Data: " + "; ".join(f"{d['label']} slices {d['slices_text']}" + _role_text(d) for d in results["data"]),
         "",
     ]
     lines += ["## At a glance", ""] + glance_table(results) + [""]

@@ -43,7 +43,7 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
                      "tasks": [{"label": t.label, **t.settings(seed).to_dict()} for t in tasks],
                      "methods": [{"label": m.label, "method": m.base, "overrides": m.overrides} for m in methods],
                      "seed": seed, "samples": samples, "quick": quick},
-        "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out,
+        "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out, "role": d.role, "subject": d.subject,
                   "slices_text": _ranges(d.slices),
                   "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
         "model": model_description(prior),

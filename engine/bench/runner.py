@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import modalities
-from ..datasets import DATASETS, load_dataset, validation_slices
+from ..datasets import DATASETS, evaluation_slices, load_dataset
 from ..errors import SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
@@ -38,16 +38,26 @@ class BenchData:
     label: str
     volume: Volume
     slices: list[int]
-    held_out: bool  # the slices are the shipped priors' validation block
+    held_out: bool  # no shipped prior trained on these slices
+    role: str = "user scan"  # a dataset's role: test | validation | train (its held-out slab)
+    subject: str = ""
 
 
-def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: bool = False) -> BenchData:
-    """A dataset name (its held-out validation slices) or a scan path (all its slices)."""
+#: slices scored per test or validation subject when --slices is not given (spread evenly)
+SLICES_PER_SUBJECT = 8
+
+
+def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: bool = False,
+                    per_subject: int = SLICES_PER_SUBJECT) -> BenchData:
+    """A dataset name (a test/validation subject's object slices, or a training subject's
+    held-out slab) or a scan path (all its slices)."""
+    role, subject = "user scan", ""
     if spec in DATASETS:
         volume = load_dataset(spec)
-        chosen = [int(s) for s in validation_slices(volume, spec)]
+        chosen = [int(s) for s in evaluation_slices(volume, spec, count=per_subject)]
         held_out = True
         label = spec
+        role, subject = DATASETS[spec].role, DATASETS[spec].subject
     else:
         volume = load_volume(spec)
         chosen = list(range(volume.n_slices))
@@ -58,13 +68,13 @@ def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: 
         raise SettingsError(f"{label}: CT benchmarks need a CT scan in Hounsfield units")
     if slices:
         picked = slice_indices(slices, volume.n_slices)
-        if held_out and not set(picked.tolist()) <= set(chosen):
+        if held_out and role == "train" and not set(picked.tolist()) <= set(chosen):
             raise SettingsError(f"{label}: slices {slices} leave the held-out block {chosen[0]}-{chosen[-1]} "
                                 f"that the shipped priors never saw; pick slices inside it")
         chosen = [int(s) for s in picked]
     if quick:
         chosen = chosen[len(chosen) // 2 : len(chosen) // 2 + 2]  # two middle slices
-    return BenchData(label, volume, chosen, held_out)
+    return BenchData(label, volume, chosen, held_out, role, subject)
 
 
 @dataclass

@@ -149,7 +149,7 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
         return {}
     parts = variant.split("/")
     if len(parts) > 4:
-        raise SettingsError(f"--methods: {token!r} must look like diffusion:sampler/guidance/steps[/hot]")
+        raise SettingsError(f"--methods: {token!r} must look like diffusion:sampler/guidance[@tv-weight]/steps[/hot]")
     parts += [""] * (4 - len(parts))
     sampler, guidance, steps, hot = (p.strip() for p in parts)
     out: dict[str, Any] = {}
@@ -157,6 +157,14 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
         if sampler not in SAMPLERS:
             raise SettingsError(f"--methods: unknown sampler {sampler!r} in {token!r}; choose {', '.join(SAMPLERS)}")
         out["sampler"] = sampler
+    if "@" in guidance:  # dds-tv@1.5 or dds-tv@auto: the TV weight (a multiple of TV's tuned one)
+        guidance, _, weight = guidance.partition("@")
+        if guidance != "dds-tv":
+            raise SettingsError(f"--methods: only dds-tv takes a weight (@W) in {token!r}")
+        try:
+            out["tv_weight"] = weight if weight == "auto" else float(weight)
+        except ValueError:
+            raise SettingsError(f"--methods: the TV weight in {token!r} must be a number or 'auto'") from None
     if guidance:
         if guidance not in GUIDANCE:
             raise SettingsError(f"--methods: unknown guidance {guidance!r} in {token!r}; choose {', '.join(GUIDANCE)}")

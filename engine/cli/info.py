@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from ..errors import quoted
 from ..io import Volume, load_volume
 
 
@@ -50,7 +51,8 @@ def describe(vol: Volume) -> dict:
             "acceleration": round(k.acceleration, 2),
             "recon_size": list(k.recon_size) if k.recon_size else None,
         }
-    for key in ("series_description", "series_uid", "series_number", "patient_id", "study_date", "series_available"):
+    for key in ("series_description", "series_uid", "series_number", "patient_id", "study_date", "series_available",
+                "warnings"):
         if key in vol.metadata:
             facts[key] = vol.metadata[key]
     return facts
@@ -58,7 +60,7 @@ def describe(vol: Volume) -> dict:
 
 def _format(facts: dict) -> str:
     rows = [
-        ("File", facts["path"]),
+        ("File", quoted(facts["path"])),
         ("Format", facts["format"]),
         ("Modality", facts["modality"]),
         ("Shape", " x ".join(map(str, facts["shape"])) + "  (slices x rows x cols)"),
@@ -82,6 +84,8 @@ def _format(facts: dict) -> str:
         rows.append(("Reference", "yes (a ground-truth image is stored with the data)"))
     if facts.get("series_available"):
         rows.append(("Other series", "; ".join(facts["series_available"])))
+    for text in facts.get("warnings", []):  # what the reader noticed and did not refuse, one line each
+        rows.append(("Warning", text))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

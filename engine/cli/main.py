@@ -11,9 +11,11 @@ import argparse
 import importlib
 import shlex
 import sys
+import warnings
 
 from .. import __version__
-from ..errors import DiffreconError
+from ..errors import DiffreconError, one_line
+from ..io.budget import set_command
 from ..runtime import configure_threads, keep_freed_memory
 
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning from a library as one line of ours (Python's own format takes two: place and source line)."""
+    print(f"diffrecon: warning: {one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = list(argv if argv is not None else sys.argv[1:])
@@ -52,17 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(given)
     args.command_line = "diffrecon " + shlex.join(str(a) for a in given)  # recorded in outputs' provenance
     try:
+        # The memory budget predicts this command's peak (on the slices it will process) before reading pixels.
+        set_command(args.command, getattr(args, "slices", None))
         configure_threads(args.threads)
         keep_freed_memory()
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line  # restored when the block ends
+            return int(args.run(args) or 0)
     except DiffreconError as exc:
         if args.debug:
             raise
-        print(f"diffrecon: error: {exc}", file=sys.stderr)
+        print(f"diffrecon: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffrecon: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_command(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..diffusion.guidance import GUIDANCE
 from ..diffusion.samplers import SAMPLERS
-from ..errors import DiffreconError, SettingsError
+from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings
@@ -27,6 +27,7 @@ from ..physics.masks import MASK_KINDS
 from ..slices import slice_indices
 from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, Reconstruction, ReconRequest, ReconRun,
                            default_prior_path, diffusion_setup, run_to_end)
+from ..runtime import thread_settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -124,9 +125,16 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    print(f"diffrecon: {run.source.settings.describe()}, {len(run)} slice(s), methods: {', '.join(methods)}", file=sys.stderr)
+    if sys.stderr.isatty():  # like tqdm's bar: progress for a person watching, never a line before an error
+        print(f"diffrecon: {run.source.settings.describe()}, {len(run)} slice(s), methods: {', '.join(methods)}",
+              file=sys.stderr)
     with tqdm(total=len(run), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
-        result = run_to_end(run, progress=bar.update)
+        try:
+            result = run_to_end(run, progress=bar.update)
+        except (SettingsError, VolumeReadError):
+            raise
+        except DiffreconError as exc:  # a problem found in the data (e.g. a blank reference): name the file
+            raise VolumeReadError(args.path, str(exc)) from exc
 
     written = _write_outputs(args, volume, run.source, result, methods)
     for path in written:
@@ -135,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = result.report()
         report["input"] = str(args.path)
+        report.setdefault("threads", thread_settings())  # results reproduce bit for bit at one thread count
         report["outputs"] = [str(p) for p in written]
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True))

@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="blinded reader study: create it from reconstructions, score it in the viewer, report the statistics",
         description=(
             "Run a reader study: radiologists score reconstructions (method names hidden, order randomised per "
-            "reader) on a 1-5 quality scale; the report gives per-method means with 95 %% CIs, Fleiss' and "
-            "weighted Cohen's kappa and paired tests."
+            "reader) on a 1-5 quality scale; the report gives per-method means with 95 % confidence intervals, "
+            "Fleiss' and weighted Cohen's kappa and paired tests."
         ),
     )
     steps = p.add_subparsers(dest="study_command", metavar="STEP", required=True)
@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--questions", default="quality",
                    help="quality (1-5 with anchors), artefact (yes/no), comment (free text); comma-separated "
                         "(default: quality)")
-    c.add_argument("--seed", type=int, default=0, help="seed for the image ids and every reader's order (default 0)")
+    c.add_argument("--key", type=Path, metavar="FILE",
+                   help="where the key (which image shows which method) is written; keep it from the readers "
+                        "(default: STUDY.key.json beside the study folder; never inside it)")
     c.add_argument("--slices", help="slices to keep, Python style: 40:60, 12 or 3,9,12 (default: the whole volume)")
     c.add_argument("--each-slice", action="store_true", help="score every kept slice as a case of its own")
     c.add_argument("--reference", metavar="NAME",
@@ -70,7 +72,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rep = steps.add_parser("report", help="statistics, report.md, scores_long.csv and a bar chart",
                            description="Summarise the scores so far (the study may still be in progress).")
     rep.add_argument("study", type=Path, help="the study folder")
-    rep.add_argument("--out", type=Path, metavar="DIR", help="where the files go (default: STUDY/report)")
+    rep.add_argument("--key", type=Path, metavar="FILE",
+                     help="the study's key file from `study create` (default: STUDY.key.json beside the folder)")
+    rep.add_argument("--out", type=Path, metavar="DIR", help="where the files go (default: STUDY.report beside the "
+                                                             "study folder, so readers' copies never hold it)")
     rep.set_defaults(run=run_report)
 
     st = steps.add_parser("status", help="how many cases each reader has scored")
@@ -82,7 +87,8 @@ def _create_command(args: argparse.Namespace) -> str:
     """The command line as it would be typed again (recorded in study.json)."""
     parts = ["diffrecon", "study", "create", "--cases", *args.cases, "--out", str(args.out)]
     for flag, value in (("--methods", args.methods), ("--readers", args.readers), ("--questions", args.questions),
-                        ("--seed", str(args.seed)), ("--slices", args.slices), ("--reference", args.reference)):
+                        ("--key", None if args.key is None else str(args.key)), ("--slices", args.slices),
+                        ("--reference", args.reference)):
         if value is not None:
             parts += [flag, value]
     if args.each_slice:
@@ -102,13 +108,14 @@ def run_create(args: argparse.Namespace) -> int:
 
         created = create_study(
             args.cases, args.out, methods=_names(args.methods), readers=_names(args.readers),
-            questions=_names(args.questions), seed=args.seed, slices=args.slices, each_slice=args.each_slice,
-            reference=args.reference, command=_create_command(args), progress=progress,
+            questions=_names(args.questions), slices=args.slices, each_slice=args.each_slice,
+            reference=args.reference, key=args.key, command=_create_command(args), progress=progress,
         )
     readers = ", ".join(created.readers) if created.readers else "none yet"
     print(f"diffrecon: study with {len(created.cases)} cases x {len(created.methods)} methods "
           f"({', '.join(created.methods)}) = {created.items} images to score; questions: "
-          f"{', '.join(created.questions)}; readers: {readers} ({created.seconds:.1f} s)", file=sys.stderr)
+          f"{', '.join(created.questions)}; readers: {readers} ({created.seconds:.1f} s); the key (keep it from "
+          f"the readers): {created.key}", file=sys.stderr)
     print(created.folder)
     return 0
 
@@ -134,11 +141,15 @@ def run_read(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..study import open_store, write_report
+    from ..study import write_report
+    from ..study.key import open_keyed
     from ..study.report import render_text
 
-    with open_store(args.study) as store:
-        report, files = write_report(store, args.out)
+    keyed = open_keyed(args.study, args.key)
+    try:
+        report, files = write_report(keyed, args.out)
+    finally:
+        keyed.store.close()
     print(render_text(report))
     print()
     for f in files:
@@ -154,7 +165,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     with open_store(args.study) as store:
         done, seconds = completion(store)
-        cases, methods = store.cases(), store.methods()
-    print(f"{args.study}: {len(cases)} cases x {len(methods)} methods = {len(cases) * len(methods)} images per reader")
+        images = len(store.image_ids())
+    print(f"{args.study}: {images} images per reader")
     print("\n".join(text_table(readers_table(done, seconds))[2:]))
     return 0

@@ -28,9 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="+", metavar="DATA", help="scan paths or dataset names (colin27, mni152, cranium)")
+    p.add_argument("data", nargs="*", metavar="DATA",
+                   help="scan paths or dataset names (README: Training data); none with --packed")
+    p.add_argument("--packed", metavar="FILE.npz",
+                   help="train on the sources a --pack-to run wrote (a machine without the scans, e.g. a lent GPU)")
+    p.add_argument("--pack-to", metavar="FILE.npz",
+                   help="only pack DATA's training sources (normalised, cropped, quantised) into FILE.npz and stop")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the network trains (auto: CUDA when present; default cpu)")
     p.add_argument("--modality", required=True, choices=("mri", "ct", "ultrasound"))
-    p.add_argument("--out", required=True, metavar="NAME.safetensors", help="where the prior is written")
+    p.add_argument("--out", metavar="NAME.safetensors", help="where the prior is written (required unless --pack-to)")
     p.add_argument("--resume", action="store_true", help="continue from NAME.train.safetensors if it exists")
     budget = p.add_argument_group("length (one or both; the first reached stops the run)")
     budget.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (also the learning-rate horizon)")
@@ -46,10 +53,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-from", metavar="TEACHER.safetensors",
                    help="distil this trained prior into the (smaller, faster) network being trained: regress its "
                         "noise prediction instead of the noise")
+    p.add_argument("--init-from", metavar="PRIOR.safetensors",
+                   help="start from this trained prior's weights with a fresh optimizer (fine-tuning; how a "
+                        "shipped prior is trained further in a new session, since resume states stay out of git)")
+    p.add_argument("--augment", default="all", metavar="LIST",
+                   help="generalising augmentations: 'all', 'none', or a comma list of "
+                        "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
+                        "default all)")
+    p.add_argument("--sizes", default="", metavar="N,N",
+                   help="extra crop sizes drawn besides --size, each step one size with the same pixels per "
+                        "batch (e.g. 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="for scans given by path: the fraction of axial slices held out (a middle block)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--val-every", type=int, default=250, metavar="N", help="validate every N steps (default 250)")
     p.add_argument("--no-autocast", action="store_true", help="train in float32 (bf16 autocast is ~2x faster)")
     p.add_argument("--exact-moments", action="store_true",
                    help="store AdamW moments in float32 so a resume is bit-exact (train file twice the size)")
@@ -61,12 +79,25 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusion.data import load_sources
     from ..diffusion.training import TrainConfig, Trainer
 
+    if args.pack_to:
+        return _pack(args)
+    if not args.out:
+        raise SettingsError("say where the prior goes: --out NAME.safetensors")
     if args.steps is None and args.minutes is None:
         raise SettingsError("say how long to train: --steps N, --minutes M, or both")
     if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
         raise SettingsError("--steps and --minutes must be positive")
     if args.size < 8 or args.batch < 1 or args.width < 4:
         raise SettingsError("--size must be at least 8, --batch at least 1 and --width at least 4")
+    from ..diffusion.augment import AUGMENTATION_NAMES
+
+    augment = _parse_augment(args.augment, AUGMENTATION_NAMES)
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(",") if v.strip())
+    except ValueError:
+        raise SettingsError(f"--sizes takes whole numbers separated by commas; got {args.sizes!r}") from None
+    if any(v < 8 for v in sizes):
+        raise SettingsError("every --sizes entry must be at least 8")
     paths = PriorPaths.for_weights(args.out)
     if paths.train_state.exists() and not args.resume:
         raise SettingsError(f"{paths.train_state} already exists; pass --resume to continue it, "
@@ -78,13 +109,27 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule, width=args.width, freq_loss=args.freq_loss, seed=args.seed,
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
+        init_from=args.init_from, augment=augment, sizes=sizes, val_every=args.val_every,
+        device=_device(args.device),
     )
-    sources = load_sources(list(args.data), args.modality, args.val_fraction)
+    if args.packed:
+        from ..diffusion.packed import load_packed
+
+        if args.data:
+            raise SettingsError("give DATA or --packed, not both")
+        sources = load_packed(args.packed, args.modality)
+    else:
+        if not args.data:
+            raise SettingsError("give the scans to train on (DATA) or a --packed file")
+        sources = load_sources(list(args.data), args.modality, args.val_fraction)
+
     trainer = Trainer(config, sources, paths.weights)
     resumed = args.resume and trainer.resume()
     if not resumed and paths.log.exists():
         paths.log.unlink()  # a fresh run starts a fresh validation log
-    print(f"{'resuming at step ' + str(trainer.step) if resumed else 'training from scratch'}: "
+    start = ("resuming at step " + str(trainer.step) if resumed
+             else f"fine-tuning {args.init_from}" if args.init_from else "training from scratch")
+    print(f"{start}: "
           f"{trainer.model.parameter_count() / 1e6:.2f} M parameters, {config.channels} channel(s), "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     previous_handler = signal.signal(signal.SIGTERM, _stop_cleanly)
@@ -100,6 +145,40 @@ def run(args: argparse.Namespace) -> int:
                         ("model card", paths.card), ("validation log", paths.log)):
         print(f"{label}: {path}")
     return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from ..diffusion.data import load_sources
+    from ..diffusion.packed import pack_sources
+
+    if not args.data:
+        raise SettingsError("give the scans to pack (DATA)")
+    sources = load_sources(list(args.data), args.modality, args.val_fraction)
+    out = pack_sources(sources, args.modality, args.pack_to)
+    print(f"packed {len(sources)} source(s) into {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return name
+
+
+def _parse_augment(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return known
+    if text.strip() in ("none", ""):
+        return ()
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SettingsError(f"--augment: unknown {', '.join(unknown)}; choose from all, none, {', '.join(known)}")
+    return names
 
 
 def _stop_cleanly(signum: int, frame: object) -> None:

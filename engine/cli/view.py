@@ -21,13 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="open the viewer: watch a diffusion reconstruction form, next to a baseline and its uncertainty",
         description=(
             "Open a scan in the diffrecon viewer (with no PATH: the bundled T1 brain sample, as ground truth). "
-            "With --run the current settings run to completion; --screenshot then saves the four panes and exits."
+            "With --run the current settings run to completion and the window stays open; --screenshot saves the "
+            "four panes and exits, --exit just exits. Scripted runs print the metrics; --report writes them as JSON."
         ),
     )
     p.add_argument("path", nargs="?", help="scan to open (DICOM file/folder, NIfTI, HDF5, NumPy)")
     p.add_argument("--run", dest="run_now", action="store_true", help="run the reconstruction at start")
     p.add_argument("--screenshot", type=Path, metavar="PNG", help="with --run: save the four panes here and exit")
-    p.add_argument("--window-screenshot", type=Path, metavar="PNG", help="with --run: also save the whole window")
+    p.add_argument("--window-screenshot", type=Path, metavar="PNG", help="with --run: save the whole window and exit")
+    p.add_argument("--exit", dest="exit_after", action="store_true",
+                   help="with --run: close the viewer when the run ends (the exit status says whether it completed)")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="with --run: write the settings, metrics and timings of the run to this JSON file")
     p.add_argument("--modality", choices=MODALITIES, help="task (default: from the scan)")
     p.add_argument("--slice", type=int, help="slice to show and reconstruct (default: the middle one)")
     p.add_argument("--whole-volume", action="store_true", help="reconstruct every slice, not only the one shown")
@@ -57,13 +62,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import SettingsError
 
-    if args.screenshot is not None and not args.run_now:
-        raise SettingsError("--screenshot needs --run (it is taken when the run finishes)")
+    for flag, given in (("--screenshot", args.screenshot is not None), ("--window-screenshot",
+                        args.window_screenshot is not None), ("--exit", args.exit_after),
+                        ("--report", args.report is not None)):
+        if given and not args.run_now:
+            raise SettingsError(f"{flag} needs --run (it acts when the run finishes)")
     from diffrecon.viewer.app import ViewOptions, run_viewer
 
     options = ViewOptions(
         path=Path(args.path) if args.path else None, run=args.run_now, screenshot=args.screenshot,
-        window_screenshot=args.window_screenshot, modality=args.modality, acceleration=args.acceleration,
+        window_screenshot=args.window_screenshot, exit_after=args.exit_after, report=args.report,
+        modality=args.modality, acceleration=args.acceleration,
         mask=args.mask, views=args.views, dose=args.dose, noise_sigma=args.noise_sigma, steps=args.steps,
         samples=args.samples, sampler=args.sampler, guidance=args.guidance, seed=args.seed, slice=args.slice,
         model=args.model, baseline=args.baseline, whole_volume=args.whole_volume, layout=args.layout,

@@ -17,6 +17,7 @@ The two weight files carry the same ``step``; resuming refuses a pair that disag
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import DiffreconError
+from ..errors import DiffreconError, one_line
 from .data import Normalisation
 from .schedules import NoiseSchedule, schedule_from_metadata
 from .unet import UNet, build_unet
@@ -94,8 +95,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DiffreconError(f"{path}: is not a readable safetensors file ({exc})") from exc
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DiffreconError(f"{path}: is not a readable safetensors file ({one_line(str(exc))[:160]})") from exc
     return tensors, _decode(raw_meta)
 
 
@@ -115,31 +116,183 @@ def save_prior(path: str | Path, ema_model: UNet, metadata: dict[str, Any]) -> P
     path = Path(path)
     meta = {"format": PRIOR_FORMAT, "unet_config": ema_model.config, "channels": ema_model.config["in_channels"],
             "prediction": "epsilon", "time_input": "continuous t in [0, 1]; step i of T is (i + 1) / T", **metadata}
-    state = {k: v.float() for k, v in ema_model.state_dict().items()}
+    state = {k: v.float().cpu() for k, v in ema_model.state_dict().items()}
     _atomic_save(state, _encode(meta), path)
     return path
 
 
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> Prior:
-    """Rebuild a prior from its ``.safetensors`` file alone, or raise a one-sentence DiffreconError."""
+# Bounds on what a prior's metadata may ask for. Each is far beyond any prior diffrecon
+# trains (width 32, four levels, two blocks, four heads, T = 1000) but small enough that
+# a crafted file cannot make building the network or the schedule exhaust memory.
+UNET_LIMITS = {"width": (1, 1024), "res_blocks": (1, 16), "attention_heads": (1, 64)}
+CHANNEL_MULT_LIMITS = (1, 8)  # levels
+CHANNEL_MULT_VALUE = (1, 16)
+SCHEDULE_STEPS = (2, 100_000)
+MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
+PRIOR_MODALITIES = ("mri", "ct", "ultrasound")  # what `diffrecon train --modality` makes
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+class PriorFileError(DiffreconError):
+    """A ``--model`` file that is not a usable prior; the message is one sentence naming the file."""
+
+    def __init__(self, path: Path, reason: str):
+        from ..errors import quoted
+
+        super().__init__(f"{quoted(path)}: {reason.rstrip('.')}.")
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or the sentence saying why it is not."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}, not {value}")
+    return value
+
+
+def check_unet_config(config: Any) -> dict[str, Any]:
+    """Type- and range-check a prior's ``unet_config`` before anything is built from it."""
+    if not isinstance(config, dict):
+        raise ValueError(f"unet_config must be a JSON object, not {type(config).__name__}")
+    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"unet_config has unknown settings {', '.join(map(repr, unknown))}")
+    missing = sorted(allowed - set(config) - {"dropout"})
+    if missing:
+        raise ValueError(f"unet_config lacks {', '.join(missing)}")
+    out: dict[str, Any] = {"in_channels": _whole(config["in_channels"], "in_channels", 1, 2)}
+    for key, (low, high) in UNET_LIMITS.items():
+        out[key] = _whole(config[key], key, low, high)
+    mult = config["channel_mult"]
+    if not isinstance(mult, list) or not CHANNEL_MULT_LIMITS[0] <= len(mult) <= CHANNEL_MULT_LIMITS[1]:
+        raise ValueError(f"channel_mult must be a list of {CHANNEL_MULT_LIMITS[0]} to {CHANNEL_MULT_LIMITS[1]} "
+                         f"whole numbers, not {mult!r}")
+    out["channel_mult"] = [_whole(m, "each channel_mult", *CHANNEL_MULT_VALUE) for m in mult]
+    dropout = config.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number from 0 to below 1, not {dropout!r}")
+    out["dropout"] = float(dropout)
+    deepest = out["width"] * out["channel_mult"][-1]
+    if deepest % out["attention_heads"]:
+        raise ValueError(f"the {deepest} channels of the deepest level do not split into "
+                         f"{out['attention_heads']} attention heads")
+    return out
+
+
+def check_schedule(meta: Any) -> dict[str, Any]:
+    from .schedules import SCHEDULE_KINDS
+
+    if not isinstance(meta, dict):
+        raise ValueError(f"schedule must be a JSON object, not {type(meta).__name__}")
+    kind = meta.get("kind")
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"schedule kind must be one of {', '.join(SCHEDULE_KINDS)}, not {kind!r}")
+    return {"kind": kind, "steps": _whole(meta.get("steps"), "schedule steps", *SCHEDULE_STEPS)}
+
+
+def check_normalisation(meta: Any) -> None:
+    if not isinstance(meta, dict):
+        raise ValueError(f"normalisation must be a JSON object, not {type(meta).__name__} {meta!r}"[:200])
+
+    def number(key: str) -> float:
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"normalisation {key} must be a finite number, not {value!r}")
+        return float(value)
+
+    kind = meta.get("kind")
+    if kind == "percentile":
+        if not 0.0 < number("percentile") <= 100.0:
+            raise ValueError(f"normalisation percentile must be above 0 and at most 100, not {meta['percentile']!r}")
+    elif kind == "hu":
+        number("offset")
+        if number("scale") <= 0:
+            raise ValueError(f"normalisation scale must be positive, not {meta['scale']!r}")
+    else:
+        raise ValueError(f"normalisation kind must be 'percentile' or 'hu', not {kind!r}")
+
+
+def _tensor_table(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, Any]]:
+    """Every tensor's name, shape and dtype, and the decoded metadata: the header only, no weights."""
+    if not path.is_file():
+        raise PriorFileError(path, "no such file" if not path.exists() else "is not a regular file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            table = {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise PriorFileError(path, f"is not a readable safetensors file ({one_line(str(exc))[:160]})") from exc
+    return table, _decode(raw_meta)
+
+
+def validate_prior_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a prior file's metadata and tensor table before anything is built or loaded.
+
+    Returns (metadata, checked unet config). Raises PriorFileError (one sentence) for any
+    field out of type or range, a missing or extra tensor, or a shape or dtype that
+    does not match the network the config describes. The expected shapes come from the
+    network built on torch's ``meta`` device, which allocates no memory.
+    """
     path = Path(path)
-    tensors, meta = _read(path)
+    table, meta = _tensor_table(path)
     if meta.get("format") != PRIOR_FORMAT:
-        raise DiffreconError(f"{path}: is not a diffrecon prior (its metadata lacks format={PRIOR_FORMAT!r})")
+        raise PriorFileError(path, f"is not a diffrecon prior (its metadata lacks format={PRIOR_FORMAT!r})")
     missing = [k for k in ("unet_config", "schedule", "normalisation", "modality") if k not in meta]
     if missing:
-        raise DiffreconError(f"{path}: the prior's metadata is missing {', '.join(missing)}")
+        raise PriorFileError(path, f"the prior's metadata is missing {', '.join(missing)}")
     try:
-        model = build_unet(meta["unet_config"])
-        schedule = schedule_from_metadata(meta["schedule"])
-        Normalisation.from_metadata(meta["normalisation"])  # refuse a prior whose mapping is unknown
-    except (TypeError, ValueError, KeyError) as exc:
-        raise DiffreconError(f"{path}: the prior's network, schedule or normalisation settings do not build ({exc})") from exc
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DiffreconError(f"{path}: the weights do not fit the network its metadata describes ({first})") from exc
+        config = check_unet_config(meta["unet_config"])
+        check_schedule(meta["schedule"])
+        check_normalisation(meta["normalisation"])
+        if meta["modality"] not in PRIOR_MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(PRIOR_MODALITIES)}, not {meta['modality']!r}"[:200])
+        if "channels" in meta and meta["channels"] != config["in_channels"]:
+            raise ValueError(f"channels ({meta['channels']!r}) differs from unet_config in_channels "
+                             f"({config['in_channels']})")
+    except ValueError as exc:
+        raise PriorFileError(path, f"its metadata is invalid: {one_line(str(exc))}") from exc
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_unet(config).state_dict().items()}
+    count = sum(math.prod(s) for s in expected.values())
+    if count > MAX_PARAMETERS:
+        raise PriorFileError(path, f"its network would have {count / 1e6:.0f} M parameters, more than the "
+                             f"{MAX_PARAMETERS / 1e6:.0f} M diffrecon loads")
+    absent = sorted(set(expected) - set(table))
+    extra = sorted(set(table) - set(expected))
+    if absent or extra:
+        what = (f"lacks {len(absent)} tensor(s) the network needs (first {absent[0]!r})" if absent else
+                f"holds {len(extra)} tensor(s) the network has no place for (first {extra[0]!r})")
+        raise PriorFileError(path, f"its weights do not match its unet_config: it {what}")
+    for name, shape in expected.items():
+        got_shape, dtype = table[name]
+        if got_shape != shape:
+            raise PriorFileError(path, f"its tensor {name!r} has shape {list(got_shape)} where the network "
+                                 f"needs {list(shape)}")
+        if dtype not in WEIGHT_DTYPES:
+            raise PriorFileError(path, f"its tensor {name!r} is {dtype}; weights must be floating point "
+                                 f"({', '.join(WEIGHT_DTYPES)})")
+    return meta, config
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> Prior:
+    """Rebuild a prior from its ``.safetensors`` file alone, or raise a one-sentence DiffreconError.
+
+    Everything is validated (:func:`validate_prior_file`) before the network is built
+    or a weight is read; weights that are NaN or infinite are refused after reading.
+    """
+    path = Path(path)
+    meta, config = validate_prior_file(path)
+    tensors, _ = _read(path)
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise PriorFileError(path, f"its tensor {name!r} holds {bad} NaN or infinite weight(s), "
+                                 "so the prior cannot be used")
+    model = build_unet(config)
+    schedule = schedule_from_metadata(meta["schedule"])
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     model.to(device).eval().requires_grad_(False)
     return Prior(model, schedule, meta["normalisation"], str(meta["modality"]), int(model.config["in_channels"]), meta, path)
 
@@ -153,7 +306,7 @@ def save_training_state(
     moments_dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
     """Everything (besides the EMA weights in the prior file) needed to continue training."""
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.float().cpu() for k, v in model.state_dict().items()}
     names = [name for name, _ in model.named_parameters()]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if len(params) != len(names):
@@ -162,8 +315,8 @@ def save_training_state(
     for name, p in zip(names, params):
         st = optimizer.state.get(p)
         if st:  # empty before the first step
-            tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].to(moments_dtype)
-            tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].to(moments_dtype)
+            tensors[f"adam.exp_avg.{name}"] = st["exp_avg"].to(moments_dtype).cpu()
+            tensors[f"adam.exp_avg_sq.{name}"] = st["exp_avg_sq"].to(moments_dtype).cpu()
             adam_steps.add(float(st["step"]))
     tensors.update({f"rng.{k}": v for k, v in rng_tensors.items()})
     meta = {"format": TRAIN_FORMAT, "adam_step": adam_steps.pop() if adam_steps else 0.0,

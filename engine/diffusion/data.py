@@ -14,7 +14,9 @@
   ``mu / (2 mu_water)``: proportional to attenuation, 0 for air, 0.5 for water.
 * **Augmentation**: random flips, random intensity scaling, and for two-channel (complex)
   MRI priors a random smooth phase (a quadratic polynomial over the crop with a random
-  global offset), so the prior knows that scanner images are complex.
+  global offset), so the prior knows that scanner images are complex; plus the
+  generalising transforms of :mod:`.augment` (resolution, rotation, elastic, contrast,
+  bias, noise) when they are switched on.
 
 Everything random draws from one seeded ``numpy`` generator whose state can be saved
 and restored, so resumed training sees exactly the crops it would have seen.
@@ -29,8 +31,16 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..datasets import DATASETS, load_dataset, training_blocks, validation_slices
+from ..datasets import (
+    DATASETS,
+    check_trainable,
+    evaluation_slices,
+    load_dataset_volumes,
+    training_blocks,
+    validation_slices,
+)
 from ..errors import DiffreconError, SettingsError
+from .augment import Augmentation, add_noise, draw_geometry, remap_intensity, resampled_crop, window_half_extent
 
 # CLI name -> Volume.modality
 MODALITY_CODES = {"mri": "MR", "ct": "CT", "ultrasound": "US"}
@@ -104,78 +114,92 @@ class TrainingSource:
     spacing: tuple[float, float, float]
     held_out: str  # human description for the model card
     provenance: str
+    role: str = "train"  # "validation": no blocks, only validation slices
 
 
 def load_sources(items: list[str], modality: str, val_fraction: float = 0.1) -> list[TrainingSource]:
-    """Dataset names or volume paths -> normalised training sources."""
+    """Dataset names or volume paths -> normalised training sources (one per volume).
+
+    A ``validation`` dataset gives a source with no training blocks (only validation
+    slices); a ``test`` dataset is refused (:func:`diffrecon.datasets.check_trainable`).
+    """
     if modality not in MODALITY_CODES:
         raise SettingsError(f"modality must be one of {', '.join(MODALITY_CODES)}; got {modality!r}")
     if not items:
         raise SettingsError("give at least one training scan (a path or a dataset name)")
     norm = Normalisation.for_modality(modality)
-    return [_load_one(item, modality, norm, val_fraction) for item in items]
+    return [src for item in items for src in _load_one(item, modality, norm, val_fraction)]
 
 
-def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float) -> TrainingSource:
+def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float) -> list[TrainingSource]:
     code = MODALITY_CODES[modality]
     if item in DATASETS:
-        vol = load_dataset(item)
-        if vol.modality != code:
-            raise SettingsError(f"dataset '{item}' is {vol.modality}, not {code}; it cannot train a {modality} prior")
-        scale = norm.volume_scale(vol.data)
-        blocks = [norm.to_model(b, scale) for b in training_blocks(vol, item)]
-        val_idx = validation_slices(vol, item)
-        lo, hi = DATASETS[item].held_out_z_mm
-        held = f"axial slices {val_idx[0]}-{val_idx[-1]} (world z in [{lo:g}, {hi:g}) mm)"
-        provenance = DATASETS[item].provenance
-    else:
-        from ..io import load_volume
+        info = check_trainable(item)
+        if info.modality != code:
+            raise SettingsError(f"dataset '{item}' is {info.modality}, not {code}; it cannot train a {modality} prior")
+        sources = []
+        for k, vol in enumerate(load_dataset_volumes(item)):
+            scale = norm.volume_scale(vol.data)
+            name = item if k == 0 else f"{item}#{k}"
+            if info.role == "validation":
+                idx = evaluation_slices(vol, item)
+                blocks, held = [], f"validation subject {info.subject}: axial slices {idx[0]}-{idx[-1]}"
+            else:
+                blocks = [norm.to_model(b, scale) for b in training_blocks(vol, item)]
+                idx = validation_slices(vol, item)
+                if idx.size:
+                    lo, hi = info.held_out_z_mm or (0, 0)
+                    held = f"axial slices {idx[0]}-{idx[-1]} (world z in [{lo:g}, {hi:g}) mm)"
+                else:
+                    held = "nothing (the whole training subject)"
+            validation = norm.to_model(vol.data[idx], scale) if idx.size else np.zeros((0,) + vol.shape[1:], np.float32)
+            sources.append(TrainingSource(name, blocks, validation, tuple(vol.spacing), held, info.provenance,
+                                          role=info.role))
+        return sources
+    from ..io import load_volume
 
-        vol = load_volume(Path(item))
-        if vol.modality not in ("OT", code):
-            raise SettingsError(f"{item} is a {vol.modality} scan, not {code}; it cannot train a {modality} prior")
-        if not 0 < val_fraction < 1:
-            raise SettingsError(f"--val-fraction must be between 0 and 1; got {val_fraction}")
-        n = vol.n_slices
-        n_val = max(1, round(val_fraction * n))
-        if n_val >= n:
-            raise SettingsError(f"{item} has only {n} slices: too few to hold out {n_val} for validation")
-        start = (n - n_val) // 2  # the middle of a scan holds the most anatomy
-        val_idx = np.arange(start, start + n_val)
-        scale = norm.volume_scale(vol.data)
-        blocks = [norm.to_model(b, scale) for b in (vol.data[:start], vol.data[start + n_val:]) if len(b)]
-        held = f"axial slices {start}-{start + n_val - 1} (the middle {val_fraction:.0%})"
-        provenance = f"user scan {Path(item).name}"
+    vol = load_volume(Path(item))
+    if vol.modality not in ("OT", code):
+        raise SettingsError(f"{item} is a {vol.modality} scan, not {code}; it cannot train a {modality} prior")
+    if not 0 < val_fraction < 1:
+        raise SettingsError(f"--val-fraction must be between 0 and 1; got {val_fraction}")
+    n = vol.n_slices
+    n_val = max(1, round(val_fraction * n))
+    if n_val >= n:
+        raise SettingsError(f"{item} has only {n} slices: too few to hold out {n_val} for validation")
+    start = (n - n_val) // 2  # the middle of a scan holds the most anatomy
+    val_idx = np.arange(start, start + n_val)
+    scale = norm.volume_scale(vol.data)
+    blocks = [norm.to_model(b, scale) for b in (vol.data[:start], vol.data[start + n_val:]) if len(b)]
+    held = f"axial slices {start}-{start + n_val - 1} (the middle {val_fraction:.0%})"
     validation = norm.to_model(vol.data[val_idx], scale)
-    return TrainingSource(item, blocks, validation, tuple(vol.spacing), held, provenance)
+    return [TrainingSource(item, blocks, validation, tuple(vol.spacing), held, f"user scan {Path(item).name}")]
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    flips: bool = True
-    intensity_range: tuple[float, float] = (0.85, 1.15)
-    linear_phase_std: float = 1.0  # radians from the centre to the edge of the crop
-    quadratic_phase_std: float = 0.5
-    min_foreground: float = 0.15  # a crop with less tissue than this is "background"...
-    keep_background: float = 0.05  # ...and is kept only this often, so the prior still knows air
-    foreground_level: float = 0.05  # model-domain magnitude above which a pixel counts as tissue
+MAX_THROUGH_PLANE_RATIO = 3.5  # thicker slices than this x the pixel size: no coronal/sagittal crops
 
 
-def _plane_stacks(block: np.ndarray, spacing: tuple[float, float, float], size: int) -> list[np.ndarray]:
-    """Axial, coronal and sagittal slice stacks ``(n, H, W)`` of a block, large enough to crop."""
+def _plane_stacks(block: np.ndarray, spacing: tuple[float, float, float], min_size: int) -> list[np.ndarray]:
+    """Axial, coronal and sagittal slice stacks ``(n, H, W)`` of a block, at least ``min_size`` wide.
+
+    Coronal and sagittal stacks are resampled to the in-plane spacing so anatomy keeps its
+    shape; a scan with slices much thicker than its pixels gives only axial slices (its
+    reformats would be mostly interpolation).
+    """
     stacks = [block]
     sz, sy, sx = spacing
-    iso = block
-    if block.shape[0] > 1 and abs(sz / min(sy, sx) - 1) > 0.05:
-        # Resample slices to the in-plane spacing so coronal/sagittal anatomy keeps its shape.
-        factors = (sz / sy, 1.0, sx / sy)
-        if np.iscomplexobj(block):
-            iso = ndimage.zoom(block.real, factors, order=1) + 1j * ndimage.zoom(block.imag, factors, order=1)
-        else:
-            iso = ndimage.zoom(block, factors, order=1)
-    stacks.append(np.moveaxis(iso, 1, 0))  # coronal: (y, z, x)
-    stacks.append(np.moveaxis(iso, 2, 0))  # sagittal: (x, z, y)
-    return [s for s in stacks if s.shape[1] >= size and s.shape[2] >= size]
+    ratio = sz / min(sy, sx)
+    if block.shape[0] > 1 and ratio <= MAX_THROUGH_PLANE_RATIO:
+        iso = block
+        if abs(ratio - 1) > 0.05:
+            factors = (sz / sy, 1.0, sx / sy)
+            if np.iscomplexobj(block):
+                iso = ndimage.zoom(block.real, factors, order=1) + 1j * ndimage.zoom(block.imag, factors, order=1)
+            else:
+                iso = ndimage.zoom(block, factors, order=1)
+        stacks.append(np.moveaxis(iso, 1, 0))  # coronal: (y, z, x)
+        stacks.append(np.moveaxis(iso, 2, 0))  # sagittal: (x, z, y)
+    return [s for s in stacks if s.shape[1] >= min_size and s.shape[2] >= min_size]
 
 
 def random_phase(rng: np.random.Generator, size: int, aug: Augmentation) -> np.ndarray:
@@ -198,18 +222,43 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
 
 
 class CropSampler:
-    """Seeded random training crops ``(B, C, size, size)`` from the training blocks."""
+    """Seeded random training crops ``(B, C, size, size)`` from the training blocks.
+
+    Each source (one scan) is drawn with probability proportional to the square root of its
+    voxel count, so that two large templates do not drown a dozen small real scans; within
+    a source, stacks (orientations) by voxel count. With resampling augmentations a crop
+    may reach past the edge of a small slice (the outside reads as air), so any slice at
+    least half the crop wide can be used.
+    """
 
     def __init__(self, sources: list[TrainingSource], size: int, channels: int, seed: int,
                  augmentation: Augmentation | None = None):
         self.size, self.channels = size, channels
         self.aug = augmentation or Augmentation()
         self.rng = np.random.default_rng(seed)
-        self.stacks = [s for src in sources for b in src.blocks for s in _plane_stacks(b, src.spacing, size)]
+        min_size = size // 2 if self.aug.resamples else size
+        self.stacks: list[np.ndarray] = []
+        self.spacings: list[float] = []
+        self.air_border: list[np.ndarray] = []  # per slice: its border is air, so reading past it is harmless
+        by_dataset: dict[str, list[tuple[np.ndarray, float]]] = {}
+        for src in sources:  # the volumes of one dataset (e.g. 4D frames) share its weight
+            for b in src.blocks:
+                for st in _plane_stacks(b, src.spacing, min_size):
+                    by_dataset.setdefault(src.name.split("#")[0], []).append((st, float(src.spacing[1])))
+        weights: list[float] = []
+        for stacks in by_dataset.values():
+            total = sum(st.size for st, _ in stacks)
+            for st, spacing in stacks:
+                self.stacks.append(st)
+                self.spacings.append(spacing)
+                border = np.concatenate([np.abs(st[:, [0, -1], :]).reshape(len(st), -1),
+                                         np.abs(st[:, :, [0, -1]]).reshape(len(st), -1)], axis=1)
+                self.air_border.append(np.percentile(border, 95, axis=1) < self.aug.foreground_level)
+                weights.append(np.sqrt(total) * st.size / total)
         if not self.stacks:
-            raise SettingsError(f"no training slice is at least {size}x{size} pixels; use a smaller --size")
-        weights = np.array([s.size for s in self.stacks], dtype=np.float64)
-        self.weights = weights / weights.sum()  # voxel count: every orientation equally likely
+            raise SettingsError(f"no training slice is at least {min_size}x{min_size} pixels; use a smaller --size")
+        w = np.array(weights, dtype=np.float64)
+        self.weights = w / w.sum()
 
     def state(self) -> dict[str, Any]:
         """The generator's state (JSON-able), for exact resume."""
@@ -218,17 +267,27 @@ class CropSampler:
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
 
-    def sample(self, batch: int) -> np.ndarray:
-        return np.stack([self._one() for _ in range(batch)])
+    def sample(self, batch: int, size: int | None = None) -> np.ndarray:
+        return np.stack([self._one(size or self.size) for _ in range(batch)])
 
-    def _one(self) -> np.ndarray:
-        rng, aug, s = self.rng, self.aug, self.size
+    def _one(self, s: int) -> np.ndarray:
+        rng, aug = self.rng, self.aug
         for _ in range(20):
-            stack = self.stacks[rng.choice(len(self.stacks), p=self.weights)]
+            i = rng.choice(len(self.stacks), p=self.weights)
+            stack = self.stacks[i]
             k = rng.integers(stack.shape[0])
-            y0 = rng.integers(stack.shape[1] - s + 1)
-            x0 = rng.integers(stack.shape[2] - s + 1)
-            crop = np.array(stack[k, y0 : y0 + s, x0 : x0 + s])
+            if aug.resamples:
+                zoom, angle = draw_geometry(rng, aug, self.spacings[i])
+                half = np.zeros(2) if self.air_border[i][k] else window_half_extent(s, zoom, angle, aug)
+                room = np.array(stack.shape[1:], float) - 1 - 2 * half
+                if np.any(room < 0):
+                    continue  # the window does not fit in this slice at this zoom and angle: draw again
+                centre = (half[0] + rng.uniform(0, room[0]), half[1] + rng.uniform(0, room[1]))
+                crop = resampled_crop(stack[k], s, zoom, angle, centre, rng, aug)
+            else:
+                y0 = rng.integers(max(stack.shape[1] - s, 0) + 1)
+                x0 = rng.integers(max(stack.shape[2] - s, 0) + 1)
+                crop = np.array(stack[k, y0 : y0 + s, x0 : x0 + s])
             tissue = float(np.mean(np.abs(crop) > aug.foreground_level))
             if tissue >= aug.min_foreground or rng.random() < aug.keep_background:
                 break
@@ -237,7 +296,9 @@ class CropSampler:
                 crop = crop[::-1]
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
+        crop = remap_intensity(np.ascontiguousarray(crop), rng, aug)
         crop = crop * rng.uniform(*aug.intensity_range)
+        crop = add_noise(crop, rng, aug)
         if self.channels == 2:
             crop = crop * np.exp(1j * random_phase(rng, s, aug))
         return to_channels(crop, self.channels)
@@ -251,7 +312,9 @@ def validation_crops(sources: list[TrainingSource], size: int, channels: int, co
     """
     aug = augmentation or Augmentation()
     rng = np.random.default_rng(seed)
-    slices = [(src, k) for src in sources for k in range(len(src.validation))
+    # Unseen validation subjects when there are any; else the held-out slabs of training scans.
+    pool = [src for src in sources if src.role == "validation"] or sources
+    slices = [(src, k) for src in pool for k in range(len(src.validation))
               if min(src.validation.shape[1:]) >= size]
     if not slices:
         raise SettingsError(f"no held-out slice is at least {size}x{size} pixels; use a smaller --size")

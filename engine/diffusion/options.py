@@ -27,6 +27,9 @@ class DiffusionOptions:
     hot_start_t: float = 0.4  # where the hot start enters (fraction of the diffusion time)
     cg_iters: int = 5  # DDS: conjugate-gradient steps on the x0 estimate per sampling step
     dps_scale: float = 1.0  # DPS: step size on the measurement-residual gradient
+    # dds-tv: TV weight as a multiple of the TV baseline's tuned weight for the task, or "auto":
+    # chosen per scan by self-supervised hold-out (see .adaptation)
+    tv_weight: float | str = "auto"
     symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
     seed: int = 0
 
@@ -43,6 +46,8 @@ class DiffusionOptions:
             raise SettingsError(f"steps and samples must be at least 1; got {self.steps} and {self.samples}")
         if self.hot_start and not 0.0 < self.hot_start_t <= 1.0:
             raise SettingsError(f"the hot-start time must be in (0, 1]; got {self.hot_start_t}")
+        if self.tv_weight != "auto" and not (isinstance(self.tv_weight, (int, float)) and self.tv_weight >= 0):
+            raise SettingsError(f"the TV weight must be 'auto' or a number >= 0; got {self.tv_weight!r}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
 

@@ -48,7 +48,7 @@ from .schedules import NoiseSchedule
 #: them, or None. At the first steps ``1 / sqrt(abar)`` amplifies the network's error ~100x.
 #: Projection and DDS rein the estimate in themselves (a clamp cost them PSNR); DPS only
 #: nudges, and without the clamp weak priors run away (resources/results/diffusion-defaults.md).
-CLIP_X0: dict[str, float | None] = {"projection": None, "dds": None, "dps": 3.0}
+CLIP_X0: dict[str, float | None] = {"projection": None, "dds": None, "dds-tv": None, "dps": 3.0}
 AUTOCAST = True  # bf16 network calls: the priors are trained under bf16 autocast as well
 
 def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
@@ -79,6 +79,7 @@ class ReconFrame:
     x0: torch.Tensor
     variance: torch.Tensor | None
     elapsed: float  # seconds since the run started
+    adaptation: dict | None = None  # what was chosen for this scan, and how (dds-tv's hold-out)
 
     @property
     def done(self) -> bool:
@@ -150,11 +151,21 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
         half = torch.randn((item_shape[0] // 2, *item_shape[1:]), generator=own)
         return torch.cat([half, -half])
 
+    adaptation, tv_lam = None, 0.0
+    if options.guidance == "dds-tv":
+        from .adaptation import choose_tv_weight, tv_weight_absolute
+
+        multiple = options.tv_weight
+        if multiple == "auto":
+            multiple, adaptation = choose_tv_weight(problem, prior, options)
+        tv_lam = tv_weight_absolute(problem, float(multiple))
+        adaptation = {**(adaptation or {}), "tv_weight": float(multiple), "tv_lam": tv_lam}
+
     with torch.inference_mode(False):  # tensors the DPS graph may use must not be inference tensors
         y = y.clone()
         guidance: Guidance = make_guidance(
             options.guidance, operator, y, problem.noise_level, domain, schedule=schedule, noise=fresh_noise,
-            cg_iters=options.cg_iters, dps_scale=options.dps_scale,
+            cg_iters=options.cg_iters, dps_scale=options.dps_scale, tv_weight=tv_lam,
         )
         x_init = fresh_noise(shape)
         if options.hot_start:
@@ -184,10 +195,34 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                 x0_samples = domain.from_model(frame.x_t if frame.last else frame.x0_hat)
                 x0_mean, variance = _summarise(x0_samples, n_samples, batch)
                 x_t = domain.from_model(frame.x_t[:batch])
-            yield ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
-                             elapsed=time.perf_counter() - start)
+            out = ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
+                             elapsed=time.perf_counter() - start, adaptation=adaptation)
+            if out.done and adaptation is not None and adaptation.get("blend_weight", 1.0) < 1.0:
+                out = blend_with_baseline(out, _full_data_tv(problem, baseline, options), adaptation["blend_weight"])
+            yield out
     finally:
         frames.close()  # cancellation: the sampler's generator ends here too
+
+
+def _full_data_tv(problem: ReconProblem, baseline: torch.Tensor | None, options: DiffusionOptions) -> torch.Tensor:
+    """TV on all the measurements (the hot start's baseline when it was TV already)."""
+    if baseline is not None and options.hot_start:
+        return baseline
+    from ..baselines import run_baseline
+
+    with torch.inference_mode():
+        return run_baseline("tv", problem.operator, problem.y, modality=problem.modality,
+                            noise_level=problem.noise_level)
+
+
+def blend_with_baseline(frame: ReconFrame, baseline: torch.Tensor, weight: float) -> ReconFrame:
+    """``weight * frame.x0 + (1 - weight) * baseline`` (variance scaled by ``weight²``): the
+    hold-out-chosen mix of :func:`.adaptation.blend_weight`."""
+    from dataclasses import replace as _replace
+
+    x0 = weight * frame.x0 + (1.0 - weight) * baseline.to(frame.x0.dtype)
+    variance = None if frame.variance is None else frame.variance * weight**2
+    return _replace(frame, x0=x0, variance=variance)
 
 
 def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,

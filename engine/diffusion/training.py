@@ -48,6 +48,7 @@ from .checkpoint import (
     save_training_state,
     write_model_card,
 )
+from .augment import Augmentation
 from .data import CropSampler, Normalisation, TrainingSource, validation_crops
 from .schedules import NoiseSchedule, make_schedule
 from .unet import UNet, autocast_context
@@ -79,11 +80,17 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     exact_moments: bool = False  # float32 AdamW moments in the train file (bit-exact resume, 2x larger)
     teacher: str | None = None  # distil from this prior (.safetensors) instead of regressing the noise
+    init_from: str | None = None  # start from this prior's (EMA) weights with a fresh optimizer
+    augment: tuple[str, ...] = ()  # generalising augmentations (see .augment.AUGMENTATION_NAMES)
+    sizes: tuple[int, ...] = ()  # extra crop sizes drawn besides `size` (same pixels per batch)
+    device: str = "cpu"  # where the network trains; crops and random draws stay on the CPU (same on any device)
     data: list[str] = field(default_factory=list)  # what was trained on, for the card
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
+        d["augment"] = list(self.augment)
+        d["sizes"] = list(self.sizes)
         return d
 
 
@@ -120,17 +127,23 @@ class Trainer:
                           config.attention_heads)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed)
+        aug = Augmentation.generalising(config.modality, tuple(config.augment)) if config.augment else None
+        self.crops = CropSampler(sources, config.size, config.channels, seed=config.seed, augmentation=aug)
+        if config.init_from:
+            self.init_meta = self._init_from(config.init_from)
         self.noise_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.device = torch.device(config.device)
+        self.model.to(self.device)
+        self.ema.to(self.device)
         self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.step = 0
         self.horizon = config.total_steps
         self.elapsed_s = 0.0  # training time over all invocations
         val = validation_crops(sources, config.size, config.channels, config.val_count)
-        self.val_x0 = torch.from_numpy(val)
+        self.val_x0 = torch.from_numpy(val).to(self.device)
         val_rng = torch.Generator().manual_seed(4321)  # fixed t and noise: losses comparable across runs
-        self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng)
-        self.val_t = torch.linspace(0.02, 0.98, len(val))
+        self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng).to(self.device)
+        self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
 
     def _load_teacher(self, path: str):
         """The prior to distil, checked against the student's settings."""
@@ -146,30 +159,55 @@ class Trainer:
         if teacher.normalisation != self.normalisation.to_metadata():
             raise DiffreconError(f"{path}: the teacher normalises intensities differently")
         self.teacher_step = teacher.metadata.get("step")
-        return teacher.model.eval().requires_grad_(False)
+        return teacher.model.eval().requires_grad_(False).to(self.config.device)
+
+    def _init_from(self, path: str) -> dict[str, Any]:
+        """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh)."""
+        meta = load_ema_weights(path, self.model)
+        cfg = self.config
+        if meta.get("modality") != cfg.modality:
+            raise DiffreconError(f"{path}: a {meta.get('modality')} prior cannot start a {cfg.modality} prior")
+        if meta.get("schedule") != self.schedule.to_metadata():
+            raise DiffreconError(f"{path}: its noise schedule differs from --schedule {cfg.schedule}")
+        self.ema.load_state_dict(self.model.state_dict())
+        earlier = meta.get("initialised_from", {}).get("steps_before", 0) or 0
+        return {"path": Path(path).name, "step": meta.get("step"), "steps_before": earlier + (meta.get("step") or 0)}
 
     # ----- one step -----
 
+    def _crop_size_and_batch(self) -> tuple[int, int]:
+        """This step's crop size (drawn from ``size`` and ``sizes``) and a batch of the same pixel count."""
+        cfg = self.config
+        if not cfg.sizes:
+            return cfg.size, cfg.batch
+        options = (cfg.size, *cfg.sizes)
+        size = int(options[self.crops.rng.integers(len(options))])
+        return size, max(1, round(cfg.batch * (cfg.size / size) ** 2))
+
     def train_step(self) -> float:
         cfg = self.config
-        x0 = torch.from_numpy(self.crops.sample(cfg.batch))
-        t = torch.rand(cfg.batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
+        size, batch = self._crop_size_and_batch()
+        x0 = torch.from_numpy(self.crops.sample(batch, size))
+        t = torch.rand(batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
         noise = torch.randn(x0.shape, generator=self.noise_rng)
+        # The schedule's tables live on the CPU: t stays there for them, t_dev feeds the network.
+        x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t)
         target = noise
         if self.teacher is not None:
-            with torch.no_grad(), autocast_context(cfg.autocast):
-                target = self.teacher(x_t, t).float()
+            with torch.no_grad(), autocast_context(cfg.autocast, self.device):
+                target = self.teacher(x_t, t_dev).float()
         lr = learning_rate(self.step, cfg.lr, cfg.warmup_steps, self.horizon or 10**9)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with autocast_context(cfg.autocast):
-            eps = self.model(x_t, t)
+        with autocast_context(cfg.autocast, self.device):
+            eps = self.model(x_t, t_dev)
         loss = F.mse_loss(eps.float(), target)
         if cfg.freq_loss > 0:
             x0_hat = self.schedule.x0_from_eps(x_t, eps.float(), t)
-            loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, self.schedule.alpha_bar(t))
+            weight = self.schedule.alpha_bar(t).to(self.device)
+            loss = loss + cfg.freq_loss * magnitude_spectrum_l1(x0_hat, x0, weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -195,10 +233,10 @@ class Trainer:
             net.eval()
             per = []
             for i in range(0, len(x_t), 16):
-                with autocast_context(self.config.autocast):
-                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16])
+                with autocast_context(self.config.autocast, self.device):
+                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16].to(self.device))
                 per.append((eps.float() - self.val_noise[i : i + 16]).pow(2).mean(dim=(1, 2, 3)))
-            per_t = torch.cat(per)
+            per_t = torch.cat(per).cpu()
             out[label] = float(per_t.mean())
             if label == "val_loss_ema":
                 bands = {"t<0.33": self.val_t < 1 / 3, "0.33-0.67": (self.val_t >= 1 / 3) & (self.val_t < 2 / 3),
@@ -278,11 +316,13 @@ class Trainer:
             "modality": self.config.modality,
             **({"distilled_from": {"path": str(self.config.teacher), "step": self.teacher_step}}
                if self.teacher is not None else {}),
+            **({"initialised_from": self.init_meta} if self.config.init_from else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
-                "sources": [{"name": s.name, "held_out": s.held_out, "provenance": s.provenance}
+                "sources": [{"name": s.name, "role": s.role, "held_out": s.held_out, "provenance": s.provenance}
                             for s in self.sources],
+                "augmentation": self.crops.aug.enabled(),
             },
         }
 

@@ -79,6 +79,30 @@ def _is_image(header: Dataset) -> bool:
     return "Rows" in header and "Columns" in header
 
 
+_DICOMDIR_NAME = "Media Storage Directory"
+
+
+def _is_dicomdir(header: Dataset) -> bool:
+    return text_value(header, "SOPClassUID") == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in header
+
+
+def _dicomdir_folders(header: Dataset | None, index: Path) -> str:
+    """' (e.g. "DICOM/ST1/SE1")': folders of the images a DICOMDIR references, for the message."""
+    folders: list[str] = []
+    records = header.get("DirectoryRecordSequence") if header is not None else None
+    for record in records or []:
+        ref = record.get("ReferencedFileID")
+        if not ref or record.get("DirectoryRecordType", "") != "IMAGE":
+            continue
+        parts = [ref] if isinstance(ref, str) else [str(v) for v in ref]
+        folder = str(Path(index.parent, *parts[:-1]))
+        if folder not in folders:
+            folders.append(folder)
+        if len(folders) >= 3:
+            break
+    return f" (e.g. {', '.join(checks.quoted(f) for f in folders)})" if folders else ""
+
+
 def _object_name(header: Dataset) -> str:
     """'Basic Text SR' for a structured report, and so on."""
     uid = UID(text_value(header, "SOPClassUID"))
@@ -90,23 +114,25 @@ def _object_name(header: Dataset) -> str:
 def _looks_like_raw_dicom(path: Path) -> bool:
     """A DICOM dataset written without the 128-byte preamble starts with group 0008 or 0002."""
     try:
-        with open(path, "rb") as fh:
+        with checks.open_regular(path) as fh:
             return fh.read(2) in (b"\x08\x00", b"\x02\x00")
-    except OSError:
+    except (OSError, VolumeReadError):
         return False
 
 
 def read_header(path: Path) -> tuple[Dataset | None, str]:
     """The header (no pixels) of a DICOM file, or None and a reason it is not one."""
     try:
-        with quiet():
-            header = pydicom.dcmread(path, stop_before_pixels=True)
+        with quiet(), checks.open_regular(path) as fh:
+            header = pydicom.dcmread(fh, stop_before_pixels=True)
+    except VolumeReadError as exc:
+        return None, exc.reason
     except InvalidDicomError:
         if not _looks_like_raw_dicom(path):
             return None, "is not a DICOM file (it has no DICM marker and does not start with DICOM tags)"
         try:
-            with quiet():
-                header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            with quiet(), checks.open_regular(path) as fh:
+                header = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - a corrupt header raises anything from struct to KeyError
             return None, "is not a readable DICOM file (its header is corrupt)"
     except OSError as exc:
@@ -119,12 +145,25 @@ def read_header(path: Path) -> tuple[Dataset | None, str]:
     return header, ""
 
 
-def _files_under(folder: Path) -> list[Path]:
+def _files_under(folder: Path, skipped: list[str]) -> list[Path]:
+    """Regular files under ``folder``; FIFOs, sockets, devices and broken links go to ``skipped``.
+
+    Only regular files are ever opened: opening a FIFO would wait for a writer forever.
+    Symlinked folders are not followed (os.walk's default), so a link loop cannot recurse.
+    """
     found: list[Path] = []
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         for name in sorted(names):
-            found.append(Path(root) / name)
+            file = Path(root) / name
+            try:
+                kind = checks.special_kind(os.stat(file).st_mode)
+            except OSError:
+                kind = (checks.link_problem(file) or "unreadable").removeprefix("is ")
+            if kind is not None:
+                skipped.append(f"{checks.quoted(file.relative_to(folder))} ({kind}, not read)")
+                continue
+            found.append(file)
             if len(found) > MAX_FILES:
                 raise VolumeReadError(
                     folder,
@@ -136,11 +175,12 @@ def _files_under(folder: Path) -> list[Path]:
 def _scan(path: Path) -> tuple[list[SeriesInfo], dict[Path, Dataset], list[str]]:
     """Group the DICOM images under ``path`` by series; list what was skipped and why."""
     single = path.is_file()
-    candidates = [path] if single else _files_under(path)
-    if not candidates:
-        raise VolumeReadError(path, "is an empty folder")
-    headers: dict[Path, Dataset] = {}
     skipped: list[str] = []
+    candidates = [path] if single else _files_under(path, skipped)
+    if not candidates:
+        raise VolumeReadError(path, "is an empty folder" if not skipped else
+                              f"holds no regular files (only {skipped[0]}{' and more' if len(skipped) > 1 else ''})")
+    headers: dict[Path, Dataset] = {}
     non_images: list[str] = []
     seen_sops: set[str] = set()
     for file in candidates:
@@ -150,21 +190,29 @@ def _scan(path: Path) -> tuple[list[SeriesInfo], dict[Path, Dataset], list[str]]
         if header is None:
             if single:
                 raise VolumeReadError(file, reason)
-            skipped.append(f"{file.relative_to(path)} (not DICOM)")
+            skipped.append(f"{checks.quoted(file.relative_to(path))} (not DICOM)")
             continue
         if not _is_image(header) or text_value(header, "SOPClassUID") == MediaStorageDirectoryStorage:
+            if single and _is_dicomdir(header):
+                raise VolumeReadError(file, "is a DICOMDIR, an index of the files on a DICOM disc, not an image; "
+                                      f"point diffrecon at a series folder it lists{_dicomdir_folders(header, file)}")
             if single:
                 raise VolumeReadError(file, f"has no image data (it is a {_object_name(header)})")
             non_images.append(_object_name(header))
-            skipped.append(f"{file.relative_to(path)} ({_object_name(header)}, no image)")
+            skipped.append(f"{checks.quoted(file.relative_to(path))} ({_object_name(header)}, no image)")
             continue
         sop = text_value(header, "SOPInstanceUID")
         if sop and sop in seen_sops:
-            skipped.append(f"{file.relative_to(path)} (a copy of another file)")
+            skipped.append(f"{checks.quoted(file.relative_to(path))} (a copy of another file)")
             continue
         seen_sops.add(sop)
         headers[file] = header
     if not headers:
+        if non_images and set(non_images) == {_DICOMDIR_NAME}:
+            index = next((f for f in candidates if f.name.upper() == "DICOMDIR"), path)
+            listed = _dicomdir_folders(read_header(index)[0], index) if index != path else ""
+            raise VolumeReadError(path, "holds only a DICOMDIR, an index of the files on a DICOM disc, and no "
+                                  f"images; point diffrecon at a series folder it lists{listed}")
         if non_images:
             kinds = ", ".join(sorted(set(non_images)))
             raise VolumeReadError(path, f"holds no DICOM images, only objects without image data ({kinds})")
@@ -238,7 +286,7 @@ def read_dicom(path: str | Path, series: str | None = None) -> Volume:
     """Read one DICOM series (chosen by ``series`` when the path holds several) into a Volume."""
     p = Path(path)
     if not p.exists():
-        raise VolumeReadError(p, "no such file or folder")
+        raise VolumeReadError(p, checks.link_problem(p) or "no such file or folder")
     found, headers, skipped = _scan(p)
     chosen = choose_series(found, series, p)
     extra: dict[str, Any] = {}
@@ -303,7 +351,7 @@ def read_series(files: list[tuple[Path, Dataset]], where: Path, extra_metadata: 
     total = sum(n_frames(header) for _, header in files)
     stored_bytes = ((int_value(files[0][1], "BitsAllocated") or 16) + 7) // 8
     # Checked before any frame list or pixel buffer exists: headers can declare terabytes.
-    checks.check_fits_in_memory(where, (total, rows, cols), 4 + (stored_bytes if multi else 0))
+    checks.check_fits_in_memory(where, (total, rows, cols), stored_bytes, "dicom")
 
     frames = [frame for path, header in files for frame in frames_of(path, header)]
     frames, affine_lps, ordered_by = place_frames(frames, where)
@@ -338,6 +386,9 @@ def read_series(files: list[tuple[Path, Dataset]], where: Path, extra_metadata: 
         "dicom_source": source_record(first_header, frames, affine_lps),
         **extra_metadata,
     }
+    guesses = _geometry_guesses(first_header, frames)
+    if guesses:
+        metadata["warnings"] = guesses
     return Volume(
         data=data,
         spacing=tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3)),
@@ -349,6 +400,22 @@ def read_series(files: list[tuple[Path, Dataset]], where: Path, extra_metadata: 
         source_format="dicom",
         metadata=metadata,
     )
+
+
+def _geometry_guesses(header: Dataset, frames: list[Frame]) -> list[str]:
+    """Sentences for every geometry the reader had to assume: never a silent guess."""
+    said: list[str] = []
+    if any(f.pixel_spacing is None for f in frames):
+        raw = text_value(header, "PixelSpacing")
+        if raw:
+            said.append(f"its PixelSpacing ({raw}) is not a pair of positive numbers, so 1 mm pixels are assumed")
+        else:
+            said.append("it records no pixel spacing, so 1 mm pixels are assumed")
+    if len(frames) == 1 and frames[0].spacing_between is None and frames[0].thickness is None:
+        raw = text_value(header, "SliceThickness")
+        if raw:
+            said.append(f"its SliceThickness ({raw}) is not a positive number, so 1 mm slices are assumed")
+    return said
 
 
 def _syntax_name(header: Dataset) -> str:

@@ -30,6 +30,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import VolumeReadError
+from . import checks
 
 # Relative spread of the gaps between slice positions that still counts as "even".
 SPACING_TOLERANCE = 0.1
@@ -323,13 +324,20 @@ def _check_decodable(path: Path, ds: Dataset) -> None:
             f"its pixel data holds {actual} bytes but its header declares {expected}, "
             "so the file is truncated or corrupt",
         )
+    if actual > expected + 1:  # one byte pads odd lengths to an even one; more means the header is wrong
+        raise VolumeReadError(
+            path,
+            f"its pixel data holds {actual} bytes, more than the {expected} its header declares "
+            f"({rows}x{cols} pixels, {n_frames(ds)} frame(s), {bits} bits), so Rows, Columns or the frame count is wrong",
+        )
 
 
 def _decode(path: Path) -> tuple[np.ndarray, Dataset]:
     """All frames of one file as ``(frames, rows, cols)`` stored values, and its dataset."""
     with quiet():
         # The header pass already accepted this file; force also reads raw (preamble-less) datasets.
-        ds = pydicom.dcmread(path, force=True)
+        with checks.open_regular(path) as fh:
+            ds = pydicom.dcmread(fh, force=True)
         _check_decodable(path, ds)
         photometric = text_value(ds, "PhotometricInterpretation").upper()
         if photometric.startswith("PALETTE"):

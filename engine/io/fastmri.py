@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError
-from .checks import check_fits_in_memory, check_image_shape
+from .checks import check_fits_in_memory, check_hdf5_stored, check_image_shape
 from .hdf5 import _dims, _first_line, _root_attrs
 from .volume import KSpace, Volume, affine_from_spacing
 
@@ -40,7 +40,8 @@ def read_fastmri(p: Path, fh: Any) -> Volume:
     shape = tuple(int(s) for s in ds.shape) if multicoil else (ds.shape[0], 1, ds.shape[1], ds.shape[2])
     if min(shape) == 0:
         raise VolumeReadError(p, f"dataset 'kspace' is empty (shape {_dims(ds.shape)})")
-    check_fits_in_memory(p, shape, itemsize=8)  # complex64
+    check_hdf5_stored(p, ds, "kspace")
+    check_fits_in_memory(p, shape, 8, "hdf5")  # complex64
     kspace = np.empty(shape, np.complex64)
     for i in range(shape[0]):  # slice by slice: a complex128 file never needs a full double copy
         kspace[i] = np.asarray(ds[i]).reshape(shape[1:])
@@ -137,7 +138,10 @@ def _read_target(fh: Any, multicoil: bool, slices: int, metadata: dict) -> tuple
         if ds.ndim != 3 or ds.shape[0] != slices or ds.dtype.kind not in "biuf":
             metadata["reference_note"] = f"'{name}' ({_dims(ds.shape)} {ds.dtype}) does not match the k-space; ignored"
             return None, None
-        check_fits_in_memory(fh.filename, ds.shape, itemsize=4)
+        if ds.id.get_storage_size() == 0:
+            metadata["reference_note"] = f"'{name}' stores no data (only its fill value); ignored"
+            return None, None
+        check_fits_in_memory(fh.filename, ds.shape, ds.dtype.itemsize, "hdf5")
         target = np.asarray(ds[()], dtype=np.float32)
         if not np.all(np.isfinite(target)):
             metadata["reference_note"] = f"'{name}' holds NaN or infinite values; ignored"

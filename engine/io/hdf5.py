@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DiffreconError, VolumeReadError, VolumeWriteError
-from .checks import check_finite, check_fits_in_memory, check_image_shape
+from .checks import check_finite, check_fits_in_memory, check_hdf5_stored, check_image_shape
 from .numpy_io import as_volume_shape, describe_bytes, is_usable_affine
 from .volume import MODALITIES, Volume, affine_from_spacing
 
@@ -196,7 +196,8 @@ def _read_dataset(p: Path, ds: Any, name: str) -> np.ndarray:
         raise VolumeReadError(p, f"dataset {name!r} holds {ds.dtype} values, not numbers diffrecon can show")
     shape = as_volume_shape(p, tuple(int(s) for s in ds.shape))
     complex_data = ds.dtype.kind == "c"
-    check_fits_in_memory(p, shape, itemsize=8 if complex_data else 4)
+    check_hdf5_stored(p, ds, name)
+    check_fits_in_memory(p, shape, ds.dtype.itemsize, "hdf5")
     data = np.asarray(ds[()], dtype=np.complex64 if complex_data else np.float32).reshape(shape)
     check_finite(p, data)
     check_image_shape(p, data)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DiffreconError, VolumeReadError, VolumeWriteError
+from ..errors import one_line as errors_one_line
+from . import checks
 from .volume import Volume
 
 # Extensions of what we read, by format.
@@ -26,7 +28,7 @@ def file_suffix(path: Path) -> str:
 
 
 def _magic(path: Path) -> bytes:
-    with open(path, "rb") as fh:
+    with checks.open_regular(path) as fh:
         return fh.read(132)
 
 
@@ -34,11 +36,12 @@ def detect_format(path: str | Path) -> str:
     """``'dicom' | 'nifti' | 'hdf5' | 'numpy'`` for a path, or a VolumeReadError."""
     p = Path(path)
     if not p.exists():
-        raise VolumeReadError(p, "no such file or folder")
+        raise VolumeReadError(p, checks.link_problem(p) or "no such file or folder")
     if p.is_dir():
         return "dicom"
     if not p.is_file():
-        raise VolumeReadError(p, "is not a regular file")
+        kind = checks.special_kind(p.stat().st_mode) or "not a regular file"
+        raise VolumeReadError(p, f"is {kind}, not a file diffrecon can read")
     if p.stat().st_size == 0:
         raise VolumeReadError(p, "the file is empty (0 bytes)")
     ext = file_suffix(p)
@@ -71,6 +74,19 @@ def load_volume(path: str | Path, *, series: str | None = None, key: str | None 
     """
     p = Path(path)
     fmt = detect_format(p)
+    with checks.captured_messages() as messages:
+        volume = _read(p, fmt, series, key)
+    kept = list(volume.metadata.get("warnings", []))
+    for text in messages:  # one line each, without repeats, for `info` and the provenance
+        line = " ".join(errors_one_line(text).split())
+        if line and line not in kept:
+            kept.append(line)
+    if kept:
+        volume.metadata["warnings"] = kept[:20]
+    return volume
+
+
+def _read(p: Path, fmt: str, series: str | None, key: str | None) -> Volume:
     try:
         if fmt == "dicom":
             from .dicom import read_dicom
@@ -122,6 +138,11 @@ def save_volume(
     """
     p = Path(path)
     ext = file_suffix(p)
+    if provenance is not None and "threads" not in provenance:
+        from ..runtime import thread_settings
+
+        # Results match bit for bit only at the same thread count: record it with every output.
+        provenance = {**provenance, "threads": thread_settings()}
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         if ext in _NIFTI:

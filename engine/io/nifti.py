@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import VolumeReadError, VolumeWriteError
-from .checks import check_finite, check_fits_in_memory, check_image_shape
+from .checks import check_finite, check_fits_in_memory, check_image_shape, open_regular
 from .numpy_io import describe_bytes
 from .sidecar import sidecar_path, write_sidecar
 from .volume import Volume
@@ -64,7 +64,8 @@ def read_nifti(path: str | Path, *, modality: str | None = None) -> Volume:
     _check_declared_size(p, img, shape, raw_dtype)
     out_dtype = np.complex64 if raw_dtype.kind == "c" else np.float32
     # The raw voxels and their scaled float copy are both held while reading.
-    check_fits_in_memory(p, shape, itemsize=np.dtype(out_dtype).itemsize + raw_dtype.itemsize)
+    check_fits_in_memory(p, _display_shape(shape, img.affine), raw_dtype.itemsize + (4 if raw_dtype.kind == "c" else 0),
+                         "nifti")
 
     data = _read_voxels(p, img, out_dtype).reshape(shape)
     check_finite(p, data)
@@ -116,7 +117,7 @@ def _open_image(p: Path) -> Any:
     from nibabel.filebasedimages import ImageFileError
 
     if p.name.lower().endswith(".gz"):
-        with open(p, "rb") as fh:
+        with open_regular(p) as fh:
             if fh.read(2) != GZIP_MAGIC:
                 raise VolumeReadError(p, "is named .gz but is not a gzip-compressed file")
     try:
@@ -199,6 +200,22 @@ def _display_codes(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[str
         return AXIAL_CODES
     world_axis = int(nio.io_orientation(affine)[singleton[0], 0])
     return SINGLE_SLICE_CODES[world_axis]
+
+
+def _display_shape(shape: tuple[int, int, int], source_affine: np.ndarray) -> tuple[int, int, int]:
+    """``shape`` (file order) as ``(slices, rows, cols)`` in the display layout, from the header alone:
+    the memory budget counts slices the way ``--slices`` does."""
+    import nibabel.orientations as nio
+
+    try:
+        file_ornt = nio.io_orientation(np.asarray(source_affine, float))
+        to_display = nio.ornt_transform(file_ornt, nio.axcodes2ornt(_display_codes(shape, source_affine)))
+        out = [0, 0, 0]
+        for axis, (target, _) in enumerate(to_display):
+            out[int(target)] = shape[axis]
+        return (out[0], out[1], out[2]) if 0 not in out else shape
+    except Exception:  # noqa: BLE001 - a degenerate affine: count in file order
+        return shape
 
 
 def _to_display_layout(data: np.ndarray, source_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,8 +332,9 @@ def _sidecar_modality(p: Path) -> str | None:
 
     side = sidecar_path(p)
     try:
-        value = json.loads(side.read_text(encoding="utf-8")).get("Modality")
-    except (OSError, ValueError, AttributeError):
+        with open_regular(side) as fh:  # a FIFO named scan.json must not hang the read
+            value = json.loads(fh.read(1 << 20).decode("utf-8")).get("Modality")
+    except (OSError, ValueError, AttributeError, VolumeReadError):
         return None
     value = str(value).upper() if value else None
     return value if value in ("MR", "CT", "US") else None

@@ -19,6 +19,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import VolumeReadError, VolumeWriteError
+from . import checks
 from .checks import check_finite, check_fits_in_memory, check_image_shape
 from .sidecar import write_sidecar
 from .volume import Volume, affine_from_spacing
@@ -34,7 +35,7 @@ def read_numpy(path: str | Path, key: str | None = None) -> Volume:
     p = Path(path)
     metadata: dict[str, Any] = {}
     affine: np.ndarray | None = None
-    with open(p, "rb") as fh:
+    with checks.open_regular(p) as fh:
         is_archive = fh.read(2) == b"PK" or p.suffix.lower() == ".npz"  # .npz files are zip archives
     if is_archive:
         data, stored_dtype, chosen, affine, note = _read_npz(p, key)
@@ -44,7 +45,7 @@ def read_numpy(path: str | Path, key: str | None = None) -> Volume:
     else:
         if key is not None:
             raise VolumeReadError(p, f"is a single-array .npy file, so there is no array named {key!r} to choose")
-        with open(p, "rb") as fh:
+        with checks.open_regular(p) as fh:
             shape, dtype = _read_header(p, fh, available=p.stat().st_size)
         # mmap: the float32 copy below is then the only one held in memory.
         raw = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -95,7 +96,7 @@ def _read_header(p: Path, fh: IO[bytes], available: int) -> tuple[tuple[int, int
             f"the header declares {dims} {dtype.name} values ({describe_bytes(need)}) but the file holds only "
             f"{describe_bytes(have)} of data, so it is truncated or its header is wrong",
         )
-    check_fits_in_memory(p, volume_shape, itemsize=8 if dtype.kind == "c" else 4)
+    check_fits_in_memory(p, volume_shape, dtype.itemsize, "numpy")
     return volume_shape, dtype
 
 
@@ -154,8 +155,18 @@ def _read_npz(p: Path, key: str | None) -> tuple[np.ndarray, np.dtype, str, np.n
     return data, stored_dtype, chosen, affine, note
 
 
+# Deflate expands at most ~1032-fold: a member claiming more than that is not a real archive.
+DEFLATE_MAX_RATIO = 1032
+
+
 def _read_member(p: Path, archive: zipfile.ZipFile, name: str) -> tuple[np.ndarray, np.dtype]:
     info = archive.getinfo(name)
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > DEFLATE_MAX_RATIO * max(info.compress_size, 1):
+        raise VolumeReadError(p, f"member {name!r} claims {describe_bytes(info.file_size)} from "
+                                 f"{describe_bytes(info.compress_size)} compressed, more than deflate can expand, "
+                                 "so the archive is corrupt or crafted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise VolumeReadError(p, f"member {name!r} uses a compression NumPy archives never use")
     try:
         # Vet the header first; then reopen so read_array parses it itself.
         with archive.open(info) as fh:

@@ -7,14 +7,17 @@ to the study's SQLite database as it is given (:mod:`.store`), and ``diffrecon s
 report`` computes means, CIs, kappas and paired tests (:mod:`.statistics`) and writes
 them out (:mod:`.report`).
 
-A study folder holds ``study.json`` (settings, for people), ``study.sqlite`` (cases,
-methods, readers, their orders, answers and answer history) and ``images/`` (blinded
-copies named by opaque ids; only the database knows which method each one shows).
+A study folder holds ``study.json`` (questions and readers, for people), ``study.sqlite``
+(image ids, readers, their orders, answers and answer history) and ``images/`` (blinded
+copies named by random ids): what readers receive, naming no method. Which image shows
+which method is in the key file written beside the folder (``STUDY.key.json``,
+:mod:`.key`), which the owner keeps and ``study report`` reads.
 """
 
 from .design import (DEFAULT_QUESTIONS, QUESTIONS, CreatedStudy, StudyDesignError, create_study, discover_cases,
                      ensure_reader, reading_order_for)
 from .images import read_image
+from .key import KeyedStudy, StudyKey, default_key_path, open_keyed, read_key
 from .report import write_report
 from .statistics import StudyReport, build_report
 from .session import ReadingSession
@@ -27,6 +30,11 @@ __all__ = [
     "Answer",
     "CreatedStudy",
     "Item",
+    "KeyedStudy",
+    "StudyKey",
+    "default_key_path",
+    "open_keyed",
+    "read_key",
     "Question",
     "ReadingSession",
     "StudyDesignError",

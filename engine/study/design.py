@@ -8,19 +8,22 @@ cases. ``diffrecon reconstruct --method tv,diffusion --out case01/recon.nii.gz``
 its outputs ``recon_tv``, ``recon_diffusion``: when every volume of a case shares such
 a ``<prefix>_`` the prefix is dropped, so the methods read ``tv``, ``diffusion``.
 
-Blinding: each (case, method) volume is copied to ``images/<id>.npy`` under an id drawn
-from the study's seed, in a shuffled order with one common file time, so neither the
-names, the write order nor the timestamps tell methods apart. The id -> method mapping
-is kept only in the database. Each reader sees every item once, in a permutation drawn
-from ``default_rng([study seed, stable hash of the reader's name])``: reproducible, and
-stored when the reader is added, so a resumed session shows the same order.
+Blinding: each (case, method) volume is copied to ``images/<id>.npy`` under a random id
+from the operating system's cryptographic generator (``secrets``), written in a
+shuffled order with one common file time, so neither the names, the write order nor
+the timestamps tell methods apart, and no seed or recorded setting lets anyone
+recompute them. The id -> (case, method, source) mapping is written only to the key
+file beside the study folder (:mod:`.key`); the folder itself (images, ``study.json``,
+the database) names no method. Each reader sees every item once, in a random
+permutation (``secrets`` too) stored when the reader is added, so a resumed session
+shows the same order.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +39,7 @@ from ..io.loader import file_suffix
 from ..io.sidecar import write_json
 from ..slices import parse_slices
 from .images import IMAGES_DIR, write_image
+from .key import StudyKey, default_key_path, write_key
 from .store import DB_NAME, Question, StudyStore, StudyStoreError, open_store
 
 MANIFEST = "study.json"
@@ -73,6 +77,7 @@ class CaseSource:
 @dataclass
 class CreatedStudy:
     folder: Path
+    key: Path
     cases: list[str]
     methods: list[str]
     readers: list[str]
@@ -228,15 +233,11 @@ def _select(volume, selection, path: Path, text: str | None):
 
 # ----- readers -----
 
-def reader_seed(name: str) -> int:
-    """A stable 63-bit number for a reader's name (Python's hash() changes between runs)."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") >> 1
-
-
-def reading_order_for(items: list[str], study_seed: int, reader: str) -> list[str]:
-    """``items`` (canonical order) permuted for ``reader``: the same reader and seed, the same order."""
-    rng = np.random.default_rng([int(study_seed), reader_seed(reader)])
-    return [items[i] for i in rng.permutation(len(items))]
+def reading_order_for(items: list[str]) -> list[str]:
+    """``items`` in a fresh random order from the cryptographic generator."""
+    order = list(items)
+    secrets.SystemRandom().shuffle(order)
+    return order
 
 
 def check_reader_name(name: str) -> str:
@@ -253,17 +254,16 @@ def ensure_reader(store: StudyStore, name: str) -> bool:
     name = check_reader_name(name)
     if name in store.readers():
         return False
-    items = [item.id for item in store.items()]
-    return store.add_reader(name, reading_order_for(items, int(store.meta("seed")), name))
+    return store.add_reader(name, reading_order_for(store.image_ids()))
 
 
 # ----- creating a study -----
 
-def _image_ids(count: int, rng: np.random.Generator, taken: set[str]) -> list[str]:
-    """``count`` new random ids (16 hex digits) from the study's generator."""
+def _image_ids(count: int, taken: set[str]) -> list[str]:
+    """``count`` new random ids (16 hex digits) from the cryptographic generator."""
     ids: list[str] = []
     while len(ids) < count:
-        token = rng.bytes(8).hex()
+        token = secrets.token_hex(8)
         if token not in taken and token not in ids:
             ids.append(token)
     return ids
@@ -292,10 +292,13 @@ def _check_target(out: Path) -> None:
 
 
 def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | None = None,
-                 readers: list[str] | None = None, questions: list[str] | None = None, seed: int = 0,
+                 readers: list[str] | None = None, questions: list[str] | None = None,
                  slices: str | None = None, each_slice: bool = False, reference: str | None = None,
-                 command: str | None = None, progress=None) -> CreatedStudy:
-    """Build the study folder ``out``: blinded images, the database, ``study.json``.
+                 key: str | Path | None = None, command: str | None = None, progress=None) -> CreatedStudy:
+    """Build the study folder ``out`` (blinded images, the database, ``study.json``) and its key.
+
+    The key (image id -> case, method, source) goes to ``key`` (default
+    ``OUT.key.json`` beside the folder), never inside the folder readers receive.
 
     Everything is written to a temporary sibling folder first and moved into place at
     the end, so a failure (an unreadable volume, a full disk) leaves no half study. A
@@ -315,15 +318,17 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
     reader_names = [check_reader_name(r) for r in (readers or [])]
     if len(set(reader_names)) != len(reader_names):
         raise SettingsError("--readers names a reader twice")
-    if seed < 0:
-        raise SettingsError("--seed must be zero or more")
+    key_path = Path(key) if key is not None else default_key_path(out)
+    if key_path.resolve().is_relative_to(out.resolve()):
+        raise SettingsError(f"the key file {key_path} must not be inside the study folder: readers receive that "
+                            "folder, and the key says which method each image shows")
     selection = parse_slices(slices)  # checked against each case's volume by _select
 
     cases = discover_cases(case_args)
     chosen = choose_methods(cases, methods, reference)
     _check_target(out)
 
-    rng = np.random.default_rng([int(seed), 0x5EED])
+    rng = np.random.default_rng(secrets.randbits(128))  # write order only; never recorded
     staging = out.parent / f".{out.name}.creating-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
@@ -351,7 +356,7 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
             for case_id, index in parts:
                 case_rows.append((case_id, str(case.folder)))
                 todo = [(case_id, None if m == reference else m, m) for m in shown]
-                ids = _image_ids(len(todo), rng, taken)
+                ids = _image_ids(len(todo), taken)
                 taken.update(ids)
                 # Shuffled within the case: the order files are written in says nothing about methods.
                 for k in rng.permutation(len(todo)):
@@ -371,17 +376,18 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
         scored = sorted((j for j in jobs if j[2] is not None), key=lambda j: (case_rank[j[1]], rank[j[2]]))
         items = [(image_id, case_id, method, str(path)) for image_id, case_id, method, path in scored]
         refs = [(case_id, image_id, str(path)) for image_id, case_id, method, path in jobs if method is None]
-        settings = {
-            "seed": int(seed),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "diffrecon_version": __version__,
-            "reference": reference,
-            "slices": slices,
-            "each_slice": bool(each_slice),
-        }
+        study_id = secrets.token_hex(16)
+        created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        hanging_text = "a reference image beside each scored image" if reference else "one image at a time"
+        # What the readers' folder records: nothing that names a method, a case source or a setting
+        # from which the blinding could be recomputed.
+        blind = {"study_id": study_id, "created": created_at, "diffrecon_version": __version__,
+                 "hanging": hanging_text}
+        by_case_ref = {case_id: image_id for image_id, case_id, method, _ in jobs if method is None}
         store = StudyStore.create(staging / DB_NAME)
         try:
-            store.initialise(meta=settings, cases=case_rows, methods=chosen, items=items, references=refs,
+            store.initialise(meta=blind, items=[i for i, _, _, _ in items],
+                             hanging={i: by_case_ref[c] for i, c, _, _ in items if c in by_case_ref},
                              questions=[QUESTIONS[q] for q in question_ids])
             for name in reader_names:
                 ensure_reader(store, name)
@@ -389,26 +395,33 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
             store.close()
         write_json(staging / MANIFEST, {
             "format": "diffrecon reader study",
-            **settings,
-            "command": command,
-            "hanging": f"the {reference} image beside each scored image" if reference else "one image at a time",
-            "cases": [c for c, _ in case_rows],
-            "methods": chosen,
+            **blind,
             "images": len(items),
             "readers": reader_names,
             "questions": [{"id": q, "kind": QUESTIONS[q].kind, "prompt": QUESTIONS[q].prompt,
                            "anchors": QUESTIONS[q].anchors, "required": QUESTIONS[q].required}
                           for q in question_ids],
-            "note": "Which image shows which method is recorded only in study.sqlite; readers see opaque ids.",
+            "note": "Images are named by random ids; which method each shows is only in the study owner's key file.",
         })
+        study_key = StudyKey(study_id, case_rows, chosen, items, refs, {
+            "created": created_at, "diffrecon_version": __version__, "reference": reference, "slices": slices,
+            "each_slice": bool(each_slice), "command": command, "study_folder": str(out)})
+        try:
+            key_staging = write_key(study_key, key_path.with_name(key_path.name + f".creating-{os.getpid()}"))
+        except OSError as exc:
+            raise StudyDesignError(f"{key_path}: the study's key cannot be written there "
+                                   f"({exc.strerror or exc}); choose another place with --key") from exc
         if out.exists():  # an empty folder, or a study without answers: checked again, just before
             _check_target(out)
             shutil.rmtree(out)
         staging.rename(out)
+        os.replace(key_staging, key_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for leftover in key_path.parent.glob(f"{key_path.name}.creating-{os.getpid()}*"):
+            leftover.unlink(missing_ok=True)
         raise
-    return CreatedStudy(out, [c for c, _ in case_rows], chosen, reader_names, question_ids, len(items),
+    return CreatedStudy(out, key_path, [c for c, _ in case_rows], chosen, reader_names, question_ids, len(items),
                         time.perf_counter() - started)
 
 

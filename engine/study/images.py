@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import VolumeReadError
+from ..io.checks import check_fits_in_memory, open_regular
 from ..io.volume import Volume
 from .store import StudyStoreError
 
@@ -44,11 +46,22 @@ def read_image(folder: Path, image_id: str) -> Volume:
     metadata or provenance); a StudyStoreError (one sentence) when its files are missing or damaged."""
     npy, sidecar = folder / f"{image_id}.npy", folder / f"{image_id}.json"
     try:
-        geometry = json.loads(sidecar.read_text(encoding="utf-8"))
-        data = np.load(npy, allow_pickle=False)
+        # Regular files only (a FIFO must not hang the reader window), the array's header
+        # checked against the memory budget before its data is read.
+        with open_regular(sidecar) as fh:
+            geometry = json.loads(fh.read(1 << 20).decode("utf-8"))
+        with open_regular(npy) as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(fh)
+            check_fits_in_memory(npy, tuple(shape) or (0,), dtype.itemsize, "numpy")
+            fh.seek(0)
+            data = np.load(fh, allow_pickle=False)
     except FileNotFoundError as exc:
         raise StudyStoreError(f"{exc.filename}: an image of the study is missing; the study folder is incomplete") from exc
-    except (OSError, ValueError) as exc:
+    except VolumeReadError as exc:
+        raise StudyStoreError(str(exc)) from exc
+    except (OSError, ValueError, AttributeError) as exc:
         raise StudyStoreError(f"{npy}: an image of the study cannot be read ({exc})") from exc
     if data.ndim != 3 or list(data.shape) != list(geometry.get("shape", [])):
         raise StudyStoreError(f"{npy}: an image of the study does not match its description; the study folder is damaged")

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .statistics import LongRow, StudyReport, build_report
-from .store import Question, StudyStore
+from .key import KeyedStudy
+from .store import Question
 
 CSV_COLUMNS = ("reader", "case", "method", "question", "score", "seconds")
-REPORT_DIR = "report"
+REPORT_SUFFIX = ".report"
 
 
 @dataclass
@@ -43,6 +44,11 @@ def readers_table(done: dict[str, tuple[int, int]], seconds: dict[str, float]) -
 
 
 # ----- presenting it -----
+
+def count(n: int, noun: str) -> str:
+    """ "1 reader", "3 readers": a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 
 def _num(x: float, digits: int = 2) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
@@ -99,7 +105,7 @@ def _likert_tables(report: StudyReport, q: Question) -> list[Table]:
         agreement = [f"Fleiss' kappa: {fleiss.message}."]
     else:
         agreement = [f"Fleiss' kappa = {fleiss.value:.3f} ({kappa_words(fleiss.value)} agreement) over the "
-                     f"{fleiss.n_items} images scored by all {len(readers)} readers."]
+                     f"{fleiss.n_items} images scored by all {count(len(readers), 'reader')}."]
     pair_rows = []
     for pk in report.cohen.get(q.id, []):
         k = pk.kappa
@@ -137,7 +143,8 @@ def text_table(t: Table) -> list[str]:
 
 def render_text(report: StudyReport) -> str:
     lines = [f"Reader study {report.study}: {len(report.cases)} cases x {len(report.methods)} methods "
-             f"({', '.join(report.methods)}), {len(report.readers)} readers, {len(report.rows)} answers"]
+             f"({', '.join(report.methods)}), {count(len(report.readers), 'reader')}, "
+             f"{count(len(report.rows), 'answer')}"]
     for t in tables(report):
         lines += ["", *text_table(t)]
     return "\n".join(lines)
@@ -146,7 +153,7 @@ def render_text(report: StudyReport) -> str:
 def render_markdown(report: StudyReport, files: list[Path]) -> str:
     lines = [f"# Reader study report: {report.study.name}", "",
              f"{len(report.cases)} cases × {len(report.methods)} methods ({', '.join(report.methods)}), "
-             f"{len(report.readers)} readers, {len(report.rows)} answers. Questions: "
+             f"{count(len(report.readers), 'reader')}, {count(len(report.rows), 'answer')}. Questions: "
              + "; ".join(f"{q.prompt} ({q.kind})" for q in report.questions) + "."]
     for t in tables(report):
         lines += ["", f"## {t.title}", ""]
@@ -216,17 +223,25 @@ def write_chart(report: StudyReport, path: Path) -> Path | None:
         ax.set_xlabel("method")
         ax.grid(axis="y", color="#dddddd", zorder=0)
         ax.set_axisbelow(True)
-        ax.set_title(f"{q.prompt}: mean with 95 % CI ({len(report.fleiss_readers.get(q.id, readers))} readers, "
-                     f"{len(report.cases)} cases)", fontsize=11)
+        n_readers = len(report.fleiss_readers.get(q.id, readers))
+        ax.set_title(f"{q.prompt}: mean with 95 % CI ({count(n_readers, 'reader')}, "
+                     f"{count(len(report.cases), 'case')})", fontsize=11)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     fig.savefig(path, format="png")
     return path
 
 
-def write_report(store: StudyStore, out_dir: str | Path | None = None) -> tuple[StudyReport, list[Path]]:
+def default_report_dir(study: str | Path) -> Path:
+    """``my-study.report`` beside the study folder: the report names methods, so it stays out
+    of the folder that readers receive."""
+    study = Path(study)
+    return study.parent / f"{study.resolve().name}{REPORT_SUFFIX}"
+
+
+def write_report(store: KeyedStudy, out_dir: str | Path | None = None) -> tuple[StudyReport, list[Path]]:
     """Compute the report and write report.md, scores_long.csv and scores_by_method.png."""
     report = build_report(store)
-    out = Path(out_dir) if out_dir is not None else store.folder / REPORT_DIR
+    out = Path(out_dir) if out_dir is not None else default_report_dir(store.folder)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_csv(report.rows, out / "scores_long.csv")]
     chart = write_chart(report, out / "scores_by_method.png")

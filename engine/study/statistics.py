@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .key import KeyedStudy
 from .store import Question, StudyStore
 
 
@@ -116,7 +117,7 @@ class StudyReport:
 
 # ----- reading the answers -----
 
-def long_rows(store: StudyStore) -> list[LongRow]:
+def long_rows(store: KeyedStudy) -> list[LongRow]:
     """Every answer with its case, method and the reader's seconds on that image."""
     items = {item.id: item for item in store.items()}
     seconds = store.reading_seconds()
@@ -132,7 +133,7 @@ def long_rows(store: StudyStore) -> list[LongRow]:
 
 def completion(store: StudyStore) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
     """Per reader: (images with every required question answered, images), and seconds spent reading."""
-    items = [i.id for i in store.items()]
+    items = store.image_ids()
     required = [q.id for q in store.questions() if q.required]
     answered: dict[tuple[str, str], set[str]] = defaultdict(set)
     for a in store.answers():
@@ -241,7 +242,7 @@ def yes_fraction(method: str, values: list[int]) -> Proportion:
     return Proportion(method, n, yes, (float(low), float(high)))
 
 
-def build_report(store: StudyStore) -> StudyReport:
+def build_report(store: KeyedStudy) -> StudyReport:
     started = time.perf_counter()
     rows = long_rows(store)
     questions = store.questions()

@@ -13,15 +13,25 @@ must not corrupt the file, so:
 * ``scores`` holds one answer per reader x item x question (UNIQUE, written by an
   upsert); an edit first copies the previous row into ``score_history``.
 
-The item -> method mapping lives here and nowhere else: image files are named by the
-opaque item ids (see :mod:`.design`). Values are stored as the question's kind says:
-integers for Likert scales, 1/0 for yes/no, text for comments.
+Blinding: this database travels with the readers, so it holds image ids (random
+tokens), the questions, readers, their orders and their answers, and nothing else: no
+method, case name, source path or canonical order (items are stored WITHOUT ROWID,
+ordered by their random ids, so not even the insertion order survives). The id ->
+(case, method, source) mapping is the key file (:mod:`.key`) that the study owner keeps.
+
+A deleted or replaced database must never swallow answers: SQLite keeps writing to an
+unlinked file as if nothing happened, so every write checks, inside its transaction and
+just before COMMIT, that the path still names the very file (device and inode) opened.
+
+Values are stored as the question's kind says: integers for Likert scales, 1/0 for
+yes/no, text for comments.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +40,9 @@ from typing import Any, Iterable
 
 from ..errors import DiffreconError
 
-SCHEMA_VERSION = 1
+# 2: the reader-side database holds image ids and answers only; which method and source
+# each image shows is in the study's key file (:mod:`.key`), kept apart by the owner.
+SCHEMA_VERSION = 2
 DB_NAME = "study.sqlite"
 BUSY_TIMEOUT_S = 10.0  # a second writer waits this long for the lock before the answer is refused
 
@@ -41,28 +53,13 @@ CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE cases (
-    id TEXT PRIMARY KEY,
-    position INTEGER NOT NULL UNIQUE,
-    source TEXT NOT NULL
-);
-CREATE TABLE methods (
-    name TEXT PRIMARY KEY,
-    position INTEGER NOT NULL UNIQUE
-);
 CREATE TABLE items (
-    id TEXT PRIMARY KEY,                      -- the opaque image id under images/
-    position INTEGER NOT NULL UNIQUE,         -- canonical order: case, then method
-    case_id TEXT NOT NULL REFERENCES cases(id),
-    method TEXT NOT NULL REFERENCES methods(name),
-    source TEXT NOT NULL,
-    UNIQUE (case_id, method)
-);
-CREATE TABLE reference_images (
-    case_id TEXT PRIMARY KEY REFERENCES cases(id),
-    image TEXT NOT NULL UNIQUE,
-    source TEXT NOT NULL
-);
+    id TEXT PRIMARY KEY                       -- the opaque image id under images/, nothing else
+) WITHOUT ROWID;
+CREATE TABLE hanging (
+    item TEXT PRIMARY KEY REFERENCES items(id),
+    reference TEXT NOT NULL                   -- the image id hung beside it
+) WITHOUT ROWID;
 CREATE TABLE questions (
     id TEXT PRIMARY KEY,
     position INTEGER NOT NULL UNIQUE,
@@ -193,8 +190,12 @@ class StudyStore:
             raise StudyStoreError(f"{self.folder}: is not a study (there is no {DB_NAME} in it)")
         try:
             self.con = connect(self.path, busy_timeout_s=busy_timeout_s)
+            self._identity = self._file_identity()
         except sqlite3.Error as exc:
             raise StudyStoreError(f"{self.path}: cannot be opened: {_reason(exc, busy_timeout_s)}") from exc
+        if self._identity is None:
+            self.close()
+            raise StudyStoreError(f"{self.path}: disappeared while it was being opened")
         if not _creating:
             self._check_schema()
 
@@ -215,10 +216,33 @@ class StudyStore:
         if version is None or not str(version).isdigit():
             self.close()
             raise StudyStoreError(f"{self.path}: is not a diffrecon study database (no schema version)")
+        if int(version) < SCHEMA_VERSION:
+            self.close()
+            raise StudyStoreError(f"{self.path}: was made by an older diffrecon (study schema {version}) whose "
+                                  "database named the methods beside the readers' images; recreate the study "
+                                  "with `diffrecon study create` (this file is left as it is)")
         if int(version) > SCHEMA_VERSION:
             self.close()
             raise StudyStoreError(f"{self.path}: was made by a newer diffrecon (study schema {version}); "
                                   f"upgrade diffrecon to read it")
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the path names now; None when it is gone."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_same_file(self, what: str) -> None:
+        """Refuse to commit into a database file that was deleted or replaced since it was opened."""
+        now = self._file_identity()
+        if now is None:
+            raise StudyStoreError(f"{what} was not saved: the study database {self.path} was deleted while "
+                                  "the study was open; restore it from a backup and reopen the study")
+        if now != self._identity:
+            raise StudyStoreError(f"{what} was not saved: the study database {self.path} was replaced by "
+                                  "another file while the study was open; reopen the study")
 
     def close(self) -> None:
         con = getattr(self, "con", None)
@@ -244,6 +268,7 @@ class StudyStore:
             raise StudyStoreError(f"{what} was not saved: {_reason(exc, self.busy_timeout_s)}") from exc
         try:
             result = statements(self.con)
+            self._check_same_file(what)  # inside the transaction: nothing is committed to a lost file
             self.con.execute("COMMIT")
             return result
         except BaseException as exc:
@@ -276,21 +301,17 @@ class StudyStore:
         store._write("the study's schema", lambda c: [c.execute(s) for s in statements])
         return store
 
-    def initialise(self, *, meta: dict[str, Any], cases: list[tuple[str, str]], methods: list[str],
-                   items: list[tuple[str, str, str, str]], references: list[tuple[str, str, str]],
+    def initialise(self, *, meta: dict[str, Any], items: list[str], hanging: dict[str, str],
                    questions: list[Question]) -> None:
-        """Fill a new study in one transaction: cases (id, source), items (id, case, method,
-        source), reference images (case, image id, source), questions and settings."""
+        """Fill a new study in one transaction: image ids, the reference hung beside each
+        (``hanging``: item id -> reference image id), questions and settings."""
 
         def fill(c: sqlite3.Connection) -> None:
             c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                           [("schema_version", str(SCHEMA_VERSION))] + [(k, json.dumps(v)) for k, v in meta.items()])
-            c.executemany("INSERT INTO cases (id, position, source) VALUES (?, ?, ?)",
-                          [(cid, i, src) for i, (cid, src) in enumerate(cases)])
-            c.executemany("INSERT INTO methods (name, position) VALUES (?, ?)", [(m, i) for i, m in enumerate(methods)])
-            c.executemany("INSERT INTO items (id, position, case_id, method, source) VALUES (?, ?, ?, ?, ?)",
-                          [(iid, i, cid, m, src) for i, (iid, cid, m, src) in enumerate(items)])
-            c.executemany("INSERT INTO reference_images (case_id, image, source) VALUES (?, ?, ?)", references)
+            # Sorted by the random ids: the order rows are written in says nothing about methods.
+            c.executemany("INSERT INTO items (id) VALUES (?)", [(i,) for i in sorted(items)])
+            c.executemany("INSERT INTO hanging (item, reference) VALUES (?, ?)", sorted(hanging.items()))
             c.executemany("INSERT INTO questions (id, position, kind, prompt, anchors, required) VALUES (?, ?, ?, ?, ?, ?)",
                           [(q.id, i, q.kind, q.prompt, json.dumps(q.anchors), int(q.required))
                            for i, q in enumerate(questions)])
@@ -307,20 +328,13 @@ class StudyStore:
             return rows[0][0]
         return json.loads(rows[0][0])
 
-    def items(self) -> list[Item]:
-        """Every scored image, in the canonical order (case, then method)."""
-        return [Item(*r) for r in self._read("SELECT id, case_id, method FROM items ORDER BY position")]
-
-    def cases(self) -> list[str]:
-        return [r[0] for r in self._read("SELECT id FROM cases ORDER BY position")]
-
-    def methods(self) -> list[str]:
-        return [r[0] for r in self._read("SELECT name FROM methods ORDER BY position")]
+    def image_ids(self) -> list[str]:
+        """Every scored image's id (sorted: an order that says nothing)."""
+        return [r[0] for r in self._read("SELECT id FROM items ORDER BY id")]
 
     def reference_image(self, item: str) -> str | None:
         """The id of the reference image hung beside ``item`` (None: single-image hanging)."""
-        rows = self._read("SELECT r.image FROM reference_images r JOIN items i ON i.case_id = r.case_id "
-                          "WHERE i.id = ?", (item,))
+        rows = self._read("SELECT reference FROM hanging WHERE item = ?", (item,))
         return rows[0][0] if rows else None
 
     def questions(self) -> list[Question]:
