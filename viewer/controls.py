@@ -58,6 +58,8 @@ GUIDANCE_HELP = {
     "projection": "projection: after each step, put the measured data back in exactly (simple, fast).",
     "dds": "DDS (CG): after each step, a few conjugate-gradient iterations pull the estimate towards "
            "the measurements; the default for MRI and CT.",
+    "dds-tv": "DDS + TV: DDS whose conjugate-gradient step also smooths flat regions (total variation); "
+              "its strength is chosen per scan from a held-out part of the measurements.",
     "dps": "DPS: steers each step with the gradient of the data mismatch; slower, needs no exact model.",
 }
 
@@ -119,7 +121,7 @@ class ControlPanel(QWidget):
                               "head CT) that knows what such images look like. A .safetensors file.")
         self.sampler = _combo([(s, s.upper() if s != "sde" else "VP-SDE") for s in SAMPLERS], "ddim")
         _explain(self.sampler, "How the image is drawn out of noise, one step at a time.", SAMPLER_HELP)
-        guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dps": "DPS"}
+        guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dds-tv": "DDS + TV", "dps": "DPS"}
         self.guidance = _combo([(g, guidance_names.get(g, g)) for g in GUIDANCE], "dds")
         _explain(self.guidance, "How each step is kept faithful to what was measured.", GUIDANCE_HELP)
         self.steps = _spin(1, 1000, 25)
