@@ -21,7 +21,6 @@ space, so they hold out the *same anatomy*); the bundled samples come from those
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import plistlib
 import tarfile

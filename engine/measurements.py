@@ -29,7 +29,7 @@ input's intensity units (magnitude for MRI, HU for CT).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -49,7 +49,6 @@ from .physics.noise import (
     PoissonNoise,
 )
 
-MODALITIES = ("mri", "ct", "denoise", "ultrasound")
 NOISE_MODELS = ("gaussian", "poisson", "gamma", "correlated")
 
 
@@ -130,87 +129,64 @@ def _slice_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
 
 
-class ProblemSource:
-    """Turns a volume (+ settings) into batches of :class:`ReconProblem`.
+class ModalityMeasurements:
+    """One modality's problem builder and working-domain mapping, for the chosen slices.
 
-    ``slices`` selects the slices to work on (a Python slice or index list).
-    ``simulate=True`` reads the volume as ground truth; otherwise the measurements come
-    from the file (k-space for MRI, the noisy image for denoising/ultrasound).
+    ``settings`` is the source's own copy: a builder may record there what the file
+    decided (measured MRI: the file's mask and acceleration).
     """
 
-    def __init__(self, volume: Volume, settings: MeasurementSettings, *, slices=slice(None), simulate: bool = False):
-        self.volume = volume
-        self.settings = settings
-        self.simulate = simulate
-        self.slice_index = np.arange(volume.n_slices)[slices]
-        if self.slice_index.size == 0:
-            raise SettingsError(f"no slices selected (the volume has {volume.n_slices})")
-        m = settings.modality
-        if not simulate and m in ("mri", "ct") and (m == "ct" or volume.kspace is None):
-            what = "k-space" if m == "mri" else "a sinogram"
-            raise SettingsError(
-                f"{volume.source_path or 'the input'} holds an image, not {what}; pass --simulate to treat it "
-                f"as the ground truth and simulate the measurements"
-            )
-        if m == "mri" and volume.kspace is not None and not simulate:
-            self._init_measured_mri()
-        elif m == "mri":
-            self._scale = _percentile_scale(volume.data[self.slice_index])
-            h, w = volume.shape[1:]
-            self._mask = make_mask(settings.mask, (h, w), settings.acceleration, settings.center_fraction,
-                                   settings.seed)
-            self._maps = None
-            if settings.coils:
-                from .physics.coils import simulate_coil_maps
-
-                self._maps = simulate_coil_maps(settings.coils, h, w, seed=settings.seed)
-        elif m == "ct":
-            if volume.modality != "CT" and volume.units != "HU":
-                raise SettingsError("CT simulation needs a CT volume in Hounsfield units")
-            h, w = volume.shape[1:]
-            self._ct_size = max(h, w)
-            pixel_mm = float(volume.spacing[1])
-            # A x = physical line integral of mu when x = mu / (2 mu_water).
-            self._radon = ParallelBeamRadon(
-                self._ct_size,
-                settings.views,
-                det_count=int(math.ceil(math.sqrt(2) * self._ct_size)),
-                pixel_size_mm=pixel_mm * 2.0 * MU_WATER_PER_MM,
-            )
-        else:  # denoise, ultrasound
-            self._scale = _percentile_scale(volume.data[self.slice_index])
-
-    # ------------------------------------------------------------------ batching
-
-    def __len__(self) -> int:
-        return int(self.slice_index.size)
-
-    def batches(self, batch_size: int = 8) -> Iterator[ReconProblem]:
-        for start in range(0, len(self), batch_size):
-            yield self.problem(self.slice_index[start : start + batch_size])
+    def __init__(self, volume: Volume, settings: MeasurementSettings, slice_index: np.ndarray, simulate: bool):
+        self.volume, self.settings, self.slice_index, self.simulate = volume, settings, slice_index, simulate
 
     def problem(self, idx: np.ndarray) -> ReconProblem:
-        m = self.settings.modality
-        if m == "mri":
-            return self._measured_mri(idx) if self._measured else self._simulated_mri(idx)
-        if m == "ct":
-            return self._simulated_ct(idx)
-        if m == "denoise":
-            return self._denoise(idx)
-        return self._ultrasound(idx)
+        """The problem of the slices ``idx`` (all in the working domain)."""
+        raise NotImplementedError
 
-    # ------------------------------------------------------------------ MRI
+    def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
+        """A real working-domain result ``(B, H, W)`` -> float32 in the input's units."""
+        raise NotImplementedError
+
+    def working_crop(self, image: torch.Tensor) -> torch.Tensor:
+        """Working-domain images ``(B, 1, H, W)`` cropped like the output."""
+        return image
+
+
+class MRIMeasurements(ModalityMeasurements):
+    """Cartesian MRI: simulated from an image (``--simulate``) or the k-space of the file."""
 
     _measured = False
 
-    def _simulated_mri(self, idx: np.ndarray) -> ReconProblem:
+    def __init__(self, volume: Volume, settings: MeasurementSettings, slice_index: np.ndarray, simulate: bool):
+        super().__init__(volume, settings, slice_index, simulate)
+        if not simulate and volume.kspace is None:
+            raise SettingsError(
+                f"{volume.source_path or 'the input'} holds an image, not k-space; pass --simulate to treat it "
+                f"as the ground truth and simulate the measurements"
+            )
+        if not simulate:
+            self._init_measured()
+            return
+        self._scale = _percentile_scale(volume.data[slice_index])
+        h, w = volume.shape[1:]
+        self._mask = make_mask(settings.mask, (h, w), settings.acceleration, settings.center_fraction, settings.seed)
+        self._maps = None
+        if settings.coils:
+            from .physics.coils import simulate_coil_maps
+
+            self._maps = simulate_coil_maps(settings.coils, h, w, seed=settings.seed)
+
+    def problem(self, idx: np.ndarray) -> ReconProblem:
+        return self._measured_problem(idx) if self._measured else self._simulated_problem(idx)
+
+    def _simulated_problem(self, idx: np.ndarray) -> ReconProblem:
         gt = torch.from_numpy(np.ascontiguousarray(self.volume.data[idx]))[:, None] / self._scale
         gt = gt.to(torch.complex64) if gt.is_complex() else torch.complex(gt.float(), torch.zeros_like(gt.float()))
         op = MRIOperator(self._mask, self._maps)
         y = op.A(gt)
         return ReconProblem("mri", op, y, op.zero_filled(y), gt.abs(), 0.0, idx)
 
-    def _init_measured_mri(self) -> None:
+    def _init_measured(self) -> None:
         self._measured = True
         k = self.volume.kspace
         assert k is not None
@@ -228,11 +204,13 @@ class ProblemSource:
         self._crop = self.volume.shape[1:]
 
     def _zero_filled_rss(self, idx: np.ndarray) -> np.ndarray:
+        assert self.volume.kspace is not None  # measured MRI
         k = torch.from_numpy(np.ascontiguousarray(self.volume.kspace.data[idx]))
         return ifft2c(k * torch.from_numpy(self._mask)).abs().square().sum(1).sqrt().numpy()
 
-    def _measured_mri(self, idx: np.ndarray) -> ReconProblem:
+    def _measured_problem(self, idx: np.ndarray) -> ReconProblem:
         k = self.volume.kspace
+        assert k is not None  # measured MRI
         full = torch.from_numpy(np.ascontiguousarray(k.data[idx])) / self._scale
         mask = torch.from_numpy(self._mask)
         y = full * mask
@@ -250,17 +228,50 @@ class ProblemSource:
             reference = ifft2c(full).abs().square().sum(1, keepdim=True).sqrt()
         return ReconProblem("mri", op, y, observed, reference, 0.0, idx)
 
-    # ------------------------------------------------------------------ CT
+    def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
+        if self._measured:
+            x = _center_crop(x, self._crop)
+        return (x * self._scale).numpy().astype(np.float32)
 
-    def _ct_pad(self, x: torch.Tensor) -> torch.Tensor:
+    def working_crop(self, image: torch.Tensor) -> torch.Tensor:
+        if self._measured:
+            return _center_crop(image[:, 0], self._crop)[:, None]
+        return image
+
+
+class CTMeasurements(ModalityMeasurements):
+    """Parallel-beam CT simulated from a HU image, padded to a square (air outside)."""
+
+    def __init__(self, volume: Volume, settings: MeasurementSettings, slice_index: np.ndarray, simulate: bool):
+        super().__init__(volume, settings, slice_index, simulate)
+        if not simulate:
+            raise SettingsError(
+                f"{volume.source_path or 'the input'} holds an image, not a sinogram; pass --simulate to treat it "
+                f"as the ground truth and simulate the measurements"
+            )
+        if volume.modality != "CT" and volume.units != "HU":
+            raise SettingsError("CT simulation needs a CT volume in Hounsfield units")
+        h, w = volume.shape[1:]
+        assert settings.views is not None  # MeasurementSettings fills in the default
+        self._ct_size = max(h, w)
+        pixel_mm = float(volume.spacing[1])
+        # A x = physical line integral of mu when x = mu / (2 mu_water).
+        self._radon = ParallelBeamRadon(
+            self._ct_size,
+            settings.views,
+            det_count=int(math.ceil(math.sqrt(2) * self._ct_size)),
+            pixel_size_mm=pixel_mm * 2.0 * MU_WATER_PER_MM,
+        )
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         n = self._ct_size
         top, left = (n - h) // 2, (n - w) // 2
         return torch.nn.functional.pad(x, (left, n - w - left, top, n - h - top))
 
-    def _simulated_ct(self, idx: np.ndarray) -> ReconProblem:
+    def problem(self, idx: np.ndarray) -> ReconProblem:
         hu = torch.from_numpy(np.ascontiguousarray(self.volume.data[idx])).float()[:, None]
-        gt = self._ct_pad(((hu + 1000.0) / 2000.0).clamp_min(0.0))  # air outside the slice
+        gt = self._pad(((hu + 1000.0) / 2000.0).clamp_min(0.0))  # air outside the slice
         op = self._radon
         clean = op.A(gt)
         if self.settings.dose is not None:
@@ -277,7 +288,25 @@ class ProblemSource:
         observed = op.fbp(y, filter="ramp").clamp_min(0.0)
         return ReconProblem("ct", op, y, observed, gt, noise, idx)
 
-    # ------------------------------------------------------------------ denoising, ultrasound
+    def _crop_box(self) -> tuple[int, int, int, int]:
+        n, (h, w) = self._ct_size, self.volume.shape[1:]
+        return (n - h) // 2, (n - w) // 2, h, w
+
+    def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
+        top, left, h, w = self._crop_box()
+        return (x[:, top : top + h, left : left + w] * 2000.0 - 1000.0).numpy().astype(np.float32)
+
+    def working_crop(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = self._crop_box()
+        return image[..., top : top + h, left : left + w]
+
+
+class DenoiseMeasurements(ModalityMeasurements):
+    """Denoising: the image over its 99.5th percentile, with simulated or the file's own noise."""
+
+    def __init__(self, volume: Volume, settings: MeasurementSettings, slice_index: np.ndarray, simulate: bool):
+        super().__init__(volume, settings, slice_index, simulate)
+        self._scale = _percentile_scale(volume.data[slice_index])
 
     def _noise_model(self):
         s = self.settings
@@ -288,7 +317,7 @@ class ProblemSource:
             "correlated": lambda: CorrelatedGaussianNoise(s.noise_sigma, s.correlation_px),
         }[s.noise]()
 
-    def _denoise(self, idx: np.ndarray) -> ReconProblem:
+    def problem(self, idx: np.ndarray) -> ReconProblem:
         img = torch.from_numpy(np.ascontiguousarray(np.abs(self.volume.data[idx]))).float()[:, None] / self._scale
         op = IdentityOperator()
         if not self.simulate:
@@ -298,7 +327,14 @@ class ProblemSource:
         sigma = float((y - img).std()) if self.settings.noise != "gaussian" else self.settings.noise_sigma
         return ReconProblem("denoise", op, y, y, img, sigma, idx)
 
-    def _ultrasound(self, idx: np.ndarray) -> ReconProblem:
+    def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
+        return (x * self._scale).numpy().astype(np.float32)
+
+
+class UltrasoundMeasurements(DenoiseMeasurements):
+    """Ultrasound: despeckling in the log-compressed B-mode domain."""
+
+    def problem(self, idx: np.ndarray) -> ReconProblem:
         from .physics.ultrasound import log_compress, simulate_bmode
 
         s = self.settings
@@ -315,35 +351,73 @@ class ProblemSource:
         reference = log_compress(env, dynamic_range_db=s.dynamic_range_db)
         return ReconProblem("ultrasound", op, y, y, reference, float((y - reference).std()), idx)
 
-    # ------------------------------------------------------------------ back to the volume
-
-    def to_volume_units(self, image: torch.Tensor) -> np.ndarray:
-        """A working-domain result ``(B, 1, H, W)`` -> ``(B, H, W)`` float32 in the input's units."""
-        m = self.settings.modality
-        x = image[:, 0]
-        if x.is_complex():
-            x = x.abs()
-        if m == "ct":
-            n, (h, w) = self._ct_size, self.volume.shape[1:]
-            top, left = (n - h) // 2, (n - w) // 2
-            return (x[:, top : top + h, left : left + w] * 2000.0 - 1000.0).numpy().astype(np.float32)
-        if m == "mri" and self._measured:
-            x = _center_crop(x, self._crop)
-        if m == "ultrasound" and self.simulate:
+    def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
+        if self.simulate:
             from .physics.ultrasound import log_decompress
 
             x = log_decompress(x.clamp(0.0, 1.0), dynamic_range_db=self.settings.dynamic_range_db)
         return (x * self._scale).numpy().astype(np.float32)
 
+
+#: each modality's problem builder and working-domain mapping (the registry,
+#: :mod:`diffrecon.modalities`, holds them with the rest of what a modality defines)
+BUILDERS: dict[str, type[ModalityMeasurements]] = {
+    "mri": MRIMeasurements,
+    "ct": CTMeasurements,
+    "denoise": DenoiseMeasurements,
+    "ultrasound": UltrasoundMeasurements,
+}
+MODALITIES = tuple(BUILDERS)
+
+
+class ProblemSource:
+    """Turns a volume (+ settings) into batches of :class:`ReconProblem`.
+
+    ``slices`` selects the slices to work on (a Python slice or index list, in the order
+    they are to be processed). ``simulate=True`` reads the volume as ground truth;
+    otherwise the measurements come from the file (k-space for MRI, the noisy image for
+    denoising/ultrasound). The source works on its own copy of ``settings`` (measured MRI
+    records the file's mask there); the caller's are never changed.
+    """
+
+    def __init__(self, volume: Volume, settings: MeasurementSettings, *, slices=slice(None), simulate: bool = False):
+        self.volume = volume
+        self.settings = replace(settings)
+        self.simulate = simulate
+        self.slice_index = np.arange(volume.n_slices)[slices]
+        if self.slice_index.size == 0:
+            raise SettingsError(f"no slices selected (the volume has {volume.n_slices})")
+        self.measurements = BUILDERS[self.settings.modality](volume, self.settings, self.slice_index, simulate)
+
+    def __len__(self) -> int:
+        return int(self.slice_index.size)
+
+    def batches(self, batch_size: int = 8) -> Iterator[ReconProblem]:
+        for start in range(0, len(self), batch_size):
+            yield self.problem(self.slice_index[start : start + batch_size])
+
+    def problem(self, idx: np.ndarray) -> ReconProblem:
+        return self.measurements.problem(idx)
+
+    def to_volume_units(self, image: torch.Tensor) -> np.ndarray:
+        """A working-domain result ``(B, 1, H, W)`` -> ``(B, H, W)`` float32 in the input's units."""
+        x = image[:, 0]
+        return self.measurements.to_volume_units(x.abs() if x.is_complex() else x)
+
     def working_reference_crop(self, image: torch.Tensor) -> torch.Tensor:
         """Working-domain images cropped like the output (for metrics against file targets)."""
-        if self.settings.modality == "mri" and self._measured:
-            return _center_crop(image[:, 0], self._crop)[:, None]
-        if self.settings.modality == "ct":
-            n, (h, w) = self._ct_size, self.volume.shape[1:]
-            top, left = (n - h) // 2, (n - w) // 2
-            return image[..., top : top + h, left : left + w]
-        return image
+        return self.measurements.working_crop(image)
+
+    def std_in_volume_units(self, estimate: torch.Tensor, variance: torch.Tensor) -> np.ndarray:
+        """Per-pixel std ``(B, H, W)`` in the input's units from a working-domain variance:
+        exact for the linear maps (MRI, CT, denoising), first order through the log
+        compression of simulated ultrasound."""
+        std = variance.real if variance.is_complex() else variance
+        std = std.clamp_min(0).sqrt().float()
+        if self.settings.modality == "ultrasound" and self.simulate:
+            base = estimate.abs().float() if estimate.is_complex() else estimate.float()
+            return self.to_volume_units(base + std) - self.to_volume_units(base)
+        return self.to_volume_units(std) - self.to_volume_units(torch.zeros_like(std))
 
 
 def _center_crop(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -360,4 +434,5 @@ def _estimate_sigma(img: torch.Tensor) -> float:
     return float(np.mean([estimate_sigma(s[0].numpy()) for s in img]))
 
 
-__all__ = ["MODALITIES", "MeasurementSettings", "ProblemSource", "ReconProblem", "fft2c"]
+__all__ = ["BUILDERS", "MODALITIES", "MeasurementSettings", "ModalityMeasurements", "ProblemSource", "ReconProblem",
+           "fft2c"]

@@ -1,43 +1,55 @@
-"""Run reconstruction methods over the chosen slices of a volume, and score them.
+"""The run API: one request in, a stream of typed events out, for every front end.
 
-This is the engine behind ``diffrecon reconstruct`` (and later the viewer's baseline
-pane and ``diffrecon bench``): a :class:`~diffrecon.measurements.ProblemSource` yields
-batches of problems, every method solves the *same* measurements, and results come
-back in the input's units together with working-domain metrics against the reference,
-when one is known.
+A :class:`ReconRequest` names the scan and the task (volume, measurement settings, which
+slices, simulate or not), the methods (classical baselines by name, and ``diffusion``
+with a :class:`DiffusionSetup`: prior + options) and their options. A
+:class:`Reconstruction` runs it as a generator of events:
 
-The ``diffusion`` method (a :class:`DiffusionSetup`: prior + options) runs
-:func:`diffrecon.diffusion.reconstruction.stream_reconstruction` to its last frame: the
-posterior mean is the image, and with several samples their per-pixel variance comes
-back too, scored against the reference by the calibration figures of
-:mod:`diffrecon.diffusion.uncertainty`.
+* :class:`MeasurementsReady`: a batch of slices has its measurements (the problem, the
+  unreconstructed input and the reference when one is known);
+* :class:`BaselineReady`: a classical method's result for that batch;
+* :class:`DiffusionFrame`: one sampling step of the diffusion method (only when the
+  request asks for ``frames``: the viewer draws them, the CLI does not need them);
+* :class:`SliceDone`: every method has finished the batch;
+* :class:`Summary`: the whole run (:class:`ReconRun`): the images in the input's units,
+  working-domain metrics against the reference, calibration of the diffusion variance,
+  timings and provenance.
+
+Every method solves the *same* measurements. Stopping the iteration (``close()``,
+``break``) ends the run between two events with nothing left behind. :func:`run_to_end`
+runs a request to its summary: ``diffrecon reconstruct``, ``diffrecon bench`` and the
+speed benchmark use it; the viewer iterates the events and converts them to display
+arrays.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import SettingsError
+from . import __version__, modalities
 from .baselines import METHODS as CLASSICAL_METHODS  # noqa: F401 (re-exported for the CLI and viewer)
 from .baselines import METHODS_FOR_MODALITY as METHODS_FOR  # noqa: F401
 from .baselines import run_baseline
-from .measurements import ProblemSource, ReconProblem
+from .errors import SettingsError
+from .io.volume import Volume
+from .measurements import MeasurementSettings, ProblemSource, ReconProblem
 from .metrics import evaluate, evaluate_slices
 
 if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is used
     from .diffusion.checkpoint import Prior
     from .diffusion.options import DiffusionOptions
+    from .diffusion.reconstruction import ReconFrame
 
 DIFFUSION = "diffusion"
 #: the prior each modality uses unless another is given (under resources/models/)
-DEFAULT_PRIORS = {"mri": "mri-brain.safetensors", "ct": "ct-head.safetensors"}
+DEFAULT_PRIORS = {name: m.default_prior for name, m in modalities.REGISTRY.items() if m.default_prior}
 #: pixels the calibration figures count: the object, not the air around it
 CALIBRATION_OBJECT_FRACTION = 0.05
 
@@ -83,31 +95,9 @@ class DiffusionSetup:
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:
     """``prior`` with the modality's measured options and ``overrides`` (None keeps a default),
     checked. A hot start enters from the modality's iterative baseline (TV), as the viewer's does."""
-    from .diffusion.reconstruction import default_options
-
-    options = default_options(modality, **overrides)  # DiffusionOptions checks itself
-    return DiffusionSetup(prior, options, baseline=METHODS_FOR[modality][1])
-
-
-def solve_diffusion(problem: ReconProblem, setup: DiffusionSetup):
-    """The last :class:`~diffrecon.diffusion.reconstruction.ReconFrame` of a diffusion run on ``problem``."""
-    from .diffusion.reconstruction import reconstruct_to_end
-
-    baseline = None
-    if setup.options.hot_start and setup.baseline is not None:
-        with torch.inference_mode():
-            baseline = solve(setup.baseline, problem)
-    return reconstruct_to_end(problem, setup.prior, setup.options, baseline=baseline)
-
-
-def std_in_volume_units(source: ProblemSource, estimate: torch.Tensor, variance: torch.Tensor) -> np.ndarray:
-    """Per-pixel std in the input's units: exact for the linear maps (MRI, CT, denoising),
-    first order through the log compression of simulated ultrasound."""
-    std = variance.real.clamp_min(0).sqrt().float() if variance.is_complex() else variance.clamp_min(0).sqrt().float()
-    if source.settings.modality == "ultrasound" and source.simulate:
-        base = estimate.abs().float() if estimate.is_complex() else estimate.float()
-        return source.to_volume_units(base + std) - source.to_volume_units(base)
-    return source.to_volume_units(std) - source.to_volume_units(torch.zeros_like(std))
+    chosen = modalities.get(modality)
+    options = chosen.diffusion_options(**overrides)  # DiffusionOptions checks itself
+    return DiffusionSetup(prior, options, baseline=chosen.hot_start_baseline)
 
 
 @dataclass
@@ -135,7 +125,8 @@ class ReconRun:
     observed: np.ndarray  # the input image (zero-filled / FBP / noisy) in the input's units
     outcomes: dict[str, MethodOutcome]
     observed_metrics: dict[str, float] | None
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # the measurement settings as run (measured MRI: the file's mask)
+    provenance: dict[str, Any] = field(default_factory=dict)  # ReconRequest.provenance() as run
 
     def report(self) -> dict[str, Any]:
         """JSON-able summary: settings, per-method metrics and timings."""
@@ -159,87 +150,286 @@ class ReconRun:
         }
 
 
-def reconstruct(
-    source: ProblemSource,
-    methods: Iterable[str],
-    *,
-    params: dict[str, dict[str, Any]] | None = None,
-    batch_size: int = 8,
-    progress: Callable[[int], None] | None = None,
-    diffusion: DiffusionSetup | None = None,
-) -> ReconRun:
-    """Solve every batch with every method; ``progress(n_slices_done)`` after each batch.
+@dataclass
+class ReconRequest:
+    """What to run: the scan and task, the methods and their options.
 
-    The ``diffusion`` method needs ``diffusion`` (its prior and options).
+    ``slices`` selects the slices (a Python slice or indices, in processing order).
+    ``methods`` are classical baselines by name and/or ``"diffusion"`` (which needs
+    ``diffusion``); none at all still measures and scores the input. ``params`` holds
+    per-method parameters of the baselines. ``frames``: also stream every sampling step.
     """
-    methods = list(dict.fromkeys(methods))
-    if DIFFUSION in methods and diffusion is None:
-        raise SettingsError("the diffusion method needs a prior (pass --model or install the default one)")
-    params = params or {}
-    outputs: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    working: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
-    stds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    stds_w: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    seconds = {m: 0.0 for m in methods}
-    adaptations: list[dict[str, Any]] = []  # per batch: what dds-tv chose for it, and why
-    observed, observed_w, reference_w = [], [], []
-    has_reference = True
-    for problem in source.batches(batch_size):
-        observed.append(source.to_volume_units(problem.observed))
-        observed_w.append(_magnitude(source.working_reference_crop(problem.observed)))
+
+    volume: Volume
+    settings: MeasurementSettings
+    methods: Sequence[str] = ()
+    simulate: bool = False
+    slices: slice | Sequence[int] | np.ndarray = field(default_factory=lambda: slice(None))
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diffusion: DiffusionSetup | None = None
+    batch_size: int = 8
+    frames: bool = False
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(dict.fromkeys(self.methods))
+        if DIFFUSION in self.methods and self.diffusion is None:
+            raise SettingsError("the diffusion method needs a prior (pass --model or install the default one)")
+        if self.batch_size < 1:
+            raise SettingsError("--batch-size must be at least 1")
+
+    def provenance(self) -> dict[str, Any]:
+        """What an output records about how it was made (settings, model, version, threads)."""
+        return {
+            "diffrecon_version": __version__,
+            "settings": self.settings.to_dict(),
+            "simulate": bool(self.simulate),
+            "methods": list(self.methods),
+            "params": {m: dict(p) for m, p in self.params.items() if m in self.methods},
+            "model": self.diffusion.describe() if self.diffusion is not None and DIFFUSION in self.methods else None,
+            "threads": torch.get_num_threads(),
+        }
+
+
+@dataclass(frozen=True)
+class MeasurementsReady:
+    """A batch's measurements: ``problem`` (working domain), and in the input's units the
+    unreconstructed ``observed`` image (zero-filled / FBP / noisy) and the ``reference``
+    (None when unknown). ``source`` maps further working-domain images to the input's units."""
+
+    source: ProblemSource
+    problem: ReconProblem
+    observed: np.ndarray
+    reference: np.ndarray | None
+
+    @property
+    def slices(self) -> np.ndarray:
+        return self.problem.slices
+
+
+@dataclass(frozen=True)
+class BaselineReady:
+    """A classical method's result for one batch: ``image`` in the input's units, ``working``
+    in the working domain."""
+
+    method: str
+    slices: np.ndarray
+    image: np.ndarray
+    working: torch.Tensor
+    seconds: float  # this method's compute time so far
+
+
+@dataclass(frozen=True)
+class DiffusionFrame:
+    """One sampling step of the diffusion method on one batch (working domain)."""
+
+    source: ProblemSource
+    slices: np.ndarray
+    frame: ReconFrame
+    done_steps: int  # over the whole run, including this one
+    total_steps: int  # over the whole run
+    elapsed: float  # wall seconds since the run started
+
+    @property
+    def eta_seconds(self) -> float:
+        """Remaining time at the pace so far."""
+        return self.elapsed / max(self.done_steps, 1) * (self.total_steps - self.done_steps)
+
+
+@dataclass(frozen=True)
+class SliceDone:
+    """Every method has finished a batch: its images in the input's units (and the
+    diffusion method's per-pixel std, with several samples)."""
+
+    slices: np.ndarray
+    images: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The whole run: images, metrics, timings, provenance."""
+
+    run: ReconRun
+
+
+RunEvent = Union[MeasurementsReady, BaselineReady, DiffusionFrame, SliceDone, Summary]
+
+
+class _Stopwatch:
+    """Compute seconds per method, paused while the consumer holds an event."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, since: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+
+
+class Reconstruction:
+    """Runs a :class:`ReconRequest`; iterate it for the events (module docstring).
+
+    The measurement source is built when the object is made, so bad settings fail before
+    any work starts.
+    """
+
+    def __init__(self, request: ReconRequest):
+        self.request = request
+        self.source = ProblemSource(request.volume, request.settings, slices=request.slices,
+                                    simulate=request.simulate)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def total_steps(self) -> int:
+        """Sampling steps over the whole run (0 without the diffusion method)."""
+        setup = self.request.diffusion
+        if DIFFUSION not in self.request.methods or setup is None:
+            return 0
+        from .diffusion.reconstruction import make_sampler
+
+        batches = -(-len(self.source) // self.request.batch_size)
+        return make_sampler(setup.options, setup.prior.schedule).n_steps * batches
+
+    def __iter__(self) -> Generator[RunEvent, None, None]:
+        request, source = self.request, self.source
+        methods = list(request.methods)
+        scores = _Scores(source, methods)
+        clock = _Stopwatch()
+        started = time.perf_counter()
+        total_steps, done_steps = self.total_steps(), 0
+        for problem in source.batches(request.batch_size):
+            observed = scores.add_problem(problem)
+            reference = None if problem.reference is None else source.to_volume_units(problem.reference)
+            yield MeasurementsReady(source, problem, observed, reference)
+            images: dict[str, np.ndarray] = {}
+            stds: dict[str, np.ndarray] = {}
+            for m in methods:
+                since = time.perf_counter()
+                if m != DIFFUSION:
+                    with torch.inference_mode():
+                        x = solve(m, problem, request.params.get(m))
+                    clock.add(m, since)
+                    images[m], _ = scores.add(m, x)
+                    yield BaselineReady(m, problem.slices, images[m], x, clock.seconds[m])
+                    continue
+                last = None
+                for last in self._diffusion(problem):
+                    clock.add(m, since)
+                    done_steps += 1
+                    if request.frames:
+                        yield DiffusionFrame(source, problem.slices, last, done_steps, total_steps,
+                                             time.perf_counter() - started)
+                    since = time.perf_counter()
+                assert last is not None  # at least one step always runs
+                if last.adaptation is not None:  # what dds-tv chose for this batch, and why
+                    scores.adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
+                images[m], std = scores.add(m, last.x0.detach(), None if last.variance is None else last.variance.detach())
+                if std is not None:
+                    stds[m] = std
+            yield SliceDone(problem.slices, images, stds)
+        yield Summary(scores.run(clock.seconds, request))
+
+    def _diffusion(self, problem: ReconProblem) -> Generator[ReconFrame, None, None]:
+        """The diffusion method's frames on one batch (a hot start first solves its baseline)."""
+        from .diffusion.reconstruction import stream_reconstruction
+
+        setup = self.request.diffusion
+        assert setup is not None
+        baseline = None
+        if setup.options.hot_start and setup.baseline is not None:
+            with torch.inference_mode():
+                baseline = solve(setup.baseline, problem)
+        frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline)
+        try:
+            yield from frames
+        finally:
+            frames.close()  # cancellation: the sampler stops between two steps
+
+
+class _Scores:
+    """Working-domain magnitudes per method over the batches, scored at the end."""
+
+    def __init__(self, source: ProblemSource, methods: list[str]):
+        self.source, self.methods = source, methods
+        self.observed: list[np.ndarray] = []
+        self.observed_w: list[np.ndarray] = []
+        self.reference_w: list[np.ndarray] = []
+        self.has_reference = True
+        self.outputs: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        self.working: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        self.stds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        self.stds_w: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        self.adaptations: list[dict[str, Any]] = []  # per batch, the diffusion method's own choices
+
+    def add_problem(self, problem: ReconProblem) -> np.ndarray:
+        """Keep a batch's input and reference; return the input in the input's units."""
+        crop = self.source.working_reference_crop
+        observed = self.source.to_volume_units(problem.observed)
+        self.observed.append(observed)
+        self.observed_w.append(_magnitude(crop(problem.observed)))
         if problem.reference is None:
-            has_reference = False
+            self.has_reference = False
         else:
-            reference_w.append(_magnitude(source.working_reference_crop(problem.reference)))
-        for m in methods:
-            start = time.perf_counter()
-            if m == DIFFUSION:
-                last = solve_diffusion(problem, diffusion)
-                x = last.x0.detach()
-                if last.adaptation is not None:
-                    adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
-                if last.variance is not None:
-                    variance = last.variance.detach()
-                    stds[m].append(std_in_volume_units(source, x, variance))
-                    stds_w[m].append(source.working_reference_crop(variance.clamp_min(0).sqrt())[:, 0].float().numpy())
-            else:
-                with torch.inference_mode():
-                    x = solve(m, problem, params.get(m))
-            seconds[m] += time.perf_counter() - start
-            outputs[m].append(source.to_volume_units(x))
-            working[m].append(_magnitude(source.working_reference_crop(x)))
-        if progress is not None:
-            progress(len(problem.slices))
+            self.reference_w.append(_magnitude(crop(problem.reference)))
+        return observed
 
-    outcomes = {}
-    ref = np.concatenate(reference_w) if has_reference and reference_w else None
-    for m in methods:
-        est = np.concatenate(working[m])
-        outcome = MethodOutcome(
-            m,
-            np.concatenate(outputs[m]),
-            seconds[m],
-            params=diffusion.options.to_dict() if m == DIFFUSION else dict(params.get(m) or {}),
-            metrics=evaluate(ref, est) if ref is not None else None,
-            per_slice=_tag_slices(evaluate_slices(ref, est), source.slice_index) if ref is not None else None,
-        )
-        if m == DIFFUSION:
-            outcome.model = diffusion.describe()
-            if adaptations:
-                outcome.params["adaptation"] = adaptations
-            if stds[m]:
-                outcome.variance = np.square(np.concatenate(stds[m])).astype(np.float32)
-                if ref is not None:
-                    from .diffusion.uncertainty import calibration, ideal_coverage
+    def add(self, method: str, x: torch.Tensor, variance: torch.Tensor | None = None
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Keep a method's batch result; return it (and its std) in the input's units."""
+        image = self.source.to_volume_units(x)
+        self.outputs[method].append(image)
+        self.working[method].append(_magnitude(self.source.working_reference_crop(x)))
+        if variance is None:
+            return image, None
+        std = self.source.std_in_volume_units(x, variance)
+        self.stds[method].append(std)
+        self.stds_w[method].append(self.source.working_reference_crop(variance.clamp_min(0).sqrt())[:, 0].float().numpy())
+        return image, std
 
-                    obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
-                    outcome.calibration = calibration(ref, est, np.concatenate(stds_w[m]), mask=obj)
-                    if not diffusion.options.symmetric:  # the yardstick assumes independent samples
-                        outcome.calibration["ideal_coverage_2sigma"] = ideal_coverage(diffusion.options.samples)
-        outcomes[m] = outcome
-    observed_metrics = evaluate(ref, np.concatenate(observed_w)) if ref is not None else None
-    return ReconRun(source.slice_index, np.concatenate(observed), outcomes, observed_metrics,
-                    source.settings.to_dict())
+    def run(self, seconds: dict[str, float], request: ReconRequest) -> ReconRun:
+        source, diffusion = self.source, request.diffusion
+        ref = np.concatenate(self.reference_w) if self.has_reference and self.reference_w else None
+        outcomes = {}
+        for m in self.methods:
+            est = np.concatenate(self.working[m])
+            outcome = MethodOutcome(
+                m,
+                np.concatenate(self.outputs[m]),
+                seconds.get(m, 0.0),
+                params=diffusion.options.to_dict() if m == DIFFUSION and diffusion else dict(request.params.get(m) or {}),
+                metrics=evaluate(ref, est) if ref is not None else None,
+                per_slice=_tag_slices(evaluate_slices(ref, est), source.slice_index) if ref is not None else None,
+            )
+            if m == DIFFUSION and diffusion is not None:
+                outcome.model = diffusion.describe()
+                if self.adaptations:
+                    outcome.params["adaptation"] = self.adaptations
+                if self.stds[m]:
+                    outcome.variance = np.square(np.concatenate(self.stds[m])).astype(np.float32)
+                    if ref is not None:
+                        from .diffusion.uncertainty import calibration, ideal_coverage
+
+                        obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
+                        outcome.calibration = calibration(ref, est, np.concatenate(self.stds_w[m]), mask=obj)
+                        if not diffusion.options.symmetric:  # the yardstick assumes independent samples
+                            outcome.calibration["ideal_coverage_2sigma"] = ideal_coverage(diffusion.options.samples)
+            outcomes[m] = outcome
+        observed_metrics = evaluate(ref, np.concatenate(self.observed_w)) if ref is not None else None
+        provenance = {**request.provenance(), "settings": source.settings.to_dict(),
+                      "slices": [int(s) for s in source.slice_index]}
+        return ReconRun(source.slice_index, np.concatenate(self.observed), outcomes, observed_metrics,
+                        source.settings.to_dict(), provenance)
+
+
+def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], None] | None = None) -> ReconRun:
+    """Run a request (or a prepared :class:`Reconstruction`) to its summary;
+    ``progress(n_slices_done)`` after each batch."""
+    for event in run if isinstance(run, Reconstruction) else Reconstruction(run):
+        if isinstance(event, SliceDone) and progress is not None:
+            progress(len(event.slices))
+        elif isinstance(event, Summary):
+            return event.run
+    raise AssertionError("a reconstruction always ends with its summary")
 
 
 def _magnitude(x: torch.Tensor) -> np.ndarray:

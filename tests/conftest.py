@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+# Helper modules (not test files, so not collected): their asserts get pytest's messages too.
+pytest.register_assert_rewrite("viewer_support", "study_support", "tiny_priors")
+
 # Qt tests run without a display.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 

@@ -13,7 +13,8 @@ from diffrecon.diffusion.adaptation import (
     holdout_masks,
     holdout_residual,
 )
-from diffrecon.diffusion.reconstruction import default_options, reconstruct_to_end
+from diffrecon.diffusion.reconstruction import reconstruct_to_end
+from diffrecon.modalities import get as modality
 from diffrecon.measurements import ReconProblem
 from diffrecon.metrics import psnr
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
@@ -74,8 +75,8 @@ def test_blend_weight_recovers_known_mixtures() -> None:
 
 def test_tv_term_smooths_the_estimate_and_keeps_the_data(mri_prior) -> None:
     problem = mri_problem()
-    plain = reconstruct_to_end(problem, mri_prior, default_options("mri", steps=6, guidance="dds-tv", tv_weight=0.0))
-    tv = reconstruct_to_end(problem, mri_prior, default_options("mri", steps=6, guidance="dds-tv", tv_weight=30.0))
+    plain = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv", tv_weight=0.0))
+    tv = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv", tv_weight=30.0))
     assert float(total_variation(tv.x0).sum()) < float(total_variation(plain.x0).sum())
     zero_filled = problem.operator.zero_filled(problem.y)
     for frame in (plain, tv):
@@ -93,10 +94,10 @@ def test_self_supervised_choice_is_near_the_best_weight_and_leaves_the_prior_alo
         ref = problem.reference[0, 0].numpy()
         scores = {}
         for c in (0.0, 1.0, 10.0, 100.0):
-            x = reconstruct_to_end(problem, mri_prior, default_options("mri", steps=6, guidance="dds-tv",
+            x = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv",
                                                                       tv_weight=c)).x0
             scores[c] = psnr(ref[None], x[0, 0].abs().numpy()[None])
-        auto = reconstruct_to_end(problem, mri_prior, default_options("mri", steps=6, guidance="dds-tv"))
+        auto = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv"))
         report = auto.adaptation
         assert report["method"] == "self-supervised hold-out" and set(report["holdout_residual"]) == {"0", "0.3", "1", "3"}
         assert 0.0 <= report["blend_weight"] <= 1.0
@@ -115,6 +116,6 @@ def test_choose_tv_weight_prefers_tv_when_the_prior_is_useless() -> None:
     torch.manual_seed(3)
     net = UNet(2, width=4, channel_mult=(1, 2), res_blocks=1, attention_heads=1).eval().requires_grad_(False)
     useless = Prior(net, make_schedule("linear"), {"kind": "percentile", "percentile": 99.5}, "mri", 2, {}, None)
-    weight, report = choose_tv_weight(mri_problem(11), useless, default_options("mri", steps=6), steps=4)
+    weight, report = choose_tv_weight(mri_problem(11), useless, modality("mri").diffusion_options(steps=6), steps=4)
     assert report["tv_holdout_residual"] < min(report["holdout_residual"].values())
     assert report["blend_weight"] < 0.5

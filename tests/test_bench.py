@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_sentence_error, make_phantom
 from scipy.stats import ttest_rel
-from tiny_priors import train_tiny_prior
+from tiny_priors import save_tiny_prior, train_tiny_prior
 
 from diffrecon.bench import parse_methods, parse_settings, parse_steps
 from diffrecon.bench.statistics import paired_comparisons, summarise
@@ -70,12 +70,7 @@ def test_paired_comparisons_match_scipy_and_bonferroni_over_all_of_them():
 
 @pytest.fixture(scope="module")
 def tiny_prior_file(tmp_path_factory):
-    from diffrecon.diffusion.checkpoint import save_prior
-
-    prior = train_tiny_prior(2)
-    path = tmp_path_factory.mktemp("prior") / "tiny.safetensors"
-    return save_prior(path, prior.model, {"schedule": prior.schedule.to_metadata(),
-                                          "normalisation": prior.normalisation, "modality": "mri", "step": 30})
+    return save_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny.safetensors", train_tiny_prior(2))
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_hounsfield_units_round_trip() -> None:
     assert abs(hu_to_mu(np.float64(1000.0)) - 2 * MU_WATER_PER_MM) < 1e-12
 
 
-def test_building_is_cheap_and_the_grid_is_reused() -> None:
+def test_the_sample_grid_is_built_once_and_reused() -> None:
     op = ParallelBeamRadon(64, 45)
     x = torch.rand(2, 1, 64, 64)
     op.A(x)

@@ -1,4 +1,4 @@
-"""A corpus of broken DICOM inputs: each must give one sentence, exit 2, fast, no traceback.
+"""A corpus of broken DICOM inputs: each must give one sentence, exit 2, no traceback.
 
 Every case is generated here in ``tmp_path`` and run through ``diffrecon info``.
 Documented non-errors: a folder holding an unparseable file (or a copy of a slice)
@@ -6,11 +6,11 @@ among good slices reads the good slices and records the skipped file in the
 metadata. A broken file that *is* a slice of the series (a good header, broken
 pixels) is an error naming that file, since dropping it would leave a gap.
 The writer's refusals (a folder already holding DICOM, NaN voxels) are here too.
+How fast each is refused is a benchmark, not a unit test: ``python tests/time_malformed_dicom.py``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -202,22 +202,10 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cli_imported() -> None:
-    """Import the CLI (and torch behind it) once, so the time limit measures reading only."""
-    from diffrecon.cli.main import build_parser
-
-    build_parser()
-
-
 @pytest.mark.parametrize("build", CORPUS, ids=lambda f: f.__name__)
-def test_malformed_input_gives_one_sentence(tmp_path, build, cli_imported):
+def test_malformed_input_gives_one_sentence(tmp_path, build):
     path, mentions = build(tmp_path)
-    started = time.perf_counter()
-    result = run_cli("info", path)
-    elapsed = time.perf_counter() - started
-    assert_one_sentence_error(result, mentions=mentions)
-    assert elapsed < 2.0, f"took {elapsed:.1f} s"
+    assert_one_sentence_error(run_cli("info", path), mentions=mentions)
 
 
 def test_series_choice_matching_nothing_or_several(tmp_path):

@@ -22,7 +22,7 @@ from diffrecon.diffusion.samplers import DDIMSampler, run_to_end
 from diffrecon.measurements import ReconProblem
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
 from diffrecon.physics.noise import IdentityOperator
-from tiny_priors import SIZE, disks, train_tiny_prior
+from tiny_priors import SIZE, disks, save_tiny_prior, train_tiny_prior
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,11 +200,7 @@ def test_dps_works_on_a_problem_built_in_inference_mode(ct_prior):
 
 @pytest.fixture
 def saved_prior(tmp_path, mri_prior):
-    from diffrecon.diffusion.checkpoint import save_prior
-
-    return save_prior(tmp_path / "tiny.safetensors", mri_prior.model,
-                      {"schedule": mri_prior.schedule.to_metadata(), "normalisation": mri_prior.normalisation,
-                       "modality": "mri", "step": 30})
+    return save_tiny_prior(tmp_path / "tiny.safetensors", mri_prior)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_one_sentence_error
 
-pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
 
 def test_create_report_and_status_from_the_command_line(cli, tmp_path, case_root):

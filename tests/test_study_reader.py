@@ -15,9 +15,9 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QAbstractButton, QLabel, QLineEdit, QWidget
 
-from test_study_support import METHODS
+from study_support import METHODS
 
-pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
 pytestmark = pytest.mark.gui
 

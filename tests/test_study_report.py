@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from test_study_support import write_cases
+from study_support import write_cases
 
 READERS = ("ann", "ben", "cat")
 METHODS = ("diffusion", "tv", "zero-filled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
 
 class Clock:

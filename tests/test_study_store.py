@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_study_support import METHODS, write_cases
+from study_support import METHODS, write_cases
 
-pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
 
 def _scores(study) -> dict[tuple[str, str, str], object]:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest_plugins = ("test_viewer_support",)  # its fixtures: mr_nifti, tiny_prior
+pytest_plugins = ("viewer_support",)  # its fixtures: mr_nifti, tiny_prior
 
 pytestmark = pytest.mark.gui
 

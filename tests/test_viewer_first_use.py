@@ -14,9 +14,9 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtTest import QTest
 
-from test_viewer_support import open_scan, quick_settings, run_to_end
+from viewer_support import open_scan, quick_settings, run_to_end
 
-pytest_plugins = ("test_viewer_support",)  # its fixtures: window, mr_nifti, tiny_prior
+pytest_plugins = ("viewer_support",)  # its fixtures: window, mr_nifti, tiny_prior
 
 pytestmark = pytest.mark.gui
 

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
-pytest_plugins = ("test_viewer_support", "test_study_support")  # mr_nifti, tiny_prior; study
+pytest_plugins = ("viewer_support", "study_support")  # mr_nifti, tiny_prior; study
 
 pytestmark = pytest.mark.gui
 

@@ -98,10 +98,17 @@ def test_sampling_threads_take_every_core_only_on_an_idle_machine():
     assert threads_for_sampling(8, 0.0) == 8
 
 
-def test_the_engines_default_prior_comes_first_for_its_modality():
+def test_the_engines_default_prior_comes_first_for_its_modality(tmp_path, monkeypatch):
+    """Other priors of that modality (a fast student, sorting first by name) come after it."""
     from diffrecon.reconstruct import DEFAULT_PRIORS
-    from diffrecon.viewer.paths import default_model_for, models_dir
+    from diffrecon.viewer.paths import default_model_for
+    from viewer_support import write_tiny_prior
 
-    for modality, name in DEFAULT_PRIORS.items():
-        if (models_dir() / name).is_file():  # other priors of that modality (a fast student) come after
-            assert default_model_for(modality).name == name
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_prior(models / "a-fast-student.safetensors")
+    write_tiny_prior(models / DEFAULT_PRIORS["mri"])
+    monkeypatch.setenv("DIFFRECON_RESOURCES", str(tmp_path))
+    assert default_model_for("mri").name == DEFAULT_PRIORS["mri"]
+    assert default_model_for("denoise").name == DEFAULT_PRIORS["mri"]  # denoising borrows the MRI prior
+    assert default_model_for("ct") is None  # no CT prior there

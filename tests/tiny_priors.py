@@ -8,6 +8,7 @@ second. Shared by the streaming, CLI and bench tests.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from diffrecon.diffusion.checkpoint import Prior
@@ -52,3 +53,13 @@ def train_tiny_prior(channels: int, steps: int = 30) -> Prior:
     norm = {"kind": "percentile", "percentile": 99.5} if channels == 2 else {"kind": "hu", "offset": -1000.0,
                                                                                "scale": 2000.0}
     return Prior(net, schedule, norm, modality, channels, {"step": steps}, None)
+
+
+def save_tiny_prior(path: Path, prior: Prior) -> Path:
+    """``prior`` as a prior file, what ``--model`` and the viewer's Model box read (the one
+    writer every test uses)."""
+    from diffrecon.diffusion.checkpoint import save_prior
+
+    meta = {"schedule": prior.schedule.to_metadata(), "normalisation": prior.normalisation,
+            "modality": prior.modality, **({"step": prior.metadata["step"]} if "step" in prior.metadata else {})}
+    return save_prior(path, prior.model, meta)

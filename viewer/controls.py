@@ -15,10 +15,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 from diffrecon.diffusion.guidance import GUIDANCE
 from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.diffusion.samplers import SAMPLERS
-from diffrecon.diffusion.reconstruction import MODALITY_DEFAULTS, default_options
+from diffrecon import modalities
 from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS
-from diffrecon.reconstruct import METHODS_FOR
 
 from .paths import available_models, default_model_for, prior_modality
 
@@ -59,6 +58,8 @@ GUIDANCE_HELP = {
     "projection": "projection: after each step, put the measured data back in exactly (simple, fast).",
     "dds": "DDS (CG): after each step, a few conjugate-gradient iterations pull the estimate towards "
            "the measurements; the default for MRI and CT.",
+    "dds-tv": "DDS + TV: DDS whose conjugate-gradient step also smooths flat regions (total variation); "
+              "its strength is chosen per scan from a held-out part of the measurements.",
     "dps": "DPS: steers each step with the gradient of the data mismatch; slower, needs no exact model.",
 }
 
@@ -120,7 +121,7 @@ class ControlPanel(QWidget):
                               "head CT) that knows what such images look like. A .safetensors file.")
         self.sampler = _combo([(s, s.upper() if s != "sde" else "VP-SDE") for s in SAMPLERS], "ddim")
         _explain(self.sampler, "How the image is drawn out of noise, one step at a time.", SAMPLER_HELP)
-        guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dps": "DPS"}
+        guidance_names = {"projection": "projection", "dds": "DDS (CG)", "dds-tv": "DDS + TV", "dps": "DPS"}
         self.guidance = _combo([(g, guidance_names.get(g, g)) for g in GUIDANCE], "dds")
         _explain(self.guidance, "How each step is kept faithful to what was measured.", GUIDANCE_HELP)
         self.steps = _spin(1, 1000, 25)
@@ -235,13 +236,13 @@ class ControlPanel(QWidget):
                 self.dose: task == "ct", self.noise_sigma: task == "denoise"}
         for widget, visible in rows.items():
             self._task_form.setRowVisible(widget, visible)
-        measured = MODALITY_DEFAULTS.get(task, {})  # each task's sampler and guidance, chosen on validation slices
+        measured = modalities.get(task).diffusion_defaults  # each task's sampler and guidance, chosen on validation slices
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
         self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()
-        for method in METHODS_FOR[task][1:]:
+        for method in modalities.get(task).baselines[1:]:
             self.baseline.addItem(method.upper() if method == "tv" else method, method)
         self.baseline.addItem("none", None)
         keep = current is not None and self.baseline.findData(current) >= 0
@@ -276,9 +277,9 @@ class ControlPanel(QWidget):
 
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
-        return default_options(self.task, sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
-                               steps=int(self.steps.value()), samples=int(self.samples.value()),
-                               seed=int(self.seed.value()))
+        return modalities.get(self.task).diffusion_options(
+            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
+            samples=int(self.samples.value()), seed=int(self.seed.value()))
 
     @property
     def baseline_method(self) -> str | None:

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffrecon import modalities
+
 from .pane_grid import PaneGrid
 from .session import Session
 
 IMAGE_PANES = ("input", "recon", "baseline")
-INPUT_NAMES = {"mri": "zero-filled", "ct": "FBP", "denoise": "noisy", "ultrasound": "B-mode"}
+
+
+def _input_name(task: str) -> str:
+    """What the task's unreconstructed input is called (zero-filled, FBP, noisy, B-mode)."""
+    return modalities.REGISTRY[task].input_name if task in modalities.REGISTRY else "input"
 VARIANCE_MAP, ERROR_MAP = "viridis", "inferno"
 
 
@@ -189,7 +195,7 @@ class PaneRenderer:
     def _title(self, name: str) -> str:
         o = self.options
         if name == "input":
-            return f"Input: {INPUT_NAMES.get(o.task, 'input')}" + (f"  ({o.measurement})" if o.measurement else "")
+            return f"Input: {_input_name(o.task)}" + (f"  ({o.measurement})" if o.measurement else "")
         if name == "recon":
             what = "noisy sample x_t" if o.recon_shows == "sample" else "reconstruction"
             scaled = ", scaled to the input's range" if self.frame_scaled and self.progress_text else ""

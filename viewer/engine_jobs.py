@@ -1,28 +1,30 @@
-"""The engine work behind the viewer, as plain generators (no Qt): they run on worker threads.
+"""The viewer's engine jobs: the run API's events as display arrays (no Qt: worker threads).
 
-Each job turns a volume and a :class:`RunRequest` into display-ready numpy images in
-the volume's own units (HU for CT), batch by batch or step by step, and checks a
-``cancelled()`` callable between units of work so that a cancel takes effect within
-one sampling step. Metrics are computed in the engine's working domain, exactly as
-``diffrecon reconstruct`` computes them, so the viewer's table matches the CLI's.
+Each job runs a :class:`diffrecon.reconstruct.Reconstruction` and turns its events into
+display-ready numpy images in the volume's own units (HU for CT), batch by batch or step
+by step, checking a ``cancelled()`` callable after every event so that a cancel takes
+effect within one sampling step. The engine computes the metrics (in its working domain,
+as ``diffrecon reconstruct`` does), so the viewer's table matches the CLI's.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from diffrecon import modalities
 from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.errors import DiffreconError
 from diffrecon.io.volume import Volume
-from diffrecon.measurements import MeasurementSettings, ProblemSource, ReconProblem
-from diffrecon.metrics import evaluate
+from diffrecon.measurements import MeasurementSettings
+from diffrecon.reconstruct import (DIFFUSION, BaselineReady, DiffusionFrame, DiffusionSetup, MeasurementsReady,
+                                   Reconstruction, ReconRequest, SliceDone, Summary)
 
 Cancelled = Callable[[], bool]
 
@@ -96,61 +98,29 @@ class JobSummary:
     slices: np.ndarray
 
 
-def make_source(volume: Volume, settings: MeasurementSettings, simulate: bool, slices: list[int]) -> ProblemSource:
-    # Measured MRI rewrites its settings (mask "from file"): each job gets its own copy.
-    return ProblemSource(volume, replace(settings), slices=list(slices), simulate=simulate)
-
-
-def batches_of(slices: list[int], size: int) -> list[np.ndarray]:
-    return [np.asarray(slices[i : i + size]) for i in range(0, len(slices), max(1, size))]
-
-
-def _magnitude(x: torch.Tensor) -> np.ndarray:
-    x = x[:, 0]
-    return (x.abs() if x.is_complex() else x).float().numpy()
-
-
-class _MetricAccumulator:
-    """Working-domain magnitudes per pane, concatenated over batches, scored at the end."""
-
-    def __init__(self, source: ProblemSource):
-        self.source = source
-        self.reference: list[np.ndarray] = []
-        self.estimates: dict[str, list[np.ndarray]] = {}
-        self.has_reference = True
-
-    def add_reference(self, problem: ReconProblem) -> None:
-        if problem.reference is None:
-            self.has_reference = False
-        else:
-            self.reference.append(_magnitude(self.source.working_reference_crop(problem.reference)))
-
-    def add(self, name: str, image: torch.Tensor) -> None:
-        self.estimates.setdefault(name, []).append(_magnitude(self.source.working_reference_crop(image)))
-
-    def result(self) -> dict[str, dict[str, float]]:
-        if not self.has_reference or not self.reference:
-            return {}
-        ref = np.concatenate(self.reference)
-        return {name: evaluate(ref, np.concatenate(parts)) for name, parts in self.estimates.items()}
-
-
-def reference_images(source: ProblemSource, problem: ReconProblem) -> np.ndarray | None:
-    return None if problem.reference is None else source.to_volume_units(problem.reference)
+def _events(request: ReconRequest, cancelled: Cancelled) -> Iterator:
+    """The run's events until the consumer's ``cancelled()``; the run is closed either way."""
+    events = iter(Reconstruction(request))
+    try:
+        for event in events:
+            yield event
+            if cancelled():
+                return
+    finally:
+        events.close()  # stops the sampler between steps; nothing is left half-done
 
 
 def input_images(volume: Volume, settings: MeasurementSettings, simulate: bool, slices: list[int],
                  cancelled: Cancelled, batch_size: int = 8) -> Iterator[SliceImages]:
     """The measured input image (zero-filled / FBP / noisy) and the reference, batch by batch."""
-    source = make_source(volume, settings, simulate, slices)
-    for idx in batches_of(list(source.slice_index), batch_size):
-        if cancelled():
-            return
-        # inference mode per batch, never held across a yield (it would leak into the consumer)
-        with torch.inference_mode():
-            problem = source.problem(idx)
-            images = SliceImages("input", idx, source.to_volume_units(problem.observed), reference_images(source, problem))
-        yield images
+    request = ReconRequest(volume, settings, (), simulate=simulate, slices=list(slices), batch_size=batch_size)
+    if cancelled():
+        return
+    for event in _events(request, cancelled):
+        if isinstance(event, MeasurementsReady):
+            yield SliceImages("input", event.slices, event.observed, event.reference)
+        elif isinstance(event, SliceDone) and event.slices[-1] == request.slices[-1]:
+            return  # the preview needs no scores
 
 
 def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[SliceImages | JobSummary]:
@@ -159,28 +129,26 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
     The input is re-sent for the run's slices: its noise scale can depend on which slices
     are chosen (denoising), so the input pane shows exactly what the methods solved.
     """
-    from diffrecon.reconstruct import solve
-
     start = time.perf_counter()
-    source = make_source(volume, request.settings, request.simulate, request.slices)
-    scores = _MetricAccumulator(source)
-    for idx in batches_of(list(source.slice_index), request.batch_size):
-        if cancelled():
-            return
-        with torch.inference_mode():  # per batch, never held across a yield
-            problem = source.problem(idx)
-            scores.add_reference(problem)
-            scores.add("input", problem.observed)
-            reference = reference_images(source, problem)
-            images = SliceImages("input", idx, source.to_volume_units(problem.observed), reference)
-        yield images
-        if request.baseline:
-            with torch.inference_mode():
-                estimate = solve(request.baseline, problem)
-                scores.add("baseline", estimate)
-                images = SliceImages("baseline", idx, source.to_volume_units(estimate), reference)
-            yield images
-    yield JobSummary(scores.result(), time.perf_counter() - start, np.asarray(source.slice_index))
+    methods = [request.baseline] if request.baseline else []
+    run = ReconRequest(volume, request.settings, methods, simulate=request.simulate, slices=list(request.slices),
+                       batch_size=request.batch_size)
+    if cancelled():
+        return
+    reference = None
+    for event in _events(run, cancelled):
+        if isinstance(event, MeasurementsReady):
+            reference = event.reference
+            yield SliceImages("input", event.slices, event.observed, reference)
+        elif isinstance(event, BaselineReady):
+            yield SliceImages("baseline", event.slices, event.image, reference)
+        elif isinstance(event, Summary):
+            result = event.run
+            metrics = {}
+            if result.observed_metrics is not None:
+                metrics["input"] = result.observed_metrics
+                metrics.update({"baseline": o.metrics for o in result.outcomes.values() if o.metrics is not None})
+            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(result.slices))
 
 
 # Priors are cached by path and modification time: loading once per session, not per Run.
@@ -202,70 +170,43 @@ def cached_prior(path: Path):
         return _PRIOR_CACHE[key]
 
 
-def sigma_in_volume_units(source: ProblemSource, estimate: torch.Tensor, variance: torch.Tensor) -> np.ndarray:
-    """Per-pixel std in the volume's units: exact for the linear maps (MRI, CT, denoising),
-    first order through the log-compression of simulated ultrasound."""
-    sigma = variance.real.clamp_min(0).sqrt().float() if variance.is_complex() else variance.clamp_min(0).sqrt().float()
-    if source.settings.modality == "ultrasound" and source.simulate:
-        base = estimate.abs().float() if estimate.is_complex() else estimate.float()
-        return source.to_volume_units(base + sigma) - source.to_volume_units(base)
-    return source.to_volume_units(sigma) - source.to_volume_units(torch.zeros_like(sigma))
-
-
 def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[DisplayFrame | JobSummary]:
     """Stream the diffusion reconstruction step by step over every batch, then a summary."""
-    from diffrecon.diffusion.reconstruction import stream_reconstruction
-    from diffrecon.reconstruct import METHODS_FOR, solve
-
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
     start = time.perf_counter()
     yield JobPhase(f"loading the prior {request.model.stem}")
-    prior = cached_prior(request.model)
-    source = make_source(volume, request.settings, request.simulate, request.slices)
-    batches = batches_of(list(source.slice_index), request.batch_size)
-    total_steps = int(request.options.steps) * len(batches)  # corrected by the first frame's own total
-    done = 0
-    scores = _MetricAccumulator(source)
-    for idx in batches:
-        if cancelled():
-            return
-        yield JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")
-        with torch.inference_mode():
-            problem = source.problem(idx)
-        hot = None
-        if request.options.hot_start:  # the hot start enters from the classical estimate
-            method = request.baseline or METHODS_FOR[problem.modality][1]
-            yield JobPhase(f"starting point: {method.upper() if method == 'tv' else method} estimate")
+    hot_start_from = request.baseline or modalities.get(request.settings.modality).hot_start_baseline
+    run = ReconRequest(volume, request.settings, [DIFFUSION], simulate=request.simulate, slices=list(request.slices),
+                       batch_size=request.batch_size, frames=True,
+                       diffusion=DiffusionSetup(cached_prior(request.model), request.options, hot_start_from))
+    if cancelled():
+        return
+    preparing = JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")
+    yield preparing
+    for event in _events(run, cancelled):
+        if isinstance(event, MeasurementsReady):
+            if request.options.hot_start:  # the hot start enters from the classical estimate
+                name = hot_start_from.upper() if hot_start_from == "tv" else hot_start_from
+                yield JobPhase(f"starting point: {name} estimate")
+            else:
+                yield JobPhase("first sampling step")
+        elif isinstance(event, DiffusionFrame):
+            frame, source = event.frame, event.source
             with torch.inference_mode():
-                hot = solve(method, problem)
-        yield JobPhase("first sampling step")
-        scores.add_reference(problem)
-        frames = stream_reconstruction(problem, prior, request.options, baseline=hot)
-        last = None
-        try:
-            for frame in frames:
-                if done == 0:
-                    total_steps = int(frame.total) * len(batches)
-                done += 1
-                last = frame
-                with torch.inference_mode():
-                    sigma = None if frame.variance is None else sigma_in_volume_units(source, frame.x0, frame.variance)
-                    display = DisplayFrame(
-                        step=frame.step, total=frame.total, done_steps=done, total_steps=total_steps,
-                        slices=idx, estimate=source.to_volume_units(frame.x0.detach()),
-                        sample=source.to_volume_units(frame.x_t.detach()), sigma=sigma, t=float(frame.t),
-                        elapsed=time.perf_counter() - start,
-                    )
-                # Yield outside the `with`: a generator suspended inside inference_mode would
-                # leave the consumer's thread in inference mode (and leak it if abandoned).
-                yield display
-                if cancelled():
-                    return
-        finally:
-            close = getattr(frames, "close", None)
-            if close is not None:
-                close()  # stops the sampler between steps; nothing is left half-done
-        if last is not None:
-            scores.add("diffusion", last.x0.detach())
-    yield JobSummary(scores.result(), time.perf_counter() - start, np.asarray(source.slice_index))
+                sigma = None if frame.variance is None else source.std_in_volume_units(frame.x0, frame.variance)
+                display = DisplayFrame(
+                    step=frame.step, total=frame.total, done_steps=event.done_steps, total_steps=event.total_steps,
+                    slices=event.slices, estimate=source.to_volume_units(frame.x0.detach()),
+                    sample=source.to_volume_units(frame.x_t.detach()), sigma=sigma, t=float(frame.t),
+                    elapsed=time.perf_counter() - start,
+                )
+            # Yield outside the `with`: a generator suspended inside inference_mode would
+            # leave the consumer's thread in inference mode (and leak it if abandoned).
+            yield display
+        elif isinstance(event, SliceDone) and event.slices[-1] != run.slices[-1]:
+            yield preparing  # the next batch's measurements
+        elif isinstance(event, Summary):
+            outcome = event.run.outcomes[DIFFUSION]
+            metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}
+            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(event.run.slices))

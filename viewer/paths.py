@@ -48,7 +48,9 @@ def default_model_for(modality: str) -> Path | None:
     """
     from diffrecon.reconstruct import DEFAULT_PRIORS
 
-    wanted = {"mri": ("mri",), "ct": ("ct",), "ultrasound": ("ultrasound",), "denoise": ("mri", "ct")}.get(modality, ())
+    from diffrecon import modalities
+
+    wanted = modalities.REGISTRY[modality].prior_modalities if modality in modalities.REGISTRY else ()
     models = available_models()
     for want in wanted:
         preferred = [p for p in models if p.name == DEFAULT_PRIORS.get(want)]

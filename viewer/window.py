@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QPro
                                QSplitter, QVBoxLayout, QWidget)
 
 from diffrecon.io import load_volume
+from diffrecon.modalities import suggest_task
 from diffrecon.io.volume import Volume
 
 from .controls import ControlPanel
@@ -162,7 +163,7 @@ class MainWindow(QMainWindow):
         path, volume = item
         self.runner.cancel(quiet=True)
         self.session = Session(volume, path)
-        task, simulate = _task_for(volume)
+        task, simulate = suggest_task(volume)  # the CLI's rule too
         self.controls.set_task(task, simulate, volume.kspace is not None)
         self.renderer.options.task = task
         self.slider.blockSignals(True)
@@ -320,21 +321,3 @@ class MainWindow(QMainWindow):
         self.loader.cancel()
         self.loader.wait_all()
         super().closeEvent(ev)
-
-
-def _task_for(volume: Volume) -> tuple[str, bool]:
-    """(task, simulate) a scan suggests.
-
-    Raw k-space: reconstruct it as measured. An image-only MR or CT scan can only be
-    the ground truth of a simulation. NIfTI has no modality field; such images are
-    nearly always MRI (the bundled T1 sample is one), so they start as simulated MRI.
-    """
-    if volume.kspace is not None:
-        return "mri", False
-    if volume.units == "HU" or volume.modality == "CT":
-        return "ct", True
-    if volume.modality == "MR" or volume.source_format == "nifti":
-        return "mri", True
-    if volume.modality == "US":
-        return "ultrasound", False
-    return "denoise", True

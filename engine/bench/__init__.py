@@ -4,10 +4,12 @@
 * :mod:`.runner` runs every method on every task x scan x slice (same measurements),
 * :mod:`.statistics` summarises and runs the paired tests,
 * :mod:`.figures` draws the image grids and the steps-ablation plot,
+* :mod:`.results` assembles ``results.json`` (statistics, figures, provenance),
 * :mod:`.report` writes ``results.json`` and ``results.md``.
 
-Timing micro-benchmarks of single components (operators, one diffusion run) are the
-scripts in :mod:`diffrecon.benchmarks`.
+Developer measurements of single components (operator and diffusion speed, the quality
+sweep behind the diffusion defaults) are the scripts in :mod:`diffrecon.experiments`,
+not part of ``diffrecon bench``.
 """
 
 from .runner import BenchData, BenchRun, load_bench_data, run_bench

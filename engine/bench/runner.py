@@ -1,8 +1,8 @@
 """Run every method on every task, data set and slice; keep per-slice scores and a few images.
 
-Each slice is its own :class:`~diffrecon.measurements.ProblemSource` (one slice), so every
-method sees the same simulated measurements (the seed and slice index fix the mask and
-noise) and its seconds are the seconds of that slice. Nothing here writes files except
+Each slice is its own run of the run API (:class:`~diffrecon.reconstruct.ReconRequest` on
+one slice), so every method sees the same simulated measurements (the seed and slice
+index fix the mask and noise) and its seconds are the seconds of that slice. Nothing here writes files except
 the per-case volumes (``cases/<case>/<method>.nii.gz``), which a reader study can be
 built from (``diffrecon study create --cases OUT``).
 """
@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import modalities
 from ..datasets import DATASETS, evaluation_slices, load_dataset
 from ..errors import SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..io.volume import Volume
-from ..measurements import ProblemSource
-from ..reconstruct import DiffusionSetup, ReconRun, diffusion_setup, reconstruct
+from ..measurements import MeasurementSettings
+from ..slices import slice_indices
+from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, ReconRun, diffusion_setup, run_to_end
 from .tasks import MethodSpec, Task
 
 INPUT = "input"  # the column of the unreconstructed input (zero-filled / FBP / noisy image)
@@ -49,8 +51,6 @@ def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: 
                     per_subject: int = SLICES_PER_SUBJECT) -> BenchData:
     """A dataset name (a test/validation subject's object slices, or a training subject's
     held-out slab) or a scan path (all its slices)."""
-    from ..cli.reconstruct import parse_slices
-
     role, subject = "user scan", ""
     if spec in DATASETS:
         volume = load_dataset(spec)
@@ -67,7 +67,7 @@ def load_bench_data(spec: str, modality: str, slices: str | None = None, quick: 
     if modality == "ct" and volume.units != "HU":
         raise SettingsError(f"{label}: CT benchmarks need a CT scan in Hounsfield units")
     if slices:
-        picked = np.arange(volume.n_slices)[parse_slices(slices, volume.n_slices)]
+        picked = slice_indices(slices, volume.n_slices)
         if held_out and role == "train" and not set(picked.tolist()) <= set(chosen):
             raise SettingsError(f"{label}: slices {slices} leave the held-out block {chosen[0]}-{chosen[-1]} "
                                 f"that the shipped priors never saw; pick slices inside it")
@@ -129,7 +129,7 @@ def run_bench(
     ablation_steps: list[int] | None = None,
     ablation_slices: int = 2,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], object] | None = None,
 ) -> BenchRun:
     """Score ``methods`` on every task x data x slice; ``progress(label)`` after each slice.
 
@@ -149,15 +149,14 @@ def run_bench(
         settings = task.settings(seed)
         for d_index, d in enumerate(data):
             for s_index, s in enumerate(d.slices):
-                source = ProblemSource(d.volume, settings, slices=[s], simulate=True)
                 outcomes: dict[str, tuple[ReconRun, str]] = {}
                 if classical:
-                    result = reconstruct(source, classical, batch_size=1)
+                    result = run_to_end(_one_slice(d, settings, s, classical))
                     for m in methods:
                         if not m.is_diffusion:
                             outcomes[m.label] = (result, m.base)
                 for label, setup in setups.items():
-                    outcomes[label] = (reconstruct(source, ["diffusion"], batch_size=1, diffusion=setup), "diffusion")
+                    outcomes[label] = (run_to_end(_one_slice(d, settings, s, [DIFFUSION], setup)), DIFFUSION)
                 first = next(iter(outcomes.values()))[0]
                 rows = _rows(task, d, s, first, outcomes, show_input)
                 run.rows += rows
@@ -176,9 +175,16 @@ def run_bench(
     return run
 
 
+def _one_slice(d: BenchData, settings: MeasurementSettings, s: int, methods: list[str],
+               diffusion: DiffusionSetup | None = None) -> ReconRequest:
+    """The run of ``methods`` on slice ``s`` of ``d``, simulated."""
+    return ReconRequest(d.volume, settings, methods, simulate=True, slices=[s], diffusion=diffusion, batch_size=1)
+
+
 def input_is_a_method(modality: str, methods: list[MethodSpec]) -> bool:
     """MRI's input image *is* the zero-filled method: show it once."""
-    return modality == "mri" and any(m.base == "zero-filled" for m in methods)
+    input_method = modalities.get(modality).input_method
+    return input_method is not None and any(m.base == input_method for m in methods)
 
 
 def _rows(task: Task, d: BenchData, s: int, first: ReconRun, outcomes, show_input: bool) -> list[dict[str, Any]]:
@@ -252,11 +258,10 @@ def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick
         steps_list = sorted({min(n, 2 + i) for i, n in enumerate(steps_list)})
     out = []
     settings = task.settings(seed)
-    sources = {s: ProblemSource(d.volume, settings, slices=[s], simulate=True) for s in slices}  # one per slice
     for n in steps_list:
         variant = DiffusionSetup(setup.prior, replace(setup.options, steps=n), setup.baseline)
-        for s, source in sources.items():
-            o = reconstruct(source, ["diffusion"], batch_size=1, diffusion=variant).outcomes["diffusion"]
+        for s in slices:
+            o = run_to_end(_one_slice(d, settings, s, [DIFFUSION], variant)).outcomes[DIFFUSION]
             out.append({"task": task.label, "data": d.label, "slice": int(s), "method": label, "steps": n,
                         **_metrics(o.metrics), "seconds": round(o.seconds, 4)})
             if progress is not None:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..baselines import METHODS_FOR_MODALITY
+from .. import modalities
 from ..errors import SettingsError
 from ..measurements import MeasurementSettings
 
@@ -33,14 +33,6 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
     "noise_sigma": ("noise_sigma", float),
     "noise_peak": ("noise_peak", float),
     "looks": ("looks", float),
-}
-
-#: what ``diffrecon bench`` compares when no ``--settings`` is given (the issue's grid)
-DEFAULT_SETTINGS = {
-    "mri": "4x,8x",
-    "ct": "views=30,views=60,views=120,dose=0.25",
-    "denoise": "sigma=0.05,sigma=0.1,sigma=0.2",
-    "ultrasound": "looks=1",
 }
 
 DIFFUSION = "diffusion"
@@ -82,7 +74,7 @@ class MethodSpec:
 
 def parse_settings(text: str | None, modality: str) -> list[Task]:
     """``"4x,8x"`` -> two MRI tasks; every task is checked by building its settings."""
-    text = text if text else DEFAULT_SETTINGS[modality]
+    text = text if text else modalities.get(modality).bench_tasks  # the modality's default grid
     tasks: list[Task] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
@@ -123,7 +115,7 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
     from ..baselines.denoise import bm3d_available
 
     if not text:
-        names = [m for m in METHODS_FOR_MODALITY[modality] if m != "bm3d" or bm3d_available()]
+        names = [m for m in modalities.get(modality).baselines if m != "bm3d" or bm3d_available()]
         text = ",".join(names + ([DIFFUSION] if have_prior else []))
     specs: list[MethodSpec] = []
     for token in (t.strip() for t in text.split(",")):
@@ -132,7 +124,7 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
         base, _, variant = token.partition(":")
         if base == DIFFUSION:
             specs.append(MethodSpec(token, DIFFUSION, _diffusion_overrides(variant, token)))
-        elif base in METHODS_FOR_MODALITY[modality]:
+        elif base in modalities.get(modality).baselines:
             if variant:
                 raise SettingsError(f"--methods: {base} takes no variant ({token!r})")
             if base == "bm3d" and not bm3d_available():
@@ -140,7 +132,7 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
                                     "only): pip install bm3d")
             specs.append(MethodSpec(token, base))
         else:
-            known = ", ".join(METHODS_FOR_MODALITY[modality] + (DIFFUSION,))
+            known = ", ".join(modalities.get(modality).baselines + (DIFFUSION,))
             raise SettingsError(f"--methods: {token!r} does not apply to {modality}; choose from {known}")
     if not specs:
         raise SettingsError("--methods names no method")

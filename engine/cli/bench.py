@@ -12,15 +12,13 @@ slices).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import __version__
+from .. import modalities
 from ..errors import DiffreconError
 from ..measurements import MODALITIES
+
 
 def default_data(modality: str) -> list[str]:
     """The test subjects a modality is benchmarked on when DATA is not given."""
@@ -85,14 +83,6 @@ def _prior(args, modality: str, wanted: bool):
     return load_prior(path)
 
 
-def _environment() -> dict:
-    import torch
-
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
-            "python": platform.python_version()}
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -103,22 +93,16 @@ def run(args: argparse.Namespace) -> int:
         parse_steps,
         run_bench,
     )
-    from ..bench.figures import save_ablation_plot, save_grid
     from ..bench.report import write_results
-    from ..bench.runner import INPUT
-    from ..bench.statistics import (
-        ablation_table,
-        best_classical,
-        paired_comparisons,
-        summarise,
-    )
+    from ..bench.results import build_results
     from ..errors import SettingsError
 
     modality = args.modality
     if args.samples < 1 or args.grid_slices < 0:
         raise SettingsError("--samples must be at least 1 and --grid-slices at least 0")
     tasks = parse_settings(args.settings, modality)
-    have_default_prior = modality in ("mri", "ct") or args.model is not None
+    chosen = modalities.get(modality)
+    have_default_prior = chosen.default_prior is not None or args.model is not None
     methods = parse_methods(args.methods, modality, have_prior=have_default_prior)
     ablation_steps = parse_steps(args.ablation)
     if ablation_steps and not any(m.is_diffusion for m in methods):
@@ -147,79 +131,15 @@ def run(args: argparse.Namespace) -> int:
                          ablation_slices=ablation_slices,
                          quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
 
-    summary = summarise(run_.rows)
-    classical = [m.label for m in methods if not m.is_diffusion]
-    others = [m.label for m in methods if m.is_diffusion]
-    comparisons = paired_comparisons(run_.rows, summary, classical, others)
-    figures = [save_grid(g, out / f"grid_{_slug(g.task)}_{_slug(g.data)}_{g.slice:03d}.png") for g in run_.grids]
-    table = ablation_table(run_.ablation) if run_.ablation else []
-    if table:
-        task = tasks[0].label
-        ref = best_classical(summary, task, classical)
-        reference = (ref, summary[task][ref]["psnr"]["mean"]) if ref else None
-        figures.append(save_ablation_plot(table, out / "ablation_steps.png", reference=reference,
-                                          title=f"{run_.ablation[0]['method']} · {task} · {data[0].label}"))
-    results = {
-        "diffrecon_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": getattr(args, "command_line", None),
-        "settings": {"modality": modality, "tasks": [{"label": t.label, **t.settings(args.seed).to_dict()}
-                                                     for t in tasks],
-                     "methods": [{"label": m.label, "method": m.base, "overrides": m.overrides} for m in methods],
-                     "seed": args.seed, "samples": args.samples, "quick": args.quick},
-        "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out, "role": d.role, "subject": d.subject,
-                  "slices_text": _ranges(d.slices),
-                  "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
-        "model": _model_description(prior),
-        "environment": _environment(),
-        "per_slice": run_.rows,
-        "summary": summary,
-        "comparisons": comparisons,
-        "input_column": INPUT,
-        "ablation": run_.ablation,
-        "ablation_table": table,
-        "ablation_method": run_.ablation[0]["method"] if run_.ablation else None,
-        "ablation_task": tasks[0].label if run_.ablation else None,
-        "figures": [str(f) for f in figures],
-        "cases": [str(p) for p in run_.case_dirs],
-    }
+    results = build_results(run_, data, tasks, methods, prior, out=out, seed=args.seed, samples=args.samples,
+                            quick=args.quick, command=getattr(args, "command_line", None))
     json_path, md_path = write_results(out, results)
-    _print_summary(summary)
+    _print_summary(results["summary"])
     if args.quick:  # repeated under the table, where the eye lands
         print("(--quick: pipeline check only; these figures mean nothing about quality)")
-    for path in (json_path, md_path, *figures):
+    for path in (json_path, md_path, *results["figures"]):
         print(path)
     return 0
-
-
-def _model_description(prior) -> dict | None:
-    if prior is None:
-        return None
-    meta = prior.metadata
-    path = Path(prior.path)
-    card = path.with_suffix(".md")
-    return {"path": str(path), "step": meta.get("step"), "modality": prior.modality,
-            "model_card": str(card) if card.exists() else None, "schedule": meta.get("schedule"),
-            "parameters": sum(p.numel() for p in prior.model.parameters()),
-            "file_megabytes": round(path.stat().st_size / 1e6, 2) if path.is_file() else None}
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c == "." else "-" for c in text).strip("-")
-
-
-def _ranges(slices: list[int]) -> str:
-    """[81, 82, 83, 90] -> '81-83, 90'."""
-    parts, start, prev = [], None, None
-    for s in slices + [None]:
-        if start is None:
-            start = prev = s
-        elif s is not None and s == prev + 1:
-            prev = s
-        else:
-            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = s
-    return ", ".join(parts)
 
 
 def _print_summary(summary) -> None:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except DiffreconError as exc:
         if args.debug:
             raise
-        print(f"diffrecon: error: {one_line(exc)}", file=sys.stderr)
+        print(f"diffrecon: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffrecon: interrupted", file=sys.stderr)

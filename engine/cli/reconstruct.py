@@ -21,13 +21,13 @@ from ..diffusion.samplers import SAMPLERS
 from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
-from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
+from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings
+from ..modalities import suggest_task
 from ..physics.masks import MASK_KINDS
-from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
-                           diffusion_setup, reconstruct)
+from ..slices import slice_indices
+from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, Reconstruction, ReconRequest, ReconRun,
+                           default_prior_path, diffusion_setup, run_to_end)
 from ..runtime import thread_settings
-
-_DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,13 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("path", help="input scan (DICOM file/folder, NIfTI, HDF5, NumPy)")
-    p.add_argument("--modality", choices=MODALITIES, help="default: from the scan (MR->mri, CT->ct, US->ultrasound, else denoise)")
+    p.add_argument("--modality", choices=MODALITIES, help="default: from the scan (k-space, MR and NIfTI->mri, CT or HU->ct, US->ultrasound, "
+                                                              "else denoise), as the viewer suggests")
     p.add_argument("--method", default="tv", help=f"one or more of {', '.join(CLASSICAL_METHODS + (DIFFUSION,))}, comma-separated (default: tv)")
     p.add_argument("--simulate", action="store_true", help="the input is the ground truth: simulate the measurements")
     p.add_argument("--out", required=True, help="output .nii.gz / .nii / .h5 / .npy / .npz, or a folder for a DICOM series")
     p.add_argument("--report", help="write settings, metrics and timings to this JSON file")
     p.add_argument("--save-input", action="store_true", help="also write the input image (zero-filled / FBP / noisy) as <out>_input")
-    p.add_argument("--slices", help="slices to process, Python style: 40:60, 10, 0:100:5 (default: all)")
+    p.add_argument("--slices", help="slices to process, Python style: 40:60, 10, 0:100:5 or 3,9,12 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for masks and noise (default 0)")
     p.add_argument("--series", help="which DICOM series, when a folder holds several")
     p.add_argument("--batch-size", type=int, default=8, help="slices solved together (default 8)")
@@ -90,27 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def parse_slices(text: str | None, n: int) -> slice | list[int]:
-    """``"40:60"`` -> slice(40, 60); ``"7"`` -> [7]; checked against the volume's ``n`` slices."""
-    if not text:
-        return slice(None)
-    try:
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-    except ValueError:
-        raise SettingsError(f"--slices must look like 40:60 or 12, not {text!r}") from None
-    if len(parts) == 1:
-        i = parts[0]
-        if i is None or not -n <= i < n:
-            raise SettingsError(f"slice {text} is outside the volume's {n} slices")
-        return [i % n]
-    if len(parts) > 3:
-        raise SettingsError(f"--slices must look like 40:60 or 12, not {text!r}")
-    sel = slice(*parts)
-    if len(range(*sel.indices(n))) == 0:
-        raise SettingsError(f"--slices {text} selects none of the volume's {n} slices")
-    return sel
-
-
 def _output_path(out: str, method: str, several: bool) -> Path:
     p = Path(out)
     if not several:
@@ -122,12 +102,10 @@ def _output_path(out: str, method: str, several: bool) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     volume = load_volume(args.path, series=args.series)
-    modality = args.modality or _DEFAULT_MODALITY[volume.modality]
+    modality = args.modality or suggest_task(volume)[0]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise SettingsError("--method names no method")
-    if args.batch_size < 1:
-        raise SettingsError("--batch-size must be at least 1")
     settings = MeasurementSettings(
         modality=modality,
         acceleration=args.acceleration,
@@ -142,25 +120,27 @@ def run(args: argparse.Namespace) -> int:
         looks=args.looks,
         seed=args.seed,
     )
-    selection = parse_slices(args.slices, volume.n_slices)
-    source = ProblemSource(volume, settings, slices=selection, simulate=args.simulate)
+    selection = slice_indices(args.slices, volume.n_slices)
+    if args.batch_size < 1:
+        raise SettingsError("--batch-size must be at least 1")
     diffusion = _diffusion_setup(args, modality) if DIFFUSION in methods else None
+    run = Reconstruction(ReconRequest(volume, settings, methods, simulate=args.simulate, slices=selection,
+                                      diffusion=diffusion, batch_size=args.batch_size))
 
     from tqdm import tqdm
 
     if sys.stderr.isatty():  # like tqdm's bar: progress for a person watching, never a line before an error
-        print(f"diffrecon: {settings.describe()}, {len(source)} slice(s), methods: {', '.join(methods)}",
+        print(f"diffrecon: {run.source.settings.describe()}, {len(run)} slice(s), methods: {', '.join(methods)}",
               file=sys.stderr)
-    with tqdm(total=len(source), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
+    with tqdm(total=len(run), unit="slice", desc="reconstruct", file=sys.stderr, disable=None) as bar:
         try:
-            result = reconstruct(source, methods, batch_size=args.batch_size, progress=bar.update,
-                                 diffusion=diffusion)
+            result = run_to_end(run, progress=bar.update)
         except (SettingsError, VolumeReadError):
             raise
         except DiffreconError as exc:  # a problem found in the data (e.g. a blank reference): name the file
             raise VolumeReadError(args.path, str(exc)) from exc
 
-    written = _write_outputs(args, volume, source, result, methods)
+    written = _write_outputs(args, volume, run.source, result, methods)
     for path in written:
         print(path)
     _print_summary(result)
@@ -253,6 +233,8 @@ def _print_summary(result: ReconRun) -> None:
     ]
     print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>9} {'MAE':>9} {'s/slice':>8}", file=sys.stderr)
     for name, m, sec in rows:
+        if m is None:  # every method is scored when the input is
+            continue
         s = "" if sec is None else f"{sec:8.3f}"
         print(f"{name:<12} {m['psnr']:7.2f} {m['ssim']:7.4f} {m['nmse']:9.5f} {m['mae']:9.5f} {s:>8}", file=sys.stderr)
     for name, o in result.outcomes.items():

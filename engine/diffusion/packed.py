@@ -32,7 +32,7 @@ def _crop_to_object(block: np.ndarray) -> np.ndarray:
     lo = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))[0]) for d in range(3)]
     hi = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + 1 for d in range(3)]
     margin = 4  # a little air around the object, as in a real scan
-    sl = tuple(slice(max(0, l - margin), min(n, h + margin)) for l, h, n in zip(lo, hi, block.shape))
+    sl = tuple(slice(max(0, start - margin), min(n, h + margin)) for start, h, n in zip(lo, hi, block.shape))
     return block[sl]
 
 

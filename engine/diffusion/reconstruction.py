@@ -32,7 +32,7 @@ with nothing left behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -46,37 +46,10 @@ from .schedules import NoiseSchedule
 
 #: Per guidance: clamp Tweedie estimates to [-c, c] (model domain) before the guidance sees
 #: them, or None. At the first steps ``1 / sqrt(abar)`` amplifies the network's error ~100x.
-#: Projection and DDS rein the estimate in themselves (on MRI validation slices a clamp at 3
-#: cost them 0.1-0.4 dB); DPS only nudges, and without the clamp weak priors run away.
+#: Projection and DDS rein the estimate in themselves (a clamp cost them PSNR); DPS only
+#: nudges, and without the clamp weak priors run away (resources/results/diffusion-defaults.md).
 CLIP_X0: dict[str, float | None] = {"projection": None, "dds": None, "dds-tv": None, "dps": 3.0}
 AUTOCAST = True  # bf16 network calls: the priors are trained under bf16 autocast as well
-
-#: Per-modality defaults, chosen on held-out validation slices (3 per modality, 25 steps) with
-#: ``python -m diffrecon.benchmarks.diffusion --quality``. MRI 4x (mri-brain, step 3457):
-#: DDIM + DDS with a symmetric pair at eta 0 reached 24.6 dB PSNR / 0.71 SSIM (TV 23.3 / 0.71;
-#: one sample 22.8 / 0.57; eta 1 23.9 / 0.66; DDPM 23.1; VP-SDE 20.7; DPS never above 15 dB at
-#: 25 steps); more CG steps change nothing (single-coil A^H A is a projection: one step
-#: lands). Denoising, sigma 0.1 (mri-brain): measurement mixing with a symmetric pair
-#: 28.6 / 0.88 (TV 28.8 / 0.86; one sample 26.7 / 0.82); mixing needs its 25 steps (10: 22.1,
-#: 3: 5.9 dB). Ultrasound has no prior to measure with yet and copies denoising.
-#: CT (ct-head, step ~2500, held-out cranium slice 66, ``diffrecon bench``): DDS with 10 CG
-#: steps per sampling step, stopping at the noise level: 60 views 42.7 dB (5 CG steps 41.3,
-#: 20 steps 42.7, projection 42.4, TV 40.2); 25 % dose 32.1 dB (5 steps 30.8, projection
-#: 31.6, TV 29.8, FBP 23.8).
-MODALITY_DEFAULTS: dict[str, dict] = {
-    "mri": {"sampler": "ddim", "guidance": "dds", "eta": 0.0, "symmetric": True},
-    "ct": {"sampler": "ddim", "guidance": "dds", "eta": 0.0, "symmetric": True, "cg_iters": 10},
-    "denoise": {"sampler": "ddim", "guidance": "projection", "eta": 0.0, "symmetric": True},  # A = I: mixing
-    "ultrasound": {"sampler": "ddim", "guidance": "projection", "eta": 0.0, "symmetric": True},
-}
-
-
-def default_options(modality: str, **overrides) -> DiffusionOptions:
-    """:class:`DiffusionOptions` with this modality's measured defaults; ``overrides`` that
-    are not None win."""
-    chosen = {**MODALITY_DEFAULTS.get(modality, {}), **{k: v for k, v in overrides.items() if v is not None}}
-    return DiffusionOptions(**chosen)
-
 
 def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
     """The sampler for ``options``: ``options.steps`` steps, or for a hot start
@@ -153,7 +126,7 @@ def _summarise(samples: torch.Tensor, n_samples: int, batch: int) -> tuple[torch
 
 
 def stream_reconstruction(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
-                          baseline: torch.Tensor | None = None) -> Iterator[ReconFrame]:
+                          baseline: torch.Tensor | None = None) -> Generator[ReconFrame, None, None]:
     """Reconstruct ``problem`` with ``prior``; yield a :class:`ReconFrame` after every step.
 
     ``baseline``: a working-domain ``(B, 1, H, W)`` classical estimate for the hot start.
@@ -207,7 +180,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x.contiguous(memory_format=torch.channels_last), t)
 
-    model.to(memory_format=torch.channels_last)  # oneDNN's fast layout for CPU convolutions
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
     sampler = make_sampler(options, schedule)
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
@@ -220,9 +193,9 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                 frame = next(frames)
                 # The last frame's x_t is the (data-consistent) sample itself.
                 x0_samples = domain.from_model(frame.x_t if frame.last else frame.x0_hat)
-                mean, variance = _summarise(x0_samples, n_samples, batch)
+                x0_mean, variance = _summarise(x0_samples, n_samples, batch)
                 x_t = domain.from_model(frame.x_t[:batch])
-            out = ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=mean, variance=variance,
+            out = ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
                              elapsed=time.perf_counter() - start, adaptation=adaptation)
             if out.done and adaptation is not None and adaptation.get("blend_weight", 1.0) < 1.0:
                 out = blend_with_baseline(out, _full_data_tv(problem, baseline, options), adaptation["blend_weight"])
@@ -262,5 +235,4 @@ def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOp
     return last
 
 
-__all__ = ["CLIP_X0", "MODALITY_DEFAULTS", "ReconFrame", "default_options", "make_sampler", "reconstruct_to_end",
-           "stream_reconstruction"]
+__all__ = ["CLIP_X0", "ReconFrame", "make_sampler", "reconstruct_to_end", "stream_reconstruction"]

@@ -36,7 +36,7 @@ every step, which is how the viewer shows the reverse diffusion happen:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -170,7 +170,7 @@ class Sampler:
 
     def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
                x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
-               clip_x0: float | None = None) -> Iterator[Frame]:
+               clip_x0: float | None = None) -> Generator[Frame, None, None]:
         run = SamplingRun(self.schedule, model, hook, torch.Generator(device=device).manual_seed(seed), autocast,
                           clip_x0)
         if x_init is not None:

@@ -13,12 +13,17 @@ Both run one solve per batch item (a converged item stops; the others go on) and
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from .base import LinearOperator
+
+class LinearMap(Protocol):
+    """What the solvers need of an operator (any :class:`.base.LinearOperator`)."""
+
+    def A(self, x: torch.Tensor) -> torch.Tensor: ...  # noqa: N802
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor: ...  # noqa: N802
 
 
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,7 +76,7 @@ def conjugate_gradient(
     return x
 
 
-def cgls(operator: LinearOperator, y: torch.Tensor, x_init: torch.Tensor, *, iters: int,
+def cgls(operator: LinearMap, y: torch.Tensor, x_init: torch.Tensor, *, iters: int,
          stop_residual: torch.Tensor | None = None) -> torch.Tensor:
     """Least squares ``min ||A x - y||`` by CGLS from ``x_init``, batch-wise.
 
@@ -117,7 +122,7 @@ def discrepancy(y: torch.Tensor, noise_level: float, items: int) -> torch.Tensor
     return torch.full((items,), math.sqrt(y[0].numel()) * noise_level, device=y.device)
 
 
-def residual_norm(operator: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def residual_norm(operator: LinearMap, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``||A x - y||`` per batch item, shape ``(B,)``."""
     r = operator.A(x) - y
     return inner(r, r).sqrt()

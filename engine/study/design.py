@@ -37,6 +37,7 @@ from ..errors import DiffreconError, SettingsError
 from ..io import load_volume
 from ..io.loader import file_suffix
 from ..io.sidecar import write_json
+from ..slices import parse_slices
 from .images import IMAGES_DIR, write_image
 from .key import StudyKey, default_key_path, write_key
 from .store import DB_NAME, Question, StudyStore, StudyStoreError, open_store
@@ -216,23 +217,6 @@ def choose_methods(cases: list[CaseSource], wanted: list[str] | None, reference:
     return sorted(common)
 
 
-def parse_slice_selection(text: str | None) -> slice | list[int] | None:
-    """``"40:60"`` -> slice(40, 60); ``"7"`` -> [7]; ``"3,9,12"`` -> [3, 9, 12]; None -> the whole volume."""
-    if not text:
-        return None
-    try:
-        if "," in text:
-            return [int(t) for t in text.split(",") if t.strip()]
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-    except ValueError:
-        raise SettingsError(f"--slices must look like 40:60, 12 or 3,9,12, not {text!r}") from None
-    if len(parts) == 1:
-        return [parts[0]] if parts[0] is not None else None
-    if len(parts) > 3:
-        raise SettingsError(f"--slices must look like 40:60, 12 or 3,9,12, not {text!r}")
-    return slice(*parts)
-
-
 def _select(volume, selection, path: Path, text: str | None):
     if selection is None:
         return volume
@@ -338,7 +322,7 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
     if key_path.resolve().is_relative_to(out.resolve()):
         raise SettingsError(f"the key file {key_path} must not be inside the study folder: readers receive that "
                             "folder, and the key says which method each image shows")
-    selection = parse_slice_selection(slices)
+    selection = parse_slices(slices)  # checked against each case's volume by _select
 
     cases = discover_cases(case_args)
     chosen = choose_methods(cases, methods, reference)

@@ -1,4 +1,4 @@
-"""Time the forward operators: ``python -m diffrecon.benchmarks.operators [--device cuda]``.
+"""Time the forward operators: ``python -m diffrecon.experiments.operators [--device cuda]``.
 
 Prints, for each operator at 256 x 256, the time to build it (masks, coil maps and the CT
 sample grid included where they are the operator's constants) and the median time of one

@@ -2,10 +2,10 @@
 
 Speed (the default)::
 
-    python -m diffrecon.benchmarks.diffusion --size 256 --steps 25 [--samples 1] [--guidance dds]
+    python -m diffrecon.experiments.diffusion --size 256 --steps 25 [--samples 1] [--guidance dds]
 
-runs :func:`~diffrecon.diffusion.reconstruction.stream_reconstruction` on a synthetic
-single-coil 4x MRI slice of ``size x size`` pixels with the prior (``--model``; default the
+runs the run API (:func:`diffrecon.reconstruct.run_to_end`, as ``diffrecon reconstruct``
+does) on a synthetic single-coil 4x MRI slice of ``size x size`` pixels with the prior (``--model``; default the
 shipped MRI brain prior, else an untrained network of the same architecture: speed does
 not depend on the weights) and prints the seconds per slice, the number of network
 evaluations (NFE), the time of one network forward at the same batch size and settings
@@ -33,20 +33,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import modalities
 from ..diffusion.checkpoint import Prior, load_prior
 from ..diffusion.options import DiffusionOptions
-from ..diffusion.reconstruction import AUTOCAST, reconstruct_to_end
+from ..diffusion.reconstruction import AUTOCAST
 from ..diffusion.schedules import make_schedule
-from ..diffusion.uncertainty import calibration
 from ..diffusion.unet import UNet, autocast_context
-from ..measurements import MeasurementSettings, ProblemSource, ReconProblem
-from ..metrics import evaluate, format_table
-from ..physics import MRIOperator, make_mask
+from ..io.volume import Volume
+from ..measurements import MeasurementSettings
+from ..metrics import format_table
+from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, default_prior_path, run_to_end
 from ..runtime import keep_freed_memory
 
-DEFAULT_MODELS = {"mri": "resources/models/mri-brain.safetensors", "ct": "resources/models/ct-head.safetensors",
-                  "denoise": "resources/models/mri-brain.safetensors"}
-DATASET_FOR = {"mri": "colin27", "ct": "cranium", "denoise": "colin27"}
+#: the modalities the quality benchmark scores (those a shipped prior serves)
+QUALITY_MODALITIES = ("mri", "ct", "denoise")
+
+
+def default_model(modality: str) -> Path:
+    """The modality's default prior, else that of the first modality whose priors suit it
+    (denoising: the MRI prior)."""
+    chosen = modalities.get(modality)
+    return default_prior_path(modality if chosen.default_prior else chosen.prior_modalities[0])
 
 
 class CountingModel(torch.nn.Module):
@@ -62,7 +69,7 @@ class CountingModel(torch.nn.Module):
 
 
 def _prior(path: str | None, modality: str = "mri") -> Prior:
-    target = Path(path or DEFAULT_MODELS[modality])
+    target = Path(path) if path else default_model(modality)
     if target.is_file():
         return load_prior(target)
     if path is not None:
@@ -72,24 +79,22 @@ def _prior(path: str | None, modality: str = "mri") -> Prior:
     return Prior(net, make_schedule("linear"), {"kind": "percentile", "percentile": 99.5}, "mri", 2, {}, target)
 
 
-def _synthetic_mri(size: int, seed: int = 0) -> ReconProblem:
-    """A smooth ellipse phantom with texture, single coil, 4x random lines."""
+def _synthetic_mri(size: int, seed: int = 0) -> tuple[Volume, MeasurementSettings]:
+    """A smooth ellipse phantom with texture, to be measured single coil, 4x random lines."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     image = 0.6 * ((xx / 0.75) ** 2 + (yy / 0.9) ** 2 < 1).float()
     image = image * (1 + 0.2 * torch.randn(1, 1, size // 8, size // 8, generator=g).repeat_interleave(8, -1)
                      .repeat_interleave(8, -2)[0, 0])
-    truth = image.to(torch.complex64)[None, None]
-    op = MRIOperator(make_mask("random", (size, size), 4.0, None, seed))
-    y = op.A(truth)
-    return ReconProblem("mri", op, y, op.zero_filled(y), truth.abs(), 0.0, np.arange(1))
+    volume = Volume(image[None].numpy().astype(np.float32), modality="MR")
+    return volume, MeasurementSettings("mri", acceleration=4.0, mask="random", seed=seed)
 
 
 def forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeats: int = 5) -> float:
     """Median time of one network forward as the sampler runs it."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     t = torch.full((shape[0],), 0.5)
-    net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     times = []
     with torch.inference_mode(), autocast_context(AUTOCAST):
         net(x, t)  # warm-up: oneDNN picks its kernels on the first call
@@ -103,17 +108,21 @@ def forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeats: int =
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     prior = _prior(args.model)
     counter = CountingModel(prior.model)
-    prior.model = counter
-    problem = _synthetic_mri(args.size)
+    prior.model = counter  # type: ignore[assignment]  # a UNet that counts its calls
+    volume, settings = _synthetic_mri(args.size)
     options = DiffusionOptions(sampler=args.sampler, guidance=args.guidance, steps=args.steps,
                                samples=args.samples, hot_start=args.hot_start, symmetric=args.symmetric)
-    reconstruct_to_end(problem, prior, DiffusionOptions(**{**options.to_dict(), "steps": 2}))  # warm-up
+
+    def seconds(opts: DiffusionOptions) -> float:
+        request = ReconRequest(volume, settings, [DIFFUSION], simulate=True, batch_size=1,
+                               diffusion=DiffusionSetup(prior, opts))
+        return run_to_end(request).outcomes[DIFFUSION].seconds
+
+    seconds(DiffusionOptions(**{**options.to_dict(), "steps": 2}))  # warm-up
     walls = []
     for _ in range(args.repeats):
         counter.calls = 0
-        start = time.perf_counter()
-        reconstruct_to_end(problem, prior, options)
-        walls.append(time.perf_counter() - start)
+        walls.append(seconds(options))
     nfe = counter.calls
     batch = args.samples * (2 if args.symmetric else 1)
     forward = forward_seconds(counter.net, (batch, prior.channels, args.size, args.size))
@@ -128,46 +137,39 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- quality on validation slices
 
 
-def validation_problem(modality: str, count: int, settings: MeasurementSettings,
-                       min_foreground: float = 0.3) -> tuple[ProblemSource, ReconProblem]:
+def validation_slices_of(modality: str, count: int, min_foreground: float = 0.3) -> tuple[Volume, list[int]]:
     """``count`` held-out slices, spread evenly over those that are mostly object."""
     from ..datasets import load_dataset, validation_slices
 
-    name = DATASET_FOR[modality]
+    name = modalities.get(modality).default_dataset
     volume = load_dataset(name)
     index = validation_slices(volume, name)
     data = volume.data[index]
     threshold = -500.0 if volume.units == "HU" else 0.1 * float(np.percentile(np.abs(volume.data), 99.5))
     full = index[(np.abs(data) > threshold).mean(axis=(1, 2)) >= min_foreground]
     picks = full[np.linspace(0, len(full) - 1, min(count, len(full))).round().astype(int)]
-    source = ProblemSource(volume, settings, slices=list(picks), simulate=True)
-    return source, source.problem(source.slice_index)
-
-
-def _magnitude(source: ProblemSource, x: torch.Tensor) -> np.ndarray:
-    x = source.working_reference_crop(x)[:, 0]
-    return (x.abs() if x.is_complex() else x).float().numpy()
+    return volume, [int(s) for s in picks]
 
 
 def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ..baselines import run_baseline
-
     settings = MeasurementSettings(modality=args.modality, acceleration=args.acceleration, views=args.views,
                                    dose=args.dose, noise_sigma=args.noise_sigma, seed=0)
-    source, problem = validation_problem(args.modality, args.slices, settings)
+    volume, picks = validation_slices_of(args.modality, args.slices)
     prior = _prior(args.model, args.modality)
-    reference = _magnitude(source, problem.reference)
-    object_mask = reference > 0.05 * reference.max()
-    print(f"{settings.describe()}; {len(problem.slices)} validation slices {list(problem.slices)}; "
+    print(f"{settings.describe()}; {len(picks)} validation slices {picks}; "
           f"prior {prior.path} (step {prior.metadata.get('step')})", file=sys.stderr)
-    classical = {"mri": "tv", "ct": "tv", "denoise": "tv"}[args.modality]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        baseline = run_baseline(classical, problem.operator, problem.y, modality=problem.modality,
-                                noise_level=problem.noise_level)
-    rows = [{"method": "input", **evaluate(reference, _magnitude(source, problem.observed))},
-            {"method": classical, **evaluate(reference, _magnitude(source, baseline)),
-             "s_per_slice": (time.perf_counter() - start) / len(problem.slices)}]
+    classical = modalities.get(args.modality).hot_start_baseline
+
+    def run(methods: list[str], setup: DiffusionSetup | None = None):
+        # every pick in one batch: the volume metrics are those of one problem
+        request = ReconRequest(volume, settings, methods, simulate=True, slices=picks, batch_size=len(picks),
+                               diffusion=setup)
+        return run_to_end(request)
+
+    result = run([classical])
+    rows = [{"method": "input", **result.observed_metrics},
+            {"method": classical, **result.outcomes[classical].metrics,
+             "s_per_slice": result.outcomes[classical].seconds_per_slice}]
     print(format_table(rows[-2:]), file=sys.stderr)
     for sampler in args.samplers.split(","):
         for guidance in args.guidances.split(","):
@@ -175,21 +177,19 @@ def quality(args: argparse.Namespace) -> list[dict[str, Any]]:
                 options = DiffusionOptions(sampler=sampler, guidance=guidance, steps=args.steps,
                                            samples=args.samples, eta=args.eta, hot_start=hot != "off",
                                            hot_start_t=args.hot_start_t, dps_scale=args.dps_scale, seed=0)
-                start = time.perf_counter()
-                last = reconstruct_to_end(problem, prior, options, baseline=baseline if hot == "tv" else None)
+                setup = DiffusionSetup(prior, options, baseline=classical if hot == "tv" else None)
+                outcome = run([DIFFUSION], setup).outcomes[DIFFUSION]
                 row = {"method": "diffusion", "sampler": sampler, "guidance": guidance, "hot": hot,
-                       **evaluate(reference, _magnitude(source, last.x0)),
-                       "s_per_slice": (time.perf_counter() - start) / len(problem.slices)}
-                if last.variance is not None:
-                    std = source.working_reference_crop(last.variance.sqrt())[:, 0].numpy()
-                    row.update(calibration(reference, _magnitude(source, last.x0), std, mask=object_mask))
+                       **outcome.metrics, "s_per_slice": outcome.seconds_per_slice}
+                if outcome.calibration is not None:
+                    row.update({k: v for k, v in outcome.calibration.items() if k != "ideal_coverage_2sigma"})
                 rows.append(row)
                 print(format_table([row]), file=sys.stderr)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffrecon.benchmarks.diffusion", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffrecon.experiments.diffusion", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="prior file (default: the shipped prior for the modality)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--samples", type=int, default=1)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures to this JSON file")
     q = p.add_argument_group("quality (--quality)")
     q.add_argument("--quality", action="store_true", help="score settings on validation slices instead")
-    q.add_argument("--modality", default="mri", choices=tuple(DATASET_FOR))
+    q.add_argument("--modality", default="mri", choices=QUALITY_MODALITIES)
     q.add_argument("--slices", type=int, default=4)
     q.add_argument("--samplers", default="ddim")
     q.add_argument("--guidances", default="projection,dds,dps")

@@ -17,16 +17,16 @@ def write_tiny_prior(path: Path) -> Path:
     """
     import torch
 
-    from diffrecon.diffusion.checkpoint import save_prior
+    from diffrecon.diffusion.checkpoint import Prior
     from diffrecon.diffusion.data import Normalisation
     from diffrecon.diffusion.schedules import make_schedule
     from diffrecon.diffusion.unet import UNet
+    from tiny_priors import save_tiny_prior
 
     torch.manual_seed(0)
     net = UNet(in_channels=2, width=8, channel_mult=(1, 1, 1, 1), res_blocks=1, attention_heads=2)
-    meta = {"schedule": make_schedule("linear").to_metadata(),
-            "normalisation": Normalisation.for_modality("mri").to_metadata(), "modality": "mri"}
-    return save_prior(path, net, meta)
+    untrained = Prior(net, make_schedule("linear"), Normalisation.for_modality("mri").to_metadata(), "mri", 2, {}, None)
+    return save_tiny_prior(path, untrained)
 
 
 def write_mr_nifti(path: Path, slices: int = 5, size: int = 64) -> Path:

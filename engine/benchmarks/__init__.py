@@ -1,1 +1,0 @@
-"""Timing scripts, run as ``python -m diffrecon.benchmarks.<name>`` (never part of the tests)."""

@@ -1,0 +1,104 @@
+"""The modality registry: everything that differs between MRI, CT, denoising and ultrasound.
+
+One :class:`Modality` per task holds its problem builder and working-domain mapping
+(:mod:`.measurements`), its classical baselines and the one a diffusion hot start enters
+from, its diffusion defaults and default prior, the name of its unreconstructed input, and
+the data set its defaults were tuned on (``diffrecon bench`` itself scores the test subjects of
+:mod:`.datasets`). Front ends (CLI, bench, viewer) look a modality up
+here instead of comparing its name; :func:`suggest_task` is the one rule for which task a
+scan starts in.
+
+The diffusion defaults were chosen on held-out validation slices; the measurements behind
+them are in ``resources/results/diffusion-defaults.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .baselines import METHODS_FOR_MODALITY
+from .errors import SettingsError
+from .measurements import BUILDERS, MODALITIES, ModalityMeasurements
+
+if TYPE_CHECKING:
+    from .diffusion.options import DiffusionOptions
+    from .io.volume import Volume
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str  # "mri", "ct", "denoise", "ultrasound": the --modality value
+    measurements: type[ModalityMeasurements]  # problem builder and working-domain mapping
+    input_name: str  # what the unreconstructed input image is called (zero-filled, FBP, ...)
+    default_dataset: str  # the held-out slab the quality sweep (experiments.diffusion) scores on
+    bench_tasks: str  # the default `diffrecon bench --settings`
+    diffusion_defaults: dict[str, Any] = field(default_factory=dict)  # DiffusionOptions fields
+    default_prior: str | None = None  # file under resources/models/, None: no prior of its own
+    prior_modalities: tuple[str, ...] = ()  # whose priors suit this task, best first
+    input_method: str | None = None  # the baseline whose result *is* the input image (MRI: zero-filled)
+
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The classical methods that apply, the input-like one first."""
+        return METHODS_FOR_MODALITY[self.name]
+
+    @property
+    def hot_start_baseline(self) -> str:
+        """The classical method a diffusion hot start enters from (the iterative one: TV)."""
+        return self.baselines[1]
+
+    def diffusion_options(self, **overrides: Any) -> DiffusionOptions:
+        """:class:`DiffusionOptions` with this modality's measured defaults; ``overrides``
+        that are not None win."""
+        from .diffusion.options import DiffusionOptions
+
+        chosen = {**self.diffusion_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        return DiffusionOptions(**chosen)
+
+
+_SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}
+
+REGISTRY: dict[str, Modality] = {
+    m.name: m
+    for m in (
+        Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
+                 {**_SYMMETRIC_DDIM, "guidance": "dds"}, "mri-brain.safetensors", ("mri",), input_method="zero-filled"),
+        Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
+                 {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10}, "ct-head.safetensors", ("ct",)),
+        # A = I: "projection" is measurement mixing
+        Modality("denoise", BUILDERS["denoise"], "noisy", "colin27", "sigma=0.05,sigma=0.1,sigma=0.2",
+                 {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("mri", "ct")),
+        # no prior to measure with yet: copies denoising
+        Modality("ultrasound", BUILDERS["ultrasound"], "B-mode", "colin27", "looks=1",
+                 {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("ultrasound",)),
+    )
+}
+assert tuple(REGISTRY) == MODALITIES  # one list of modalities
+
+
+def get(name: str) -> Modality:
+    """The modality called ``name``, or a one-sentence error."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise SettingsError(f"unknown modality {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def suggest_task(volume: Volume) -> tuple[str, bool]:
+    """``(modality, simulate)`` a scan starts in, in the CLI and the viewer alike.
+
+    Raw k-space: reconstruct it as measured. An image-only MR or CT scan can only be the
+    ground truth of a simulation. NIfTI records no modality; such images are nearly always
+    MRI (the bundled T1 sample is one), so they start as simulated MRI. Ultrasound images
+    are despeckled as they are; anything else is simulated denoising.
+    """
+    if volume.kspace is not None:
+        return "mri", False
+    if volume.units == "HU" or volume.modality == "CT":
+        return "ct", True
+    if volume.modality == "MR" or volume.source_format == "nifti":
+        return "mri", True
+    if volume.modality == "US":
+        return "ultrasound", False
+    return "denoise", True

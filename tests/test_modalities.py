@@ -1,0 +1,56 @@
+"""The modality registry (diffrecon.modalities) and the measurements it points at."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffrecon import modalities
+from diffrecon.errors import SettingsError
+from diffrecon.io.volume import KSpace, Volume
+from diffrecon.measurements import MODALITIES, MeasurementSettings, ProblemSource
+from tiny_priors import SIZE, disks
+
+
+def test_measured_mri_does_not_change_the_callers_settings():
+    """Measured MRI records the file's own mask in the source's settings, not the caller's."""
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[:, ::2] = True
+    kspace = np.fft.fft2(disks(1, torch.Generator().manual_seed(4), False)[:, :1].numpy()).astype(np.complex64)
+    volume = Volume(np.abs(np.fft.ifft2(kspace[:, 0])).astype(np.float32), modality="MR",
+                    kspace=KSpace(kspace * mask, multicoil=False, mask=mask))
+    settings = MeasurementSettings("mri", acceleration=8.0)
+    source = ProblemSource(volume, settings)
+    assert source.settings.mask == "from file" and source.settings.acceleration == pytest.approx(2.0)
+    assert settings.mask == "random" and settings.acceleration == 8.0
+
+
+@pytest.mark.parametrize("volume, task", [
+    (Volume(np.zeros((1, 8, 8), np.float32), source_format="nifti"), ("mri", True)),
+    (Volume(np.zeros((1, 8, 8), np.float32), modality="CT", units="HU"), ("ct", True)),
+    (Volume(np.zeros((1, 8, 8), np.float32), modality="US"), ("ultrasound", False)),
+    (Volume(np.zeros((1, 8, 8), np.float32)), ("denoise", True)),
+])
+def test_one_rule_suggests_a_scans_task(volume, task):
+    assert modalities.suggest_task(volume) == task
+
+
+def test_the_cli_and_the_viewer_suggest_the_same_task_for_a_nifti(cli, tmp_path):
+    """A NIfTI image (no modality field) starts as MRI in both: the CLI then asks for --simulate."""
+    import nibabel as nib
+
+    path = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 2), np.float32), np.eye(4)), path)
+    result = cli("reconstruct", path, "--method", "tv", "--out", tmp_path / "o.npy")
+    assert result.code == 2 and "--simulate" in result.err  # MRI from an image: simulate it
+
+
+def test_the_registry_knows_every_modality():
+    assert tuple(modalities.REGISTRY) == MODALITIES
+    for m in modalities.REGISTRY.values():
+        assert m.hot_start_baseline in m.baselines
+        assert m.diffusion_options().sampler == "ddim"  # the defaults are valid options
+        assert m.measurements is not None and m.input_name
+    assert modalities.get("ct").diffusion_options(cg_iters=None).cg_iters == 10  # None keeps a default
+    with pytest.raises(SettingsError, match="unknown modality"):
+        modalities.get("pet")
