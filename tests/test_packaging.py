@@ -28,8 +28,17 @@ def test_every_package_folder_is_declared_in_pyproject():
     assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
 
 
+def _data_packages() -> set[str]:
+    """Packages of data only (no __init__.py), mapped to a folder: the bundled resources."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {name for name, folder in cfg["package-dir"].items() if folder not in ("engine", "viewer")}
+
+
 def test_every_declared_package_exists():
-    assert not (_declared_packages() - _packages_on_disk())
+    assert not (_declared_packages() - _packages_on_disk() - _data_packages())
+    for name in _data_packages():
+        cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+        assert (ROOT / cfg["package-dir"][name]).is_dir() and cfg["package-data"][name]
 
 
 def test_engine_never_imports_qt():

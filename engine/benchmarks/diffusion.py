@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bundled import models_dir
 from ..diffusion.checkpoint import Prior, load_prior
 from ..diffusion.frames import DiffusionOptions
 from ..diffusion.reconstruction import AUTOCAST, reconstruct_to_end
@@ -44,8 +45,8 @@ from ..metrics import evaluate, format_table
 from ..physics import MRIOperator, make_mask
 from ..runtime import keep_freed_memory
 
-DEFAULT_MODELS = {"mri": "resources/models/mri-brain.safetensors", "ct": "resources/models/ct-head.safetensors",
-                  "denoise": "resources/models/mri-brain.safetensors"}
+#: priors in the bundled models/ folder (see diffrecon.bundled), wherever diffrecon runs from
+DEFAULT_MODELS = {"mri": "mri-brain.safetensors", "ct": "ct-head.safetensors", "denoise": "mri-brain.safetensors"}
 DATASET_FOR = {"mri": "colin27", "ct": "cranium", "denoise": "colin27"}
 
 
@@ -62,7 +63,7 @@ class CountingModel(torch.nn.Module):
 
 
 def _prior(path: str | None, modality: str = "mri") -> Prior:
-    target = Path(path or DEFAULT_MODELS[modality])
+    target = Path(path) if path else models_dir() / DEFAULT_MODELS[modality]
     if target.is_file():
         return load_prior(target)
     if path is not None:
