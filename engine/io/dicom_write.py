@@ -158,6 +158,8 @@ def _source_references(source: dict[str, Any], index: int) -> Sequence | None:
 
 def _per_source(source: dict[str, Any], key: str, index: int | None) -> Any:
     values = source.get(key) or []
+    if key == "instance_numbers" and (None in values or len(set(values)) != len(values)):
+        return None  # frames of one multi-frame file share its number: number the images afresh
     return values[index] if index is not None and index < len(values) else None
 
 
