@@ -61,10 +61,12 @@ def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = No
 
 
 def default_prior_path(modality: str) -> Path:
-    """``resources/models/<prior>`` beside the engine package, or a one-sentence error."""
+    """``models/<prior>`` in the bundled resources (see :mod:`.bundled`), or a one-sentence error."""
+    from .bundled import models_dir
+
     if modality not in DEFAULT_PRIORS:
         raise SettingsError(f"there is no default diffusion prior for {modality}; pass one with --model")
-    return Path(__file__).resolve().parents[1] / "resources" / "models" / DEFAULT_PRIORS[modality]
+    return models_dir() / DEFAULT_PRIORS[modality]
 
 
 @dataclass

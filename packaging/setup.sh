@@ -33,21 +33,31 @@ if [ -z "${DIFFRECON_SKIP_APT:-}" ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# Python 3.11 to 3.13: the versions torch 2.13.0 and PySide6-Essentials 6.11.3 have wheels for
+# (pyproject.toml's requires-python). The first one found wins; PYTHON=... picks another.
+supported='import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))'
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
-  for cand in python3.11 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  for cand in python3.11 python3.12 python3.13 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c "$supported" 2>/dev/null; then
       PY="$cand"; break
     fi
   done
 fi
-[ -n "$PY" ] || { echo "setup: diffrecon needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+[ -n "$PY" ] || { echo "setup: diffrecon needs Python 3.11, 3.12 or 3.13 (set PYTHON=/path/to/python3.1x)" >&2; exit 1; }
+"$PY" -c "$supported" || { echo "setup: $PY is $("$PY" -V 2>&1); diffrecon needs Python 3.11, 3.12 or 3.13" >&2; exit 1; }
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
-.venv/bin/python -m pip install -q "torch==2.13.0"
+# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages. PyPI's Linux
+# torch wheels are CUDA builds (about 5 GB installed); DIFFRECON_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the CPU-only build (about 0.8 GB) from PyTorch's own index instead.
+if [ -n "${DIFFRECON_TORCH_INDEX:-}" ]; then
+  .venv/bin/python -m pip install -q "torch==2.13.0" --index-url "$DIFFRECON_TORCH_INDEX"
+else
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
 .venv/bin/python -m pip install -q -e ".[test]"
 echo "setup: ready (.venv/bin/diffrecon)"

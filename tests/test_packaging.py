@@ -28,8 +28,17 @@ def test_every_package_folder_is_declared_in_pyproject():
     assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
 
 
+def _data_packages() -> set[str]:
+    """Packages of data only (no __init__.py), mapped to a folder: the bundled resources."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {name for name, folder in cfg["package-dir"].items() if folder not in ("engine", "viewer")}
+
+
 def test_every_declared_package_exists():
-    assert not (_declared_packages() - _packages_on_disk())
+    assert not (_declared_packages() - _packages_on_disk() - _data_packages())
+    for name in _data_packages():
+        cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+        assert (ROOT / cfg["package-dir"][name]).is_dir() and cfg["package-data"][name]
 
 
 def test_engine_never_imports_qt():
@@ -57,3 +66,21 @@ def test_cli_help_lists_registered_subcommands(cli):
     for name in SUBCOMMANDS:
         sub = cli(name, "--help")
         assert sub.code == 0 and "usage: diffrecon " + name in sub.out
+
+
+def test_supported_pythons_agree_between_pyproject_and_setup_script():
+    """requires-python and packaging/setup.sh's check accept 3.11-3.13 and nothing else."""
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert [v for v in ("3.10", "3.11", "3.12", "3.13", "3.14") if spec.contains(f"{v}.0")] == ["3.11", "3.12", "3.13"]
+    script = (ROOT / "packaging" / "setup.sh").read_text()
+    check = script.split("supported='", 1)[1].split("'", 1)[0]
+    for minor, accepted in ((10, False), (11, True), (12, True), (13, True), (14, False)):
+        patched = check.replace("sys.version_info[:2]", f"(3, {minor})").replace("sys.exit(", "raise SystemExit(")
+        try:
+            exec(patched, {})
+            code = 0
+        except SystemExit as exc:
+            code = int(bool(exc.code))
+        assert (code == 0) == accepted, minor

@@ -1,32 +1,17 @@
 """Where the viewer finds its bundled files: sample scans, priors, W/L presets.
 
-The repository layout is ``engine/`` (the ``diffrecon`` package) beside ``resources/``;
-an editable install keeps it, so resources are found relative to the engine package.
-``$DIFFRECON_RESOURCES`` overrides the folder (for installs that move it).
+The lookup itself is the engine's (:mod:`diffrecon.bundled`, which honours
+``$DIFFRECON_RESOURCES``); this module adds what the viewer asks of the priors.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import diffrecon
+from diffrecon.bundled import available_models, default_sample, models_dir, presets_file, resources_dir
 
-
-def resources_dir() -> Path:
-    override = os.environ.get("DIFFRECON_RESOURCES")
-    if override:
-        return Path(override)
-    return Path(diffrecon.__file__).resolve().parents[1] / "resources"
-
-
-def default_sample() -> Path:
-    """The scan opened on first start: a real T1 brain slab, used as ground truth."""
-    return resources_dir() / "samples" / "colin27-t1-slab.nii.gz"
-
-
-def models_dir() -> Path:
-    return resources_dir() / "models"
+__all__ = ["available_models", "default_model_for", "default_sample", "models_dir", "presets_file",
+           "prior_modality", "resources_dir"]
 
 
 def prior_modality(path: Path) -> str | None:
@@ -58,15 +43,3 @@ def default_model_for(modality: str) -> Path | None:
             if prior_modality(path) == want:
                 return path
     return None
-
-
-def available_models() -> list[Path]:
-    """Shipped priors (``NAME.safetensors``; resume files ``NAME.train.safetensors`` are not priors)."""
-    folder = models_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith(".train.safetensors"))
-
-
-def presets_file() -> Path:
-    return resources_dir() / "presets" / "window_level.json"

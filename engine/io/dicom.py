@@ -313,6 +313,7 @@ SOURCE_TAGS = (
 
 def source_record(header: Dataset, frames: list[Frame], affine_lps: np.ndarray) -> dict[str, Any]:
     """A JSON-able summary of the source the writer needs to make a derived series."""
+    first = frames[0]
     tags = {k: text_value(header, k) for k in SOURCE_TAGS}
     return {
         "tags": {k: v for k, v in tags.items() if v != ""},
@@ -322,6 +323,12 @@ def source_record(header: Dataset, frames: list[Frame], affine_lps: np.ndarray) 
         "slice_positions_lps": [
             [float(v) for v in affine_lps[:3, 0] * i + affine_lps[:3, 3]] for i in range(len(frames))
         ],
+        # Each slice's own geometry as its file states it (positions may stray from the
+        # even grid above by the reader's spacing tolerance): a derived series repeats it.
+        "file_positions_lps": [None if f.position is None else [float(v) for v in f.position] for f in frames],
+        "instance_numbers": [f.instance_number for f in frames],
+        "orientation": None if first.orientation is None else [float(v) for v in first.orientation],
+        "pixel_spacing": None if first.pixel_spacing is None else [float(v) for v in first.pixel_spacing],
     }
 
 

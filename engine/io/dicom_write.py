@@ -10,7 +10,10 @@ that reading back gives the float data within slope/2: CT in HU is stored as int
 whole HU (slope 1); anything else is spread over the full uint16 range unless it is
 already integer-valued and fits (then slope 1, exact).
 
-Geometry comes from the volume's affine. A reader (this one included) orders slices
+Geometry comes from the volume's affine; a slice lying where a slice of its DICOM source
+lay repeats that slice's own ImagePositionPatient and InstanceNumber (and the series its
+orientation and pixel spacing), so the derived series matches the source slice by slice
+even where the source's positions stray from an even grid. A reader (this one included) orders slices
 by position along the normal ``row direction x column direction``; when the volume's
 slice axis points the other way, reading back returns the slices in reverse order
 (the same voxels at the same places, with the slice axis of the affine flipped).
@@ -129,18 +132,47 @@ def _prepare_folder(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _source_references(source: dict[str, Any], position: np.ndarray) -> Sequence | None:
-    """SourceImageSequence for the source slice at ``position`` (LPS), when there is one."""
-    images, positions = source.get("source_images", []), source.get("slice_positions_lps", [])
-    for (sop_class, sop_uid, frame), where in zip(images, positions):
-        if sop_uid and np.linalg.norm(np.asarray(where) - position) < 0.01:
-            item = Dataset()
-            item.ReferencedSOPClassUID = sop_class
-            item.ReferencedSOPInstanceUID = sop_uid
-            if frame is not None:
-                item.ReferencedFrameNumber = int(frame)
-            return Sequence([item])
+def _source_slice(source: dict[str, Any], position: np.ndarray) -> int | None:
+    """Index of the source slice at ``position`` (LPS, on the source's even grid), if any."""
+    for index, where in enumerate(source.get("slice_positions_lps", [])):
+        if np.linalg.norm(np.asarray(where) - position) < 0.01:
+            return index
     return None
+
+
+def _source_references(source: dict[str, Any], index: int) -> Sequence | None:
+    """SourceImageSequence for source slice ``index``, when it has a SOP instance."""
+    images = source.get("source_images", [])
+    if index >= len(images):
+        return None
+    sop_class, sop_uid, frame = images[index]
+    if not sop_uid:
+        return None
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_uid
+    if frame is not None:
+        item.ReferencedFrameNumber = int(frame)
+    return Sequence([item])
+
+
+def _per_source(source: dict[str, Any], key: str, index: int | None) -> Any:
+    values = source.get(key) or []
+    if key == "instance_numbers" and (None in values or len(set(values)) != len(values)):
+        return None  # frames of one multi-frame file share its number: number the images afresh
+    return values[index] if index is not None and index < len(values) else None
+
+
+def _source_plane(source: dict[str, Any], geometry: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Orientation and pixel spacing as the source states them, when the volume keeps its plane."""
+    orientation, spacing = geometry["orientation"], geometry["pixel_spacing"]
+    theirs = source.get("orientation")
+    if theirs is not None and np.allclose(theirs, orientation, atol=1e-4):
+        orientation = theirs
+    theirs = source.get("pixel_spacing")
+    if theirs is not None and np.allclose(theirs, spacing, rtol=1e-5, atol=1e-6):
+        spacing = theirs
+    return list(orientation), list(spacing)
 
 
 def _shared_header(volume: Volume, description: str | None, source: dict[str, Any]) -> Dataset:
@@ -223,8 +255,9 @@ def write_dicom_series(
     shared.RescaleIntercept, shared.RescaleSlope = _ds(intercept), _ds(slope)
     shared.RescaleType = "HU" if volume.modality == "CT" and volume.units == "HU" else "US"
     shared.Rows, shared.Columns = rows, cols
-    shared.ImageOrientationPatient = [_ds(v) for v in geometry["orientation"]]
-    shared.PixelSpacing = [_ds(v) for v in geometry["pixel_spacing"]]
+    orientation, pixel_spacing = _source_plane(source, geometry)
+    shared.ImageOrientationPatient = [_ds(v) for v in orientation]
+    shared.PixelSpacing = [_ds(v) for v in pixel_spacing]
     thickness = source.get("slice_thickness") or geometry["spacing_between"]
     shared.SliceThickness = _ds(thickness)
     shared.SpacingBetweenSlices = _ds(geometry["spacing_between"])
@@ -239,9 +272,14 @@ def write_dicom_series(
             ds = Dataset()
             ds.update(shared)
             ds.SOPInstanceUID = generate_uid()
-            ds.InstanceNumber = index + 1
-            ds.ImagePositionPatient = [_ds(v) for v in geometry["positions"][index]]
-            references = _source_references(source, geometry["positions"][index]) if source else None
+            # A slice that lies where a source slice lay takes that slice's own position
+            # and instance number, so the derived series matches its source slice by slice.
+            match = _source_slice(source, geometry["positions"][index]) if source else None
+            position = _per_source(source, "file_positions_lps", match)
+            instance = _per_source(source, "instance_numbers", match)
+            ds.InstanceNumber = instance if instance is not None else index + 1
+            ds.ImagePositionPatient = [_ds(v) for v in (geometry["positions"][index] if position is None else position)]
+            references = _source_references(source, match) if match is not None else None
             if references is not None:
                 ds.SourceImageSequence = references
             ds.PixelData = np.ascontiguousarray(stored[index]).astype(stored.dtype.newbyteorder("<")).tobytes()

@@ -75,8 +75,11 @@ def write_hdf5(
             raise VolumeWriteError(
                 p, f"the variance map is {_dims(variance.shape)} but the volume is {_dims(data.shape)}"
             )
+    data = _source_shape(volume, data)
+    variance = None if variance is None else variance.reshape(data.shape)
     # One slice per chunk (the viewer reads slices); gzip + shuffle roughly halves float32 images.
-    storage = dict(chunks=(1,) + data.shape[1:], compression="gzip", compression_opts=4, shuffle=True)
+    chunks = (1,) + data.shape[1:] if data.ndim == 3 else data.shape
+    storage = dict(chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
     # Write beside the target and rename, so a crash never leaves half a file under its name.
     partial = p.with_name(p.name + ".partial")
     try:
@@ -97,6 +100,18 @@ def write_hdf5(
     finally:
         partial.unlink(missing_ok=True)
     return [p]
+
+
+def _source_shape(volume: Volume, data: np.ndarray) -> np.ndarray:
+    """A result of a plain HDF5 array keeps that array's dims (a 2D image stays 2D)
+    when it holds all of its voxels; adding or dropping length-1 axes is a reshape."""
+    shape = volume.metadata.get("hdf5_shape") if volume.source_format in ("hdf5", "diffrecon-h5") else None
+    if not shape:
+        return data
+    shape = tuple(int(n) for n in shape)
+    if shape != data.shape and [n for n in shape if n != 1] == [n for n in data.shape if n != 1]:
+        return data.reshape(shape)
+    return data
 
 
 def _read_diffrecon(p: Path, fh: Any) -> Volume:
@@ -125,6 +140,7 @@ def _read_diffrecon(p: Path, fh: Any) -> Volume:
         "description": _text(attrs.get("description", "")),
         "diffrecon_version": _text(attrs.get("diffrecon_version", "")),
         "has_variance": "variance" in fh,
+        "hdf5_shape": [int(n) for n in ds.shape],
     }
     if note:
         metadata["geometry_note"] = note
@@ -179,7 +195,7 @@ def _read_plain(p: Path, fh: Any, key: str | None) -> Volume:
     ds = fh[chosen]
     data = _read_dataset(p, ds, chosen)
     spacing = _spacing_attr(ds.attrs) or (1.0, 1.0, 1.0)
-    metadata = {"dataset": chosen, "hdf5_dtype": str(ds.dtype)}
+    metadata = {"dataset": chosen, "hdf5_dtype": str(ds.dtype), "hdf5_shape": [int(n) for n in ds.shape]}
     return Volume(
         data=data,
         spacing=spacing,

@@ -299,15 +299,10 @@ def write_nifti(
         data = nio.apply_orientation(data, ornt)
         md = volume.metadata
         codes = {"qform": int(md.get("qform_code", 1)), "sform": int(md.get("sform_code", 1))}
-        # Unchanged geometry: write the source's own matrices bit for bit (they may
-        # differ from each other, and recomputing them would add rounding).
-        unchanged = volume.source_affine is not None and np.allclose(affine, volume.source_affine, atol=1e-5)
-        unchanged = unchanged and md.get("spatial_units", "mm") in ("mm", "unknown")
-        if unchanged:
-            affine = np.asarray(volume.source_affine, float)
-            for name in ("qform", "sform"):
-                if md.get(name) is not None:
-                    exact[name] = np.asarray(md[name], float)
+        exact = _source_matrices(volume, affine)
+        if exact:
+            affine = exact.get("sform" if codes["sform"] else "qform", affine)
+        data = _source_shape(data, md.get("nifti_shape"))
     if not np.all(np.isfinite(affine)):
         raise VolumeWriteError(p, "the volume's affine holds NaN or infinite values")
 
@@ -324,6 +319,44 @@ def write_nifti(
         # BIDS sidecars carry the modality NIfTI lacks; read_nifti picks it up again.
         written.append(write_sidecar(p, {"Modality": volume.modality, **(provenance or {})}))
     return written
+
+
+def _source_matrices(volume: Volume, affine: np.ndarray) -> dict[str, np.ndarray]:
+    """The source file's own qform and sform, moved to the grid being written.
+
+    ``affine`` (output voxel index -> mm, in the source's voxel order) lies on the
+    source grid when it is the source affine times an index map (the identity, or the
+    shift and stride of a slice selection). The source's matrices times that map keep
+    them bit for bit where nothing moved (they may differ from each other, and
+    recomputing them would add rounding). Empty when the file's units are not mm (its
+    matrices are then in other units) or the volume has no source affine.
+    """
+    md = volume.metadata
+    if volume.source_affine is None or md.get("spatial_units", "mm") not in ("mm", "unknown"):
+        return {}
+    source = np.asarray(volume.source_affine, float)
+    try:
+        index_map = np.linalg.inv(source) @ affine
+    except np.linalg.LinAlgError:
+        return {}
+    rounded = np.round(index_map)
+    if not np.allclose(index_map, rounded, atol=1e-4):
+        return {}  # not on the source grid: the volume's own affine is the truth
+    identity = np.array_equal(rounded, np.eye(4))
+    return {name: np.asarray(md[name], float) if identity else np.asarray(md[name], float) @ rounded
+            for name in ("qform", "sform") if md.get(name) is not None}
+
+
+def _source_shape(data: np.ndarray, shape: Any) -> np.ndarray:
+    """``data`` with the source file's dims when it holds all of its voxels: a 2D image
+    stays 2D, a ``(x, y, z, 1)`` file keeps its trailing 1."""
+    if not shape:
+        return data
+    shape = tuple(int(s) for s in shape)
+    # Adding or dropping length-1 axes keeps the voxels' order, so this is only a reshape.
+    if shape != data.shape and [s for s in shape if s != 1] == [s for s in data.shape if s != 1]:
+        return data.reshape(shape)
+    return data
 
 
 def _sidecar_modality(p: Path) -> str | None:

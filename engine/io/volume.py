@@ -63,8 +63,9 @@ class Volume:
     kspace: KSpace | None = None
     reference: np.ndarray | None = None  # a ground-truth image the file carries (fastMRI targets)
     # How to put ``data`` back into the source file's own voxel order (nibabel ornt
-    # from our axes to the source's), and the source's affine: writers use them to
-    # write a result in the same geometry as the scan it came from.
+    # from our axes to the source's), and the source file's affine (its whole grid, in
+    # mm): writers use them to write a result, or some of its slices, on the grid of
+    # the scan it came from. Both survive ``derived`` and ``select_slices``.
     source_ornt: np.ndarray | None = None
     source_affine: np.ndarray | None = None
 
@@ -129,8 +130,8 @@ class Volume:
             )
         ref = None if self.reference is None else self.reference[idx]
         spacing = (float(np.linalg.norm(affine[:3, 0])), self.spacing[1], self.spacing[2])
-        return replace(self, data=self.data[idx], affine=affine, spacing=spacing, kspace=ks, reference=ref,
-                       source_ornt=None, source_affine=None)
+        # source_ornt/source_affine stay: the slices still lie on the source file's grid.
+        return replace(self, data=self.data[idx], affine=affine, spacing=spacing, kspace=ks, reference=ref)
 
 
 def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
