@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 #: fraction of the measured columns (MRI) or views (CT) set aside to score settings
 HOLDOUT_FRACTION = 0.15
 #: TV weights tried, as multiples of the TV baseline's tuned weight (0 = plain DDS)
-TV_WEIGHT_CANDIDATES = (0.0, 0.3, 1.0, 3.0)
+TV_WEIGHT_CANDIDATES = (0.0, 1.0, 3.0)
 #: sampling steps of each hold-out run
-SELECTION_STEPS = 10
+SELECTION_STEPS = 8
 
 
 class HeldOutOperator(LinearOperator):
