@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DiffreconError
-from ..measurements import MODALITIES
+from .choices import MODALITIES
 
 #: scans a modality is benchmarked on when DATA is not given
 DEFAULT_DATA = {"mri": ["colin27"], "ct": ["cranium"], "denoise": ["colin27"], "ultrasound": ["colin27"]}

@@ -19,6 +19,8 @@ from ..runtime import configure_threads, keep_freed_memory
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
 SUBCOMMANDS = ("info", "reconstruct", "bench", "study", "train", "view")
+# Commands that never touch torch: they must not pay its ~1-2 s import.
+TORCH_FREE = {("info", None), ("study", "status"), ("study", "report")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(given)
     args.command_line = "diffrecon " + shlex.join(str(a) for a in given)  # recorded in outputs' provenance
     try:
-        configure_threads(args.threads)
+        needs_torch = (args.command, getattr(args, "study_command", None)) not in TORCH_FREE
+        configure_threads(args.threads, import_torch=needs_torch)
         keep_freed_memory()
         return int(args.run(args) or 0)
     except DiffreconError as exc:

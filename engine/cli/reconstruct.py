@@ -12,18 +12,18 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import __version__
-from ..diffusion.frames import GUIDANCE, SAMPLERS
 from ..errors import DiffreconError, SettingsError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
-from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings, ProblemSource
-from ..physics.masks import MASK_KINDS
-from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, ReconRun, default_prior_path,
-                           diffusion_setup, reconstruct)
+from .choices import CLASSICAL_METHODS, DIFFUSION, GUIDANCE, MASK_KINDS, MODALITIES, NOISE_MODELS, SAMPLERS
+
+if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
+    from ..reconstruct import DiffusionSetup, ReconRun
 
 _DEFAULT_MODALITY = {"MR": "mri", "CT": "ct", "US": "ultrasound", "OT": "denoise"}
 
@@ -115,6 +115,9 @@ def _output_path(out: str, method: str, several: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..measurements import MeasurementSettings, ProblemSource
+    from ..reconstruct import reconstruct
+
     volume = load_volume(args.path, series=args.series)
     modality = args.modality or _DEFAULT_MODALITY[volume.modality]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -163,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
 def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     """The prior (``--model`` or the modality's default) and the sampling options."""
     from ..diffusion.checkpoint import load_prior
+    from ..reconstruct import default_prior_path, diffusion_setup
 
     path = Path(args.model) if args.model else default_prior_path(modality)
     if not path.is_file():
