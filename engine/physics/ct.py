@@ -116,7 +116,7 @@ class ParallelBeamRadon(LinearOperator):
         self._check_image(h, w)
         forward, adjoint = self.matrices.torch_pair(x.device, _real_dtype(x))
         # One column per image of the padded grid (the matrix's pixel order): (side^2, B C).
-        columns = F.pad(x.reshape(b * c, h, w), (1, 1, 1, 1)).reshape(b * c, -1).t()
+        columns = F.pad(x.reshape(b * c, h, w).to(forward.dtype), (1, 1, 1, 1)).reshape(b * c, -1).t()
         rays = _SparseProduct.apply(columns, forward, adjoint)
         return (rays.t() * self.pixel_size_mm).reshape(b, c, self.n_views, self.det_count)
 
@@ -124,7 +124,7 @@ class ParallelBeamRadon(LinearOperator):
         b, c = y.shape[:2]
         n, side = self.size, self.size + 2
         forward, adjoint = self.matrices.torch_pair(y.device, _real_dtype(y))
-        columns = y.reshape(b * c, self.n_views * self.det_count).t()
+        columns = y.reshape(b * c, self.n_views * self.det_count).to(forward.dtype).t()
         padded = _SparseProduct.apply(columns, adjoint, forward)
         image = (padded.t() * self.pixel_size_mm).reshape(b * c, side, side)[:, 1 : n + 1, 1 : n + 1]
         return image.reshape(b, c, n, n)
