@@ -1,7 +1,8 @@
-"""Process-wide settings for fast CPU inference: torch threads and the memory allocator.
+"""Process-wide settings: torch threads, the memory allocator, and the compute device.
 
-Both are applied once, before any torch work: by the CLI (``--threads``,
-``$DIFFRECON_THREADS``) and the viewer.
+Applied once, before any torch work: by the CLI (``--threads``, ``$DIFFRECON_THREADS``,
+``--device``) and the viewer. Nothing here imports torch unless it must: commands that
+need no torch (``--help``, ``info``, ``study status``) start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -19,14 +20,28 @@ _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 1 << 30
 
 
-def configure_threads(threads: int | None) -> None:
-    """Apply the thread-count setting (``threads``, else ``$DIFFRECON_THREADS``, else torch's)."""
+#: what ``--device`` accepts: ``auto`` is CUDA when torch sees a GPU, else the CPU
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def configure_threads(threads: int | None, *, import_torch: bool = True) -> None:
+    """Apply the thread-count setting (``threads``, else ``$DIFFRECON_THREADS``, else torch's).
+
+    With ``import_torch=False`` torch is left unimported (if it is not loaded yet) and
+    the setting goes to ``OMP_NUM_THREADS``, which torch reads when it is first imported.
+    """
     n = threads if threads is not None else os.environ.get("DIFFRECON_THREADS")
     if n is None:
         return
-    n = int(n)
+    try:
+        n = int(n)
+    except ValueError:
+        raise DiffreconError(f"$DIFFRECON_THREADS must be a whole number, got {n!r}") from None
     if n < 1:
         raise DiffreconError(f"--threads must be at least 1, got {n}")
+    if not import_torch and "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        return
     import torch
 
     torch.set_num_threads(n)
@@ -46,6 +61,36 @@ def thread_settings() -> dict:
         "torch_interop_threads": int(torch.get_num_interop_threads()) if torch is not None else None,
         "cpu_count": os.cpu_count(),
     }
+
+
+def resolve_device(name: str | None = "auto"):
+    """``--device`` as a ``torch.device``: ``auto`` picks CUDA when present, else the CPU.
+
+    Asking for ``cuda`` on a machine without one is the user's error (one sentence).
+    """
+    import torch
+
+    name = (name or "auto").lower()
+    if name not in DEVICES:
+        raise DiffreconError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DiffreconError("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def describe_device(device) -> dict:
+    """What outputs record about the device: its type, name and the network precision."""
+    import torch
+
+    device = torch.device(device)
+    facts = {"device": device.type, "autocast": "bfloat16"}
+    if device.type == "cuda":
+        facts["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        facts["threads"] = torch.get_num_threads()
+    return facts
 
 
 def keep_freed_memory() -> bool:

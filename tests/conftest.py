@@ -15,6 +15,8 @@ pytest.register_assert_rewrite("viewer_support", "study_support", "tiny_priors")
 
 # Qt tests run without a display.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Tests never write the CT system-matrix cache into the home folder.
+os.environ.setdefault("DIFFRECON_CACHE_DIR", "off")
 
 # Under pytest-xdist every worker takes a core: torch must not start a thread per core
 # in each of them (2 workers x 2 threads on 2 cores runs 4x slower).

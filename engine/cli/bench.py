@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import modalities
 from ..errors import DiffreconError
-from ..measurements import MODALITIES
+from .choices import MODALITIES
 
 
 def default_data(modality: str) -> list[str]:

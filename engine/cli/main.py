@@ -21,6 +21,8 @@ from ..runtime import configure_threads, keep_freed_memory
 # Subcommands in the order ``--help`` lists them. Register one here when it works,
 # never as a stub.
 SUBCOMMANDS = ("info", "reconstruct", "bench", "study", "train", "view")
+# Commands that never touch torch: they must not pay its ~1-2 s import.
+TORCH_FREE = {("info", None), ("study", "status"), ("study", "report")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The memory budget predicts this command's peak (on the slices it will process) before reading pixels.
         set_command(args.command, getattr(args, "slices", None))
-        configure_threads(args.threads)
+        needs_torch = (args.command, getattr(args, "study_command", None)) not in TORCH_FREE
+        configure_threads(args.threads, import_torch=needs_torch)
         keep_freed_memory()
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line  # restored when the block ends

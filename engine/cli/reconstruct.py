@@ -12,22 +12,20 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import __version__
-from ..diffusion.guidance import GUIDANCE
-from ..diffusion.samplers import SAMPLERS
 from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
-from ..measurements import MODALITIES, NOISE_MODELS, MeasurementSettings
-from ..modalities import suggest_task
-from ..physics.masks import MASK_KINDS
-from ..slices import slice_indices
-from ..reconstruct import (CLASSICAL_METHODS, DIFFUSION, DiffusionSetup, Reconstruction, ReconRequest, ReconRun,
-                           default_prior_path, diffusion_setup, run_to_end)
 from ..runtime import thread_settings
+from ..slices import slice_indices
+from .choices import CLASSICAL_METHODS, DIFFUSION, GUIDANCE, MASK_KINDS, MODALITIES, NOISE_MODELS, SAMPLERS
+
+if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
+    from ..reconstruct import DiffusionSetup, ReconRun
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -101,6 +99,10 @@ def _output_path(out: str, method: str, several: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..measurements import MeasurementSettings
+    from ..modalities import suggest_task
+    from ..reconstruct import Reconstruction, ReconRequest, run_to_end
+
     volume = load_volume(args.path, series=args.series)
     modality = args.modality or suggest_task(volume)[0]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     """The prior (``--model`` or the modality's default) and the sampling options."""
     from ..diffusion.checkpoint import load_prior
+    from ..reconstruct import default_prior_path, diffusion_setup
 
     path = Path(args.model) if args.model else default_prior_path(modality)
     if not path.is_file():

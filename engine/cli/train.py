@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import signal
 
-import torch
-
 from ..errors import SettingsError
 
 
@@ -75,6 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..diffusion.checkpoint import PriorPaths
     from ..diffusion.data import load_sources
     from ..diffusion.training import TrainConfig, Trainer

@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..diffusion.guidance import GUIDANCE
-from ..diffusion.samplers import SAMPLERS
-from ..measurements import MODALITIES
-from ..physics.masks import MASK_KINDS
+from .choices import GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

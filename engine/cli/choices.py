@@ -1,0 +1,15 @@
+"""The names the command line offers, without importing the engine that implements them.
+
+``diffrecon --help`` and ``diffrecon info`` must start in a fraction of a second, so the
+parsers may not import torch; the modules that define these names do. Each tuple here is
+checked against its source of truth by ``tests/test_startup.py``.
+"""
+
+MODALITIES = ("mri", "ct", "denoise", "ultrasound")  # diffrecon.measurements.MODALITIES
+NOISE_MODELS = ("gaussian", "poisson", "gamma", "correlated")  # diffrecon.measurements.NOISE_MODELS
+MASK_KINDS = ("random", "equispaced", "gaussian2d", "poisson")  # diffrecon.physics.masks.MASK_KINDS
+SAMPLERS = ("ddim", "ddpm", "sde")  # diffrecon.diffusion.samplers.SAMPLERS
+GUIDANCE = ("projection", "dds", "dds-tv", "dps")  # diffrecon.diffusion.guidance.GUIDANCE
+CLASSICAL_METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d")  # diffrecon.baselines.METHODS
+DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
+DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES

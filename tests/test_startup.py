@@ -1,0 +1,87 @@
+"""Commands that need no torch never import it (``--help``, ``info``, ``study status|report``).
+
+Each runs in a fresh interpreter, as a user starts it; the check is on ``sys.modules``
+(what was imported), not on a time: how fast start-up is is measured by
+``python -m diffrecon.experiments.speed``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+
+_PROBE = """
+import contextlib, io, json, sys
+from diffrecon.cli.main import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "out": out.getvalue()}))
+"""
+
+
+def _run(*args: str, env_threads: str | None = None) -> dict:
+    env = None
+    if env_threads is not None:
+        import os
+
+        env = {**os.environ, "DIFFRECON_THREADS": env_threads}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_info_never_import_torch(tmp_path) -> None:
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 32, 3), dtype=np.float32), np.eye(4)), path)
+    helped = _run("--help")
+    assert helped["code"] == 0 and "reconstruct" in helped["out"] and not helped["torch"]
+    for sub in ("reconstruct", "bench", "train", "view"):
+        assert not _run(sub, "--help")["torch"], sub
+    info = _run("info", path, env_threads="1")  # a thread setting must not pull torch in either
+    assert info["code"] == 0 and "3 x 32 x 40" in info["out"]
+    assert not info["torch"]
+
+
+def test_study_status_and_report_never_import_torch(study, tmp_path) -> None:
+    status = _run("study", "status", study)
+    assert status["code"] == 0 and "alice" in status["out"] and not status["torch"]
+    report = _run("study", "report", study, "--out", tmp_path / "rep")
+    assert report["code"] == 0 and not report["torch"]
+
+
+def test_a_command_that_needs_torch_does_import_it(tmp_path) -> None:
+    """The probe can see torch: ``reconstruct`` on the same file imports it."""
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 2), dtype=np.float32), np.eye(4)), path)
+    result = _run("reconstruct", path, "--modality", "denoise", "--simulate", "--method", "median",
+                  "--out", tmp_path / "out.nii.gz")
+    assert result["code"] == 0 and result["torch"]
+
+
+def test_cli_choices_match_the_engine() -> None:
+    """The parsers' torch-free copies of the engine's names (diffrecon.cli.choices)."""
+    from diffrecon import runtime
+    from diffrecon.baselines import METHODS
+    from diffrecon.cli import choices
+    from diffrecon.diffusion.guidance import GUIDANCE
+    from diffrecon.diffusion.samplers import SAMPLERS
+    from diffrecon.measurements import MODALITIES, NOISE_MODELS
+    from diffrecon.physics.masks import MASK_KINDS
+    from diffrecon.reconstruct import DIFFUSION
+
+    assert choices.MODALITIES == MODALITIES and choices.NOISE_MODELS == NOISE_MODELS
+    assert choices.MASK_KINDS == MASK_KINDS and choices.SAMPLERS == SAMPLERS and choices.GUIDANCE == GUIDANCE
+    assert choices.CLASSICAL_METHODS == tuple(METHODS) and choices.DIFFUSION == DIFFUSION
+    assert choices.DEVICES == runtime.DEVICES
