@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-pytest_plugins = ("test_study_support",)  # its fixtures: case_root, study
+pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
 _PROBE = """
 import contextlib, io, json, sys
@@ -82,6 +82,6 @@ def test_cli_choices_match_the_engine() -> None:
     from diffrecon.reconstruct import DIFFUSION
 
     assert choices.MODALITIES == MODALITIES and choices.NOISE_MODELS == NOISE_MODELS
-    assert choices.MASK_KINDS == MASK_KINDS and choices.SAMPLERS == SAMPLERS and choices.GUIDANCE == GUIDANCE
+    assert choices.MASK_KINDS == MASK_KINDS and choices.SAMPLERS == tuple(SAMPLERS) and choices.GUIDANCE == GUIDANCE
     assert choices.CLASSICAL_METHODS == tuple(METHODS) and choices.DIFFUSION == DIFFUSION
     assert choices.DEVICES == runtime.DEVICES

@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import modalities
 from ..errors import DiffreconError
 from .choices import MODALITIES
 
@@ -101,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.grid_slices < 0:
         raise SettingsError("--samples must be at least 1 and --grid-slices at least 0")
     tasks = parse_settings(args.settings, modality)
+    from .. import modalities
+
     chosen = modalities.get(modality)
     have_default_prior = chosen.default_prior is not None or args.model is not None
     methods = parse_methods(args.methods, modality, have_prior=have_default_prior)

@@ -143,10 +143,12 @@ def _ct_problem(views: int = 60, slices: int = 1):
 
 
 def _mri_problem(slices: int = 1):
-    from ..measurements import ReconProblem
+    from ..measurements import ProblemSource, ReconProblem
     from .diffusion import _synthetic_mri
 
-    one = _synthetic_mri(SIZE)
+    volume, settings = _synthetic_mri(SIZE)
+    source = ProblemSource(volume, settings, simulate=True)
+    one = source.problem(source.slice_index)
     if slices == 1:
         return one
     rep = lambda t: t.repeat(slices, *([1] * (t.ndim - 1)))  # noqa: E731
