@@ -111,7 +111,10 @@ def projectors(device: torch.device, repeats: int = 5, views: tuple[int, ...] = 
             matrices = op.matrices
             build_wall, build_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             image = torch.rand(1, 1, SIZE, SIZE, device=device)
-            pair = _median_seconds(lambda op=op, image=image: op.A_adjoint(op.A(image)), repeats, device)
+            def forward_and_adjoint(op=op, image=image) -> torch.Tensor:
+                return op.A_adjoint(op.A(image))
+
+            pair = _median_seconds(forward_and_adjoint, repeats, device)
             result[f"radon_{n_views}"] = {"build_s": build_wall, "build_cpu_s": build_cpu,
                                           "entries_millions": matrices.forward.nnz / 1e6,
                                           "forward_adjoint_ms": pair * 1e3, "vs_fft": pair / fft}
@@ -204,8 +207,11 @@ def diffusion(device: torch.device, steps: int = 25, repeats: int = 1) -> dict[s
             walls[name].append(time.perf_counter() - start)
             nfe[name] = counter.calls
     for name, (prior, problem) in setups.items():
+        def one_forward(p=prior) -> None:
+            _net_forward(p, device)
+
         forward = forward_seconds(prior.model, (1, prior.channels, SIZE, SIZE)) if device.type == "cpu" else \
-            _median_seconds(lambda p=prior: _net_forward(p, device), 5, device)
+            _median_seconds(one_forward, 5, device)
         wall = statistics.median(walls[name])
         runs[name] = {"seconds_per_slice": wall, "nfe": nfe[name], "forward_s": forward,
                       "overhead": wall / (nfe[name] * forward)}
@@ -261,7 +267,7 @@ def total_variation(device: torch.device, repeats: int = 1) -> dict[str, Any]:
                 start = time.perf_counter()
                 run_baseline("tv", p.operator, p.y, modality=p.modality, noise_level=p.noise_level)
                 walls[name].append(time.perf_counter() - start)
-    result = {name: {"seconds_per_slice": statistics.median(w)} for name, w in walls.items()}
+    result: dict[str, Any] = {name: {"seconds_per_slice": statistics.median(w)} for name, w in walls.items()}
     result["ct_over_mri"] = result["ct"]["seconds_per_slice"] / result["mri"]["seconds_per_slice"]
     return result
 
