@@ -13,7 +13,6 @@ import sys
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 pytest_plugins = ("study_support",)  # its fixtures: case_root, study
 
