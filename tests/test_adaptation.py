@@ -57,6 +57,13 @@ def test_ct_hold_out_takes_whole_views() -> None:
     assert held.shape == (1, 1, 20, 1) and int(held.sum()) == 3
     restricted = HeldOutOperator(op, keep)
     assert torch.all(restricted.A(torch.rand(1, 1, 24, 24))[:, :, held.flatten().bool()] == 0)
+    # CT's TV starts from FBP: the restricted operator back-projects only the kept views.
+    from diffrecon.baselines import run_baseline
+
+    assert restricted.n_views == 20
+    with torch.inference_mode():
+        tv = run_baseline("tv", restricted, y * keep, modality="ct", params={"iters": 5})
+    assert tv.shape == (1, 1, 24, 24) and torch.isfinite(tv).all()
 
 
 def test_blend_weight_recovers_known_mixtures() -> None:

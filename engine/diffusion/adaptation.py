@@ -54,6 +54,16 @@ class HeldOutOperator(LinearOperator):
     def image_shape(self) -> tuple[int, ...] | None:
         return self.base.image_shape()
 
+    def fbp(self, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The base operator's filtered back-projection of the kept views (CT warm starts)."""
+        return self.base.fbp(y * self.keep.to(y.device), **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        # Other facts of the base operator (its views, its mask, its zero-filled image) are still true.
+        if name in ("base", "keep"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
 
 def holdout_masks(problem: "ReconProblem", fraction: float = HOLDOUT_FRACTION,
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
