@@ -62,8 +62,11 @@ _SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}
 REGISTRY: dict[str, Modality] = {
     m.name: m
     for m in (
+        # MRI: dds-tv with its weight and TV blend chosen per scan (measured on the validation
+        # subjects dipy-t1 and heudiconv-axasc35: resources/results/diffusion-defaults.md).
         Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds"}, "mri-brain.safetensors", ("mri",), input_method="zero-filled"),
+                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv"}, "mri-brain.safetensors", ("mri",),
+                 input_method="zero-filled"),
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
                  {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10}, "ct-head.safetensors", ("ct",)),
         # A = I: "projection" is measurement mixing
