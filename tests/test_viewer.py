@@ -279,7 +279,7 @@ def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr
     c = window.controls
     options = c.diffusion_options()
     assert options.symmetric and options.eta == 0.0 and options.samples == 1  # a pair: variance at live speed
-    assert (options.sampler, options.guidance) == ("ddim", "dds")
+    assert (options.sampler, options.guidance) == ("ddim", REGISTRY["mri"].diffusion_defaults["guidance"])
     c.modality.setCurrentIndex(c.modality.findData("denoise"))
     assert c.diffusion_options().guidance == REGISTRY["denoise"].diffusion_defaults["guidance"] == "projection"
     c.guidance.setCurrentIndex(c.guidance.findData("dps"))  # the user's choice wins

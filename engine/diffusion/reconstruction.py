@@ -216,13 +216,14 @@ def _full_data_tv(problem: ReconProblem, baseline: torch.Tensor | None, options:
 
 
 def blend_with_baseline(frame: ReconFrame, baseline: torch.Tensor, weight: float) -> ReconFrame:
-    """``weight * frame.x0 + (1 - weight) * baseline`` (variance scaled by ``weight²``): the
-    hold-out-chosen mix of :func:`.adaptation.blend_weight`."""
+    """``weight * frame.x0 + (1 - weight) * baseline``: the hold-out-chosen mix of
+    :func:`.adaptation.blend_weight`. The variance stays the diffusion samples' own: scaling
+    it by ``weight²`` would claim certainty exactly where the prior was judged unfit (a
+    blend leaning on TV says the prior does not know this scan, not that nothing is unknown)."""
     from dataclasses import replace as _replace
 
     x0 = weight * frame.x0 + (1.0 - weight) * baseline.to(frame.x0.dtype)
-    variance = None if frame.variance is None else frame.variance * weight**2
-    return _replace(frame, x0=x0, variance=variance)
+    return _replace(frame, x0=x0)
 
 
 def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
