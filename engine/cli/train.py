@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diffrecon: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run() has saved and said so; no traceback
+        return 130
 
 
 if __name__ == "__main__":
