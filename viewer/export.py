@@ -30,20 +30,24 @@ EXPORTS = {
 VOLUME_FILTERS = "NIfTI (*.nii.gz *.nii);;HDF5 (*.h5);;DICOM series folder (*)"
 
 
-def provenance(session: Session, layer: str) -> dict:
+def _run_record(session: Session, command: str) -> dict:
+    """What every file the viewer writes says about the run behind it."""
     run = session.run.provenance
     return {
         "diffrecon_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "diffrecon view",
+        "command": command,
         "input": None if session.path is None else str(session.path),
+        **{key: run.get(key) for key in ("settings", "simulate", "diffusion", "model", "slices")},
+    }
+
+
+def provenance(session: Session, layer: str) -> dict:
+    baseline = session.run.provenance.get("baseline")
+    return {
+        **_run_record(session, "diffrecon view"),
         "output": EXPORTS[layer][1],
-        "method": {"recon": "diffusion", "sigma": "diffusion", "baseline": run.get("baseline")}.get(layer, "input"),
-        "settings": run.get("settings"),
-        "simulate": run.get("simulate"),
-        "diffusion": run.get("diffusion"),
-        "model": run.get("model"),
-        "slices": run.get("slices"),
+        "method": {"recon": "diffusion", "sigma": "diffusion", "baseline": baseline}.get(layer, "input"),
         "state": session.run.cancelled or ("complete" if session.run.finished else "running"),
     }
 
@@ -130,19 +134,10 @@ def metrics_line(metrics: dict[str, dict[str, float]]) -> str:
 
 def run_report(session: Session, stats: dict, completed: bool) -> dict:
     """What ``view --run --report`` writes: the run's settings, its metrics and timings."""
-    run = session.run.provenance
     return {
-        "diffrecon_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "diffrecon view --run",
-        "input": None if session.path is None else str(session.path),
+        **_run_record(session, "diffrecon view --run"),
         "completed": bool(completed),  # False: cancelled or failed; the metrics then cover what finished
-        "settings": run.get("settings"),
-        "simulate": run.get("simulate"),
-        "baseline": run.get("baseline"),
-        "diffusion": run.get("diffusion"),
-        "model": run.get("model"),
-        "slices": run.get("slices"),
+        "baseline": session.run.provenance.get("baseline"),
         "metrics": session.metrics,
         "display": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()},
     }

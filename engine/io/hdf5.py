@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import DiffreconError, VolumeReadError, VolumeWriteError
 from .checks import check_finite, check_fits_in_memory, check_hdf5_stored, check_image_shape
 from .numpy_io import as_volume_shape, describe_bytes, is_usable_affine
-from .volume import MODALITIES, Volume, affine_from_spacing
+from .volume import MODALITIES, Volume, affine_from_spacing, reshape_to_source
 
 # fastMRI's target names: ESC for single-coil, RSS for multi-coil challenges.
 ROOT_ATTRS_KEPT = 16  # at most this many root attributes go into metadata
@@ -75,7 +75,9 @@ def write_hdf5(
             raise VolumeWriteError(
                 p, f"the variance map is {_dims(variance.shape)} but the volume is {_dims(data.shape)}"
             )
-    data = _source_shape(volume, data)
+    # A result of a plain HDF5 array keeps that array's dims (a 2D image stays 2D).
+    if volume.source_format in ("hdf5", "diffrecon-h5"):
+        data = reshape_to_source(data, volume.metadata.get("hdf5_shape"))
     variance = None if variance is None else variance.reshape(data.shape)
     # One slice per chunk (the viewer reads slices); gzip + shuffle roughly halves float32 images.
     chunks = (1,) + data.shape[1:] if data.ndim == 3 else data.shape
@@ -100,18 +102,6 @@ def write_hdf5(
     finally:
         partial.unlink(missing_ok=True)
     return [p]
-
-
-def _source_shape(volume: Volume, data: np.ndarray) -> np.ndarray:
-    """A result of a plain HDF5 array keeps that array's dims (a 2D image stays 2D)
-    when it holds all of its voxels; adding or dropping length-1 axes is a reshape."""
-    shape = volume.metadata.get("hdf5_shape") if volume.source_format in ("hdf5", "diffrecon-h5") else None
-    if not shape:
-        return data
-    shape = tuple(int(n) for n in shape)
-    if shape != data.shape and [n for n in shape if n != 1] == [n for n in data.shape if n != 1]:
-        return data.reshape(shape)
-    return data
 
 
 def _read_diffrecon(p: Path, fh: Any) -> Volume:

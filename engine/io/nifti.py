@@ -25,7 +25,7 @@ from ..errors import VolumeReadError, VolumeWriteError
 from .checks import check_finite, check_fits_in_memory, check_image_shape, open_regular
 from .numpy_io import describe_bytes
 from .sidecar import sidecar_path, write_sidecar
-from .volume import Volume
+from .volume import Volume, reshape_to_source
 
 # Display layout of a volume with several slices: axial (see module docstring).
 AXIAL_CODES = ("S", "P", "L")
@@ -302,7 +302,7 @@ def write_nifti(
         exact = _source_matrices(volume, affine)
         if exact:
             affine = exact.get("sform" if codes["sform"] else "qform", affine)
-        data = _source_shape(data, md.get("nifti_shape"))
+        data = reshape_to_source(data, md.get("nifti_shape"))
     if not np.all(np.isfinite(affine)):
         raise VolumeWriteError(p, "the volume's affine holds NaN or infinite values")
 
@@ -345,18 +345,6 @@ def _source_matrices(volume: Volume, affine: np.ndarray) -> dict[str, np.ndarray
     identity = np.array_equal(rounded, np.eye(4))
     return {name: np.asarray(md[name], float) if identity else np.asarray(md[name], float) @ rounded
             for name in ("qform", "sform") if md.get(name) is not None}
-
-
-def _source_shape(data: np.ndarray, shape: Any) -> np.ndarray:
-    """``data`` with the source file's dims when it holds all of its voxels: a 2D image
-    stays 2D, a ``(x, y, z, 1)`` file keeps its trailing 1."""
-    if not shape:
-        return data
-    shape = tuple(int(s) for s in shape)
-    # Adding or dropping length-1 axes keeps the voxels' order, so this is only a reshape.
-    if shape != data.shape and [s for s in shape if s != 1] == [s for s in data.shape if s != 1]:
-        return data.reshape(shape)
-    return data
 
 
 def _sidecar_modality(p: Path) -> str | None:

@@ -141,6 +141,18 @@ def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
     return tuple(nio.aff2axcodes(np.asarray(affine, float)))  # type: ignore[return-value]
 
 
+def reshape_to_source(data: np.ndarray, shape: Any) -> np.ndarray:
+    """``data`` with the source file's dims when it holds all of its voxels: a 2D image
+    stays 2D, a ``(x, y, z, 1)`` file keeps its trailing 1 (writers keep the reader's grid)."""
+    if not shape:
+        return data
+    shape = tuple(int(s) for s in shape)
+    # Adding or dropping length-1 axes keeps the voxels' order, so this is only a reshape.
+    if shape != data.shape and [s for s in shape if s != 1] == [s for s in data.shape if s != 1]:
+        return data.reshape(shape)
+    return data
+
+
 def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
     """The affine of an array with no geometry of its own: axial slices, rows towards
     posterior, columns towards the patient's left (DICOM's usual axial layout)."""
