@@ -178,23 +178,24 @@ class DDSTVGuidance(Guidance):
     estimate, so the step minimises ``1/2 ||A x - y||² + lam_abs TV(x)`` to first order near
     ``x0_hat`` (DiffusionMBIR, Chung et al. 2023, adds TV to the data-consistency step with
     ADMM; this keeps DDS's one CG solve). The weight is relative like the TV baseline's:
-    ``lam_abs = lam · max|Aᴴy|``. With ``lam = 0`` it is plain DDS without the noise stop.
+    ``lam_abs = lam · max|Aᴴy|``. A weight of 0 is plain DDS (:func:`make_guidance` gives
+    :class:`DDSGuidance` then).
     """
 
-    def __init__(self, *args, iters: int = 5, lam: float = 0.0):
+    def __init__(self, *args, iters: int = 5, lam: float):
         super().__init__(*args)
         from ..baselines.tv import regularization_scale
 
-        self.iters, self.lam = iters, float(lam)
-        self.scale = _per_problem_scale(regularization_scale, self.operator, self.y)
+        self.iters = iters
+        with torch.no_grad():  # once per problem, not per sampling step
+            self.rhs = self.operator.A_adjoint(self.y)
+            self.lam_abs = float(lam) * regularization_scale(self.operator, self.y).float()  # (B, 1, 1, 1)
 
     def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
         from ..baselines.tv import _gradient_magnitude, divergence, gradient
 
         def solve(w: torch.Tensor) -> torch.Tensor:
-            if self.lam <= 0:
-                return self.operator.least_squares(w, self.y, self.noise_level, iters=self.iters)
-            lam = (self.lam * self.scale).to(w.real.dtype).view(-1, 1, 1, 1)
+            lam = self.lam_abs.to(w.real.dtype)
             peak = w.abs().flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
             # eps keeps flat regions from dominating: below 1 % of the peak per pixel, TV is quadratic.
             wgt = 1.0 / torch.maximum(_gradient_magnitude(gradient(w)), 0.01 * peak)  # (B, 1, 1, H, W)
@@ -202,16 +203,10 @@ class DDSTVGuidance(Guidance):
             def normal(v: torch.Tensor) -> torch.Tensor:
                 return self.operator.normal(v) - lam * divergence(wgt * gradient(v))
 
-            rhs = self.operator.A_adjoint(self.y)
-            return conjugate_gradient(normal, rhs.to(w.dtype) if not w.is_complex() else rhs, x0=w,
-                                      iters=self.iters)
+            rhs = self.rhs if w.is_complex() else self.rhs.to(w.dtype)
+            return conjugate_gradient(normal, rhs, x0=w, iters=self.iters)
 
         return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
-
-
-def _per_problem_scale(fn, operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return fn(operator, y).flatten().float()
 
 
 def autograd_ready(operator: LinearOperator) -> LinearOperator:
@@ -284,6 +279,6 @@ def make_guidance(name: str, operator: LinearOperator, y: torch.Tensor, noise_le
         return MixingGuidance(operator, y, noise_level, domain, schedule=schedule, noise=noise)
     if name == "projection":
         return ProjectionGuidance(operator, y, noise_level, domain)
-    if name == "dds-tv":
+    if name == "dds-tv" and tv_weight > 0:
         return DDSTVGuidance(operator, y, noise_level, domain, iters=cg_iters, lam=tv_weight)
     return DDSGuidance(operator, y, noise_level, domain, iters=cg_iters)

@@ -29,11 +29,12 @@ def _crop_to_object(block: np.ndarray) -> np.ndarray:
     inside = np.abs(block) > AIR_LEVEL
     if not inside.any():
         return block[:1, :1, :1]
-    lo = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))[0]) for d in range(3)]
-    hi = [int(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + 1 for d in range(3)]
     margin = 4  # a little air around the object, as in a real scan
-    sl = tuple(slice(max(0, start - margin), min(n, h + margin)) for start, h, n in zip(lo, hi, block.shape))
-    return block[sl]
+    bounds = []
+    for d, n in enumerate(block.shape):
+        occupied = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))
+        bounds.append(slice(max(0, int(occupied[0]) - margin), min(n, int(occupied[-1]) + 1 + margin)))
+    return block[tuple(bounds)]
 
 
 def _encode(a: np.ndarray, modality: str) -> dict[str, np.ndarray]:
