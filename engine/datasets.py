@@ -345,6 +345,22 @@ def training_blocks(vol: Volume, name: str) -> list[np.ndarray]:
     return blocks
 
 
+def object_fraction(slices: np.ndarray, units: str) -> np.ndarray:
+    """The fraction of each axial slice of ``slices`` (``(Z, H, W)`` or ``(H, W)``) that is object.
+
+    CT in HU: tissue is above -500 HU. Other scans: magnitude above a tenth of the bright
+    end (the 99.5th percentile of all of ``slices``), which leaves out air and noise.
+    """
+    data = np.asarray(slices)
+    data = data[None] if data.ndim == 2 else data
+    if units == "HU":
+        inside = data > -500.0
+    else:
+        mag = np.abs(data)
+        inside = mag > 0.1 * float(np.percentile(mag, 99.5))
+    return inside.mean(axis=(-2, -1))
+
+
 def evaluation_slices(vol: Volume, name: str, count: int | None = None, min_foreground: float = 0.3) -> np.ndarray:
     """The axial slices a benchmark scores on.
 
@@ -358,12 +374,10 @@ def evaluation_slices(vol: Volume, name: str, count: int | None = None, min_fore
             raise DiffreconError(f"dataset '{name}' is a training subject with no held-out slab; "
                                  f"score a validation or test subject instead")
         return idx
-    mag = np.abs(vol.data)
-    threshold = -500.0 if vol.units == "HU" else 0.1 * float(np.percentile(mag, 99.5))
-    inside = (vol.data if vol.units == "HU" else mag) > threshold
-    idx = np.flatnonzero(inside.mean(axis=(1, 2)) >= min_foreground)
+    fraction = object_fraction(vol.data, vol.units)
+    idx = np.flatnonzero(fraction >= min_foreground)
     if idx.size == 0:
-        idx = np.array([int(np.argmax(inside.mean(axis=(1, 2))))])
+        idx = np.array([int(np.argmax(fraction))])
     if count is not None and idx.size > count:
         idx = idx[np.linspace(0, idx.size - 1, count).round().astype(int)]
     return idx

@@ -101,3 +101,16 @@ def test_resolution_augmentation_blurs_like_a_coarser_acquisition() -> None:
     sharp = CropSampler([src], 32, 1, seed=0, augmentation=coarse.with_(resolution=False, rotation=True))
     blurred = CropSampler([src], 32, 1, seed=0, augmentation=coarse)
     assert np.std(blurred.sample(4)) < 0.3 * np.std(sharp.sample(4))
+
+
+def test_object_fraction_counts_tissue_not_air() -> None:
+    from diffrecon.datasets import object_fraction
+
+    ct = np.full((2, 8, 8), -1000.0, np.float32)
+    ct[0, :4, :4] = 40.0  # a quarter of slice 0 is tissue
+    ct[1, :, :2] = -600.0  # fat-free lung-like values stay out
+    assert np.allclose(object_fraction(ct, "HU"), [0.25, 0.0])
+    mr = np.zeros((8, 8), np.float32)
+    mr[:, :4] = 1.0
+    mr[0, 0] = 0.05  # below a tenth of the bright end: background
+    assert np.allclose(object_fraction(mr, "a.u."), [31 / 64])

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets import load_dataset, training_blocks
+from ..datasets import load_dataset, object_fraction, training_blocks
 from ..io.volume import Volume
 from ..measurements import MeasurementSettings, ProblemSource, ReconProblem
 from ..metrics import evaluate, format_table
@@ -62,9 +62,7 @@ def training_slices(name: str, count: int, min_foreground: float = 0.3) -> np.nd
     candidates = []
     for block in training_blocks(vol, name):
         for image in block:
-            # CT in HU: tissue is above -500; MR: above a tenth of the bright end.
-            inside = image > (-500.0 if vol.units == "HU" else 0.1 * float(np.percentile(image, 99.5)))
-            if inside.mean() >= min_foreground:
+            if object_fraction(image, vol.units)[0] >= min_foreground:
                 candidates.append(image)
     if len(candidates) < count:
         raise SystemExit(f"only {len(candidates)} training slices of {name} qualify; ask for fewer")

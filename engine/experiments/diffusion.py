@@ -139,14 +139,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 def validation_slices_of(modality: str, count: int, min_foreground: float = 0.3) -> tuple[Volume, list[int]]:
     """``count`` held-out slices, spread evenly over those that are mostly object."""
-    from ..datasets import load_dataset, validation_slices
+    from ..datasets import load_dataset, object_fraction, validation_slices
 
     name = modalities.get(modality).default_dataset
     volume = load_dataset(name)
     index = validation_slices(volume, name)
-    data = volume.data[index]
-    threshold = -500.0 if volume.units == "HU" else 0.1 * float(np.percentile(np.abs(volume.data), 99.5))
-    full = index[(np.abs(data) > threshold).mean(axis=(1, 2)) >= min_foreground]
+    full = index[object_fraction(volume.data, volume.units)[index] >= min_foreground]
     picks = full[np.linspace(0, len(full) - 1, min(count, len(full))).round().astype(int)]
     return volume, [int(s) for s in picks]
 
