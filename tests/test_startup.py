@@ -84,3 +84,6 @@ def test_cli_choices_match_the_engine() -> None:
     assert choices.MASK_KINDS == MASK_KINDS and choices.SAMPLERS == tuple(SAMPLERS) and choices.GUIDANCE == GUIDANCE
     assert choices.CLASSICAL_METHODS == tuple(METHODS) and choices.DIFFUSION == DIFFUSION
     assert choices.DEVICES == runtime.DEVICES
+    from diffrecon.diffusion.scan_adaptation import ADAPT_PARAMETERS
+
+    assert choices.ADAPT_PARAMETERS == ADAPT_PARAMETERS

@@ -13,3 +13,4 @@ GUIDANCE = ("projection", "dds", "dds-tv", "dps")  # diffrecon.diffusion.guidanc
 CLASSICAL_METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d")  # diffrecon.baselines.METHODS
 DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
 DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES
+ADAPT_PARAMETERS = ("norm", "lora")  # diffrecon.diffusion.scan_adaptation.ADAPT_PARAMETERS

@@ -22,7 +22,16 @@ from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
 from ..runtime import thread_settings
 from ..slices import slice_indices
-from .choices import CLASSICAL_METHODS, DIFFUSION, GUIDANCE, MASK_KINDS, MODALITIES, NOISE_MODELS, SAMPLERS
+from .choices import (
+    ADAPT_PARAMETERS,
+    CLASSICAL_METHODS,
+    DIFFUSION,
+    GUIDANCE,
+    MASK_KINDS,
+    MODALITIES,
+    NOISE_MODELS,
+    SAMPLERS,
+)
 
 if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
     from ..reconstruct import DiffusionSetup, ReconRun
@@ -75,6 +84,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
+    df.add_argument("--adapt-steps", type=int, default=0, metavar="N",
+                    help="test-time adaptation: N gradient steps per sampling step tune a copy of the prior to "
+                         "this scan's measurements (default 0 = off; measured on validation subjects: no gain "
+                         "over dds at 3-8x its time, resources/results/scan-adaptation.md)")
+    df.add_argument("--adapt-parameters", choices=ADAPT_PARAMETERS, default="norm",
+                    help="what adaptation tunes: norm (GroupNorm scales and shifts) or lora (rank-4 updates of "
+                         "every 3x3 convolution) (default norm)")
     df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
@@ -168,7 +184,8 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
         raise DiffreconError(f"{path}: the diffusion prior file does not exist; {hint}")
     return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
                            samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
-                           hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight))
+                           hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
+                           adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters)
 
 
 def _tv_weight(text: str | None) -> float | str | None:

@@ -30,6 +30,11 @@ class DiffusionOptions:
     # dds-tv: TV weight as a multiple of the TV baseline's tuned weight for the task, or "auto":
     # chosen per scan by self-supervised hold-out (see .adaptation)
     tv_weight: float | str = "auto"
+    # Test-time adaptation (.scan_adaptation): gradient steps per sampling step that tune a copy
+    # of the prior to this scan's measurements (0 = off); which parameters; Adam's step size
+    adapt_steps: int = 0
+    adapt_parameters: str = "norm"
+    adapt_lr: float = 1e-3
     symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
     seed: int = 0
 
@@ -50,6 +55,13 @@ class DiffusionOptions:
             raise SettingsError(f"the TV weight must be 'auto' or a number >= 0; got {self.tv_weight!r}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
+
+        from .scan_adaptation import ADAPT_PARAMETERS
+
+        if self.adapt_steps < 0 or self.adapt_lr <= 0 or self.adapt_parameters not in ADAPT_PARAMETERS:
+            raise SettingsError(
+                f"adaptation needs adapt_steps >= 0, adapt_lr > 0 and parameters in {', '.join(ADAPT_PARAMETERS)}; "
+                f"got {self.adapt_steps}, {self.adapt_lr} and {self.adapt_parameters!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

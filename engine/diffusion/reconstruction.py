@@ -176,11 +176,21 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             x_init = mean * clean + std * x_init
 
     model = prior.model
+    if options.adapt_steps > 0:
+        from .scan_adaptation import ScanAdaptedModel, measurement_residual
 
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x.contiguous(memory_format=torch.channels_last), t)
+        with torch.inference_mode(False):
+            y_norm2 = float(y.abs().square().sum()) * n_samples  # the batch holds n_samples copies of y
+            model = ScanAdaptedModel(model, schedule, measurement_residual(operator, y, domain.from_model, batch),
+                                     y_norm2, steps=options.adapt_steps, lr=options.adapt_lr,
+                                     parameters=options.adapt_parameters)
 
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
+        eps_model = model  # keeps its own (NCHW) layout: see ScanAdaptedModel
+    else:
+        def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model(x.contiguous(memory_format=torch.channels_last), t)
+
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
     sampler = make_sampler(options, schedule)
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
