@@ -25,6 +25,7 @@ import os
 import plistlib
 import tarfile
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def _data_dir() -> Path:
     return Path(os.environ.get("DIFFRECON_DATA", Path.home() / ".cache" / "diffrecon" / "data"))
 
 
-_BRAIN_MR = dict(modality="MR", anatomy="brain")
+_BRAIN_MR: dict[str, Any] = dict(modality="MR", anatomy="brain")
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
     # ---- brain MRI: train
@@ -202,9 +203,9 @@ def _read_nifti_frames(paths: list[Path]) -> list[Volume]:
     for p in paths:
         img = nib.as_closest_canonical(nib.load(str(p)))
         data = np.asarray(img.dataobj, dtype=np.float32)
-        data = data.reshape(data.shape[:3] + (-1,))
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        vols += [_ras_to_volume(data[..., t], zooms, p) for t in range(data.shape[3])]  # type: ignore[arg-type]
+        frames: np.ndarray = data.reshape(data.shape[:3] + (-1,))
+        zx, zy, zz = (float(z) for z in img.header.get_zooms()[:3])
+        vols += [_ras_to_volume(frames[..., t], (zx, zy, zz), p) for t in range(frames.shape[-1])]
     return vols
 
 
@@ -283,14 +284,21 @@ _READERS = {
 }
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:  # only regular files have contents; members were filtered to those
+        raise DiffreconError(f"{member.name} in an InVesalius project is not a regular file")
+    return handle.read()
+
+
 def read_invesalius(path: str | Path) -> Volume:
     """Read the image matrix of an InVesalius 3 project (``.inv3``: a gzip tar)."""
     path = Path(path)
     with tarfile.open(fileobj=gzip.open(path), mode="r:") as tar:
         members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        main = plistlib.loads(tar.extractfile(members["main.plist"]).read())
+        main = plistlib.loads(_member_bytes(tar, members["main.plist"]))
         mat = main["matrix"]
-        raw = tar.extractfile(members[mat["filename"]]).read()
+        raw = _member_bytes(tar, members[mat["filename"]])
     data = np.frombuffer(raw, dtype=np.dtype(mat["dtype"]).newbyteorder("<")).reshape(mat["shape"])
     # InVesalius stores rows bottom-up (anterior at the bottom): flip to rows -> posterior.
     data = np.ascontiguousarray(data[:, ::-1, :]).astype(np.float32)
@@ -311,9 +319,10 @@ def read_invesalius(path: str | Path) -> Volume:
 def _held_out_mask(vol: Volume, name: str) -> np.ndarray:
     """Boolean over axial slices: True inside the legacy held-out slab (none for most scans)."""
     idx = np.arange(vol.n_slices)
-    if DATASETS[name].held_out_z_mm is None:
+    slab = DATASETS[name].held_out_z_mm
+    if slab is None:
         return np.zeros(vol.n_slices, bool)
-    lo, hi = DATASETS[name].held_out_z_mm
+    lo, hi = slab
     if name == "cranium":
         z = idx * vol.spacing[0]
     else:

@@ -22,6 +22,7 @@ Every draw comes from the caller's ``numpy`` generator, so a seed fixes the crop
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -60,12 +61,12 @@ class Augmentation:
         on = {name: name in enabled for name in AUGMENTATION_NAMES}
         if modality != "mri":
             on["contrast"] = on["bias"] = False
-        return cls(**on)
+        return cls(**on)  # type: ignore[arg-type]  # every field named in AUGMENTATION_NAMES is a bool switch
 
     def enabled(self) -> list[str]:
         return [n for n in AUGMENTATION_NAMES if getattr(self, n)]
 
-    def with_(self, **changes: object) -> "Augmentation":
+    def with_(self, **changes: Any) -> "Augmentation":
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, object]:

@@ -153,7 +153,7 @@ def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float
                 else:
                     held = "nothing (the whole training subject)"
             validation = norm.to_model(vol.data[idx], scale) if idx.size else np.zeros((0,) + vol.shape[1:], np.float32)
-            sources.append(TrainingSource(name, blocks, validation, tuple(vol.spacing), held, info.provenance,
+            sources.append(TrainingSource(name, blocks, validation, vol.spacing, held, info.provenance,
                                           role=info.role))
         return sources
     from ..io import load_volume
@@ -173,7 +173,7 @@ def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float
     blocks = [norm.to_model(b, scale) for b in (vol.data[:start], vol.data[start + n_val:]) if len(b)]
     held = f"axial slices {start}-{start + n_val - 1} (the middle {val_fraction:.0%})"
     validation = norm.to_model(vol.data[val_idx], scale)
-    return [TrainingSource(item, blocks, validation, tuple(vol.spacing), held, f"user scan {Path(item).name}")]
+    return [TrainingSource(item, blocks, validation, vol.spacing, held, f"user scan {Path(item).name}")]
 
 
 MAX_THROUGH_PLANE_RATIO = 3.5  # thicker slices than this x the pixel size: no coronal/sagittal crops
@@ -262,7 +262,7 @@ class CropSampler:
 
     def state(self) -> dict[str, Any]:
         """The generator's state (JSON-able), for exact resume."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state

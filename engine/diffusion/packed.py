@@ -75,7 +75,7 @@ def pack_sources(sources: list[TrainingSource], modality: str, path: str | Path)
     arrays["index"] = np.frombuffer(json.dumps({"modality": modality, "sources": index}).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub binds **arrays to allow_pickle
     tmp.replace(path)
     return path
 

@@ -32,7 +32,7 @@ with nothing left behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -175,7 +175,8 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             mean, std = (float(v) for v in schedule.marginal(start_t))
             x_init = mean * clean + std * x_init
 
-    model = prior.model
+    model: torch.nn.Module = prior.model
+    eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if options.adapt_steps > 0:
         from .scan_adaptation import ScanAdaptedModel, measurement_residual
 
@@ -188,7 +189,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
         eps_model = model  # keeps its own (NCHW) layout: see ScanAdaptedModel
     else:
         def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(x.contiguous(memory_format=torch.channels_last), t)
+            return model(x.contiguous(memory_format=torch.channels_last), t)  # type: ignore[no-any-return]
 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
     sampler = make_sampler(options, schedule)

@@ -45,8 +45,7 @@ class LoRAConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, rank: int):
         super().__init__()
         self.conv = conv
-        self.down = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                              bias=False)
+        self.down = nn.Conv2d(conv.in_channels, rank, 3, stride=conv.stride[0], padding=1, bias=False)
         self.up = nn.Conv2d(rank, conv.out_channels, 1, bias=False)
         nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
         nn.init.zeros_(self.up.weight)
@@ -55,12 +54,12 @@ class LoRAConv2d(nn.Module):
         return self.conv(x) + self.up(self.down(x))
 
 
-def _add_lora(net: nn.Module, rank: int) -> list[nn.Parameter]:
+def _add_lora(net: nn.Module, rank: int) -> list[torch.Tensor]:
     """Wrap every 3x3 convolution of ``net`` in :class:`LoRAConv2d`; return the new parameters."""
-    params: list[nn.Parameter] = []
+    params: list[torch.Tensor] = []
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3):
+            if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.padding == (1, 1):
                 wrapped = LoRAConv2d(child, rank)
                 setattr(parent, name, wrapped)
                 params += [wrapped.down.weight, wrapped.up.weight]
@@ -81,10 +80,12 @@ class ScanAdaptedModel(nn.Module):
             raise ValueError(f"unknown adaptation parameters {parameters!r}; choose one of {ADAPT_PARAMETERS}")
         # A copy, so the loaded prior stays as it was; in NCHW layout because GroupNorm's
         # channels-last backward crashes on CPU (torch 2.13, segfault).
-        self.net = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
+        self.net = copy.deepcopy(model).float()
+        self.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         self.net.requires_grad_(False)
         if parameters == "norm":
-            self.tuned = [p for m in self.net.modules() if isinstance(m, nn.GroupNorm) for p in m.parameters()]
+            norms = [m for m in self.net.modules() if isinstance(m, nn.GroupNorm)]
+            self.tuned: list[torch.Tensor] = [p for m in norms for p in m.parameters()]
         else:
             self.tuned = _add_lora(self.net, rank)
         for p in self.tuned:

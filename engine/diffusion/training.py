@@ -221,8 +221,8 @@ class Trainer:
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
         for e, p in zip(self.ema.parameters(), self.model.parameters()):
             e.lerp_(p, 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.model.buffers()):
-            e.copy_(b)
+        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
+            eb.copy_(b)
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
@@ -261,7 +261,7 @@ class Trainer:
         # In a log file (nohup), one progress line a minute is plenty.
         bar = tqdm(total=cfg.total_steps or self.horizon, initial=self.step, disable=not progress, unit="step",
                    dynamic_ncols=tty, mininterval=1.0 if tty else 60.0, desc=self.paths.name)
-        step_at_start, timing_start = self.step, None
+        step_at_start, timing_start = self.step, time.monotonic()
         interrupted = False
         try:
             while self.step < last_step and time.monotonic() < deadline:

@@ -398,7 +398,8 @@ def read_series(files: list[tuple[Path, Dataset]], where: Path, extra_metadata: 
         metadata["warnings"] = guesses
     return Volume(
         data=data,
-        spacing=tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3)),
+        spacing=(float(np.linalg.norm(affine[:3, 0])), float(np.linalg.norm(affine[:3, 1])),
+                 float(np.linalg.norm(affine[:3, 2]))),
         affine=affine,
         modality=modality,
         units="HU" if hu else "a.u.",

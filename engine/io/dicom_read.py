@@ -151,7 +151,7 @@ def frames_of(path: Path, header: Dataset) -> list[Frame]:
     sop_uid, sop_class = text_value(header, "SOPInstanceUID"), text_value(header, "SOPClassUID")
     slope = float_values(header, "RescaleSlope", 1)
     intercept = float_values(header, "RescaleIntercept", 1)
-    base = dict(
+    base: dict[str, Any] = dict(
         path=path,
         position=float_values(header, "ImagePositionPatient", 3),
         orientation=float_values(header, "ImageOrientationPatient", 6),
@@ -221,7 +221,7 @@ def place_frames(frames: list[Frame], where: Path) -> tuple[list[Frame], np.ndar
 
     if with_geometry:
         for f in frames:
-            if np.max(np.abs(f.orientation - first.orientation)) > 1e-3:
+            if np.max(np.abs(f.orientation - orientation)) > 1e-3:  # type: ignore[operator]  # with_geometry
                 raise VolumeReadError(
                     where,
                     "its images lie in different planes (a localizer?); diffrecon reads one stack of parallel slices",
@@ -246,7 +246,7 @@ def place_frames(frames: list[Frame], where: Path) -> tuple[list[Frame], np.ndar
                     "so a slice may be missing",
                 )
             # The first-to-last step, not the normal: a tilted CT gantry shears the stack.
-            slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+            slice_step = (frames[-1].position - frames[0].position) / (len(frames) - 1)  # type: ignore[operator]
         else:
             slice_step = normal * (first.spacing_between or first.thickness or 1.0)
         ordered_by = "position"

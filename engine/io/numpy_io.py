@@ -226,7 +226,7 @@ def write_numpy(volume: Volume, path: str | Path, provenance: dict[str, Any] | N
         elif ext == ".npz":
             np.savez_compressed(
                 fh,
-                **{DATA_KEY: data, "affine": np.asarray(volume.affine, np.float64),
+                **{DATA_KEY: data, "affine": np.asarray(volume.affine, np.float64),  # type: ignore[arg-type]
                    "spacing": np.asarray(volume.spacing, np.float64)},
             )
         else:

@@ -53,7 +53,8 @@ class KSpace:
 class Volume:
     data: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    affine: np.ndarray | None = None  # None: the canonical axial layout from ``spacing``
+    # None: the canonical axial layout from ``spacing``, set in __post_init__ (never None after it)
+    affine: np.ndarray = None  # type: ignore[assignment]
     modality: str = "OT"
     units: str = "a.u."  # "HU" for CT after rescale
     window: tuple[float, float] | None = None  # (center, width) default display window
@@ -74,7 +75,8 @@ class Volume:
             raise ValueError(f"Volume.data must be (slices, rows, cols); got shape {self.data.shape}")
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}; got {self.modality!r}")
-        self.spacing = tuple(float(s) for s in self.spacing)
+        sz, sy, sx = (float(s) for s in self.spacing)
+        self.spacing = (sz, sy, sx)
         # An array with no geometry of its own is stored the way diffrecon lays volumes out
         # (axial slices, S/P/L), so a written and re-read file keeps its slices.
         self.affine = affine_from_spacing(self.spacing) if self.affine is None else np.asarray(self.affine, np.float64)

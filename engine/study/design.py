@@ -350,7 +350,7 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
                     listed = ", ".join(f"{m} {n}" for m, n in counts.items())
                     raise StudyDesignError(f"{case.folder}: --each-slice needs the same number of slices for "
                                            f"every method, and case {case.case_id!r} has {listed}")
-                parts = [(f"{case.case_id}/slice{s + 1:03d}", [s]) for s in range(next(iter(counts.values())))]
+                parts: list[tuple[str, list[int] | None]] = [(f"{case.case_id}/slice{s + 1:03d}", [s]) for s in range(next(iter(counts.values())))]
             else:
                 parts = [(case.case_id, None)]
             for case_id, index in parts:
@@ -373,7 +373,8 @@ def create_study(case_args: list[str], out: str | Path, *, methods: list[str] | 
         # Items in the canonical order (case, then method); the images were written shuffled.
         rank = {m: i for i, m in enumerate(chosen)}
         case_rank = {c: i for i, (c, _) in enumerate(case_rows)}
-        scored = sorted((j for j in jobs if j[2] is not None), key=lambda j: (case_rank[j[1]], rank[j[2]]))
+        scored = [(i, c, m, p) for i, c, m, p in jobs if m is not None]
+        scored.sort(key=lambda j: (case_rank[j[1]], rank[j[2]]))
         items = [(image_id, case_id, method, str(path)) for image_id, case_id, method, path in scored]
         refs = [(case_id, image_id, str(path)) for image_id, case_id, method, path in jobs if method is None]
         study_id = secrets.token_hex(16)

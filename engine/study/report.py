@@ -122,9 +122,9 @@ def _likert_tables(report: StudyReport, q: Question) -> list[Table]:
                           _p(c.wilcoxon_p), _p(c.wilcoxon_p_adjusted), _p(c.ttest_p), _p(c.ttest_p_adjusted)])
         if c.message:
             notes.append(f"{c.method_a} vs {c.method_b}: {c.message}.")
-    k = len(report.paired[q.id])
+    n_pairs = len(report.paired[q.id])
     notes.insert(0, f"On per-case means over readers; difference = first − second; Bonferroni-adjusted over "
-                    f"{k} pair{'s' if k != 1 else ''}.")
+                    f"{n_pairs} pair{'s' if n_pairs != 1 else ''}.")
     result.append(Table(f"Paired comparisons ({q.id})",
                         ["methods", "cases", "mean difference", "Wilcoxon p", "Bonferroni", "paired t p", "Bonferroni"],
                         comp_rows, notes))

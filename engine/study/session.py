@@ -103,6 +103,8 @@ class ReadingSession:
 
     def image(self, item: str | None = None) -> Volume:
         item = item if item is not None else self.current_item
+        if item is None:
+            raise StudyStoreError("there is no case to show at the end of the study")
         return read_image(self.store.folder / IMAGES_DIR, item)
 
     def reference_image(self, item: str | None = None) -> Volume | None:

@@ -131,7 +131,7 @@ def long_rows(store: KeyedStudy) -> list[LongRow]:
     return rows
 
 
-def completion(store: StudyStore) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
+def completion(store: StudyStore | KeyedStudy) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
     """Per reader: (images with every required question answered, images), and seconds spent reading."""
     items = store.image_ids()
     required = [q.id for q in store.questions() if q.required]

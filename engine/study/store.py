@@ -248,7 +248,7 @@ class StudyStore:
         con = getattr(self, "con", None)
         if con is not None:
             con.close()
-            self.con = None
+            self.con = None  # type: ignore[assignment]  # closed: every later use fails loudly
 
     def __enter__(self) -> "StudyStore":
         return self
