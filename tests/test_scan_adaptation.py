@@ -50,10 +50,12 @@ def test_adaptation_lowers_the_residual_of_the_tweedie_estimate_and_leaves_the_p
     assert all(torch.equal(before[k], after[k]) for k in before)  # the loaded weights never change
 
 
-def test_adapted_reconstruction_is_seeded_and_reports_in_options(mri_prior):
+@pytest.mark.parametrize("parameters", ["norm", "lora"])
+def test_adapted_reconstruction_is_seeded_and_reports_in_options(mri_prior, parameters):
     problem = mri_problem()
-    options = DiffusionOptions(steps=6, adapt_steps=1, adapt_lr=1e-2)
+    options = DiffusionOptions(steps=6, adapt_steps=1, adapt_lr=1e-2, adapt_parameters=parameters)
     a = reconstruct_to_end(problem, mri_prior, options)
+    torch.manual_seed(12345)  # the global stream must not matter
     b = reconstruct_to_end(problem, mri_prior, options)
     plain = reconstruct_to_end(problem, mri_prior, DiffusionOptions(steps=6))
     assert torch.equal(a.x0, b.x0)

@@ -184,7 +184,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             y_norm2 = float(y.abs().square().sum()) * n_samples  # the batch holds n_samples copies of y
             model = ScanAdaptedModel(model, schedule, measurement_residual(operator, y, domain.from_model, batch),
                                      y_norm2, steps=options.adapt_steps, lr=options.adapt_lr,
-                                     parameters=options.adapt_parameters)
+                                     parameters=options.adapt_parameters, seed=options.seed)
 
         eps_model = model  # keeps its own (NCHW) layout: see ScanAdaptedModel
     else:

@@ -42,25 +42,26 @@ class LoRAConv2d(nn.Module):
     channels, initialised at zero: at first the layer is exactly the original.
     """
 
-    def __init__(self, conv: nn.Conv2d, rank: int):
+    def __init__(self, conv: nn.Conv2d, rank: int, generator: torch.Generator | None = None):
         super().__init__()
         self.conv = conv
         self.down = nn.Conv2d(conv.in_channels, rank, 3, stride=conv.stride[0], padding=1, bias=False)
         self.up = nn.Conv2d(rank, conv.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5, generator=generator)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) + self.up(self.down(x))
 
 
-def _add_lora(net: nn.Module, rank: int) -> list[torch.Tensor]:
+def _add_lora(net: nn.Module, rank: int, seed: int) -> list[torch.Tensor]:
     """Wrap every 3x3 convolution of ``net`` in :class:`LoRAConv2d`; return the new parameters."""
+    generator = torch.Generator().manual_seed(seed)  # the run's seed fixes the result
     params: list[torch.Tensor] = []
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.padding == (1, 1):
-                wrapped = LoRAConv2d(child, rank)
+                wrapped = LoRAConv2d(child, rank, generator)
                 setattr(parent, name, wrapped)
                 params += [wrapped.down.weight, wrapped.up.weight]
     return params
@@ -74,7 +75,8 @@ class ScanAdaptedModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, residual: Callable[[torch.Tensor], torch.Tensor],
-                 y_norm2: float, *, steps: int = 1, lr: float = 1e-3, parameters: str = "norm", rank: int = 4):
+                 y_norm2: float, *, steps: int = 1, lr: float = 1e-3, parameters: str = "norm", rank: int = 4,
+                 seed: int = 0):
         super().__init__()
         if parameters not in ADAPT_PARAMETERS:
             raise ValueError(f"unknown adaptation parameters {parameters!r}; choose one of {ADAPT_PARAMETERS}")
@@ -87,7 +89,7 @@ class ScanAdaptedModel(nn.Module):
             norms = [m for m in self.net.modules() if isinstance(m, nn.GroupNorm)]
             self.tuned: list[torch.Tensor] = [p for m in norms for p in m.parameters()]
         else:
-            self.tuned = _add_lora(self.net, rank)
+            self.tuned = _add_lora(self.net, rank, seed)
         for p in self.tuned:
             p.requires_grad_(True)
         self.optimizer = torch.optim.Adam(self.tuned, lr=lr)
