@@ -198,7 +198,7 @@ def run_viewer(options: ViewOptions) -> int:
             return
         if options.run:
             window.runner.runFinished.connect(finished)
-            if not window.runner.start_run():
+            if not window.start_run():
                 fail(window.last_status)
 
     def finished(ok: bool) -> None:

@@ -12,44 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffrecon import modalities
-from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.errors import DiffreconError
 from diffrecon.io.volume import Volume
 from diffrecon.measurements import MeasurementSettings
-from diffrecon.reconstruct import (DIFFUSION, BaselineReady, DiffusionFrame, DiffusionSetup, MeasurementsReady,
-                                   Reconstruction, ReconRequest, SliceDone, Summary)
+from diffrecon.reconstruct import (DIFFUSION, BaselineReady, DiffusionFrame, MeasurementsReady, Reconstruction,
+                                   ReconRequest, SliceDone, Summary)
+
+from .state import RunRequest
 
 Cancelled = Callable[[], bool]
-
-
-@dataclass
-class RunRequest:
-    """Everything one Run needs; also what export records as provenance."""
-
-    settings: MeasurementSettings
-    simulate: bool
-    slices: list[int]  # in processing order (the slice on screen first)
-    baseline: str | None = "tv"
-    options: DiffusionOptions = field(default_factory=DiffusionOptions)
-    model: Path | None = None
-    batch_size: int = 4
-
-    def provenance(self) -> dict:
-        return {
-            "settings": self.settings.to_dict(),
-            "simulate": self.simulate,
-            "slices": sorted(int(s) for s in self.slices),
-            "baseline": self.baseline,
-            "diffusion": self.options.to_dict(),
-            "model": None if self.model is None else str(self.model),
-        }
 
 
 @dataclass
@@ -130,9 +107,7 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
     are chosen (denoising), so the input pane shows exactly what the methods solved.
     """
     start = time.perf_counter()
-    methods = [request.baseline] if request.baseline else []
-    run = ReconRequest(volume, request.settings, methods, simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size)
+    run = request.baseline_request(volume)
     if cancelled():
         return
     reference = None
@@ -176,10 +151,8 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
     start = time.perf_counter()
     yield JobPhase(f"loading the prior {request.model.stem}")
-    hot_start_from = request.baseline or modalities.get(request.settings.modality).hot_start_baseline
-    run = ReconRequest(volume, request.settings, [DIFFUSION], simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size, frames=True,
-                       diffusion=DiffusionSetup(cached_prior(request.model), request.options, hot_start_from))
+    hot_start_from = request.hot_start_baseline
+    run = request.diffusion_request(volume, cached_prior(request.model))
     if cancelled():
         return
     preparing = JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")

@@ -8,6 +8,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QScrollArea, QSlider,
                                QSplitter, QVBoxLayout, QWidget)
 
+from diffrecon.errors import DiffreconError
 from diffrecon.io import load_volume
 from diffrecon.modalities import suggest_task
 from diffrecon.io.volume import Volume
@@ -19,6 +20,7 @@ from .pane_grid import PaneGrid
 from .paths import default_sample
 from .run_controller import RunController
 from .session import Session
+from .state import RunRequest, RunState, processing_order
 from .window_actions import WindowActions
 from .windowing import anatomy_preset, ct_anatomy, load_presets, presets_for
 from .workers import JobSlot
@@ -62,6 +64,8 @@ class MainWindow(QMainWindow):
         self.last_status_error = False
 
         self.runner = RunController(self)
+        self.runner.status.connect(self.show_status)
+        self.runner.inputsReady.connect(self._inputs_ready)
         self.loader = JobSlot(self._loaded, self._load_failed, lambda cancelled: None)
         self.commands = WindowActions(self)  # menus and toolbar (not "actions": QWidget.actions() exists)
         self.preset_box = QComboBox()
@@ -75,12 +79,12 @@ class MainWindow(QMainWindow):
         self._inputs_timer = QTimer(self)  # debounce: settle the spin boxes before recomputing
         self._inputs_timer.setSingleShot(True)
         self._inputs_timer.setInterval(250)
-        self._inputs_timer.timeout.connect(self.runner.start_inputs)
+        self._inputs_timer.timeout.connect(self.start_inputs)
         self.controls.measurementChanged.connect(self._measurement_changed)
         self.controls.taskChanged.connect(self._task_changed)
         self.controls.modelChanged.connect(self._model_changed)
         self.controls.baseline.currentIndexChanged.connect(self._baseline_changed)
-        self.controls.runRequested.connect(self.runner.start_run)
+        self.controls.runRequested.connect(self.start_run)
         self.controls.cancelRequested.connect(self.runner.cancel)
         self.grid.sliceStep.connect(lambda step: self.set_slice(self.slider.value() + step))
         self.grid.windowDrag.connect(self._window_drag)
@@ -135,7 +139,9 @@ class MainWindow(QMainWindow):
         s = self.session
         if s is None:
             return
-        if not s.metrics and s.layers["reference"].filled.any():
+        if not s.metrics and s.run_state.running:
+            text = "Running..."
+        elif not s.metrics and s.layers["reference"].filled.any():
             text = "Scores against the reference appear after Run."
         elif not s.metrics:
             text = "No reference here: metrics need a ground truth (simulate) or a target in the file."
@@ -161,7 +167,7 @@ class MainWindow(QMainWindow):
 
     def _loaded(self, item: tuple[Path, Volume]) -> None:
         path, volume = item
-        self.runner.cancel(quiet=True)
+        self.runner.attach(None)  # the old scan's jobs stop before the new session exists
         self.session = Session(volume, path)
         task, simulate = suggest_task(volume)  # the CLI's rule too
         self.controls.set_task(task, simulate, volume.kspace is not None)
@@ -178,6 +184,11 @@ class MainWindow(QMainWindow):
             self.preset_box.setCurrentIndex(fitting)
         self._update_descriptions()
         self.renderer.attach(self.session)
+        self.runner.attach(self.session)
+        e = self.session.events
+        e.slice.connect(self._slice_changed)
+        e.metrics.connect(lambda _metrics: self.show_metrics())
+        e.run_state.connect(self._run_state_changed)
         self._update_slice_label()
         self.show_metrics()
         self.setWindowTitle(f"diffrecon: {self.session.title()}")
@@ -188,9 +199,60 @@ class MainWindow(QMainWindow):
             window_note = f"; {name} window for a {ct_anatomy(volume)} CT (View > Window presets to change it)"
         self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}{window_note}.")
         self._inputs_timer.stop()  # the task change above asked for inputs too: compute them once
-        self.runner.start_inputs()
+        self.start_inputs()
         self._model_changed()
         self.scanLoaded.emit(self.session)
+
+    # ----- runs: the panel's settings as a request; the session reports back -----
+
+    def run_request(self) -> RunRequest:
+        """The settings panel as a run request (a setting that cannot run raises one sentence)."""
+        s, c = self.session, self.controls
+        return RunRequest(
+            settings=c.measurement_settings(), simulate=c.simulate.isChecked(),
+            slices=processing_order(s.n_slices, s.slice_index, c.whole_volume), baseline=c.baseline_method,
+            options=c.diffusion_options(), model=c.model_path, batch_size=4 if c.whole_volume else 1,
+        )
+
+    def start_run(self, request: RunRequest | None = None) -> bool:
+        """Run ``request``, or the panel's settings; False (and the status line says why) when it cannot start."""
+        if self.session is None:
+            self.show_status("Open a scan first.", error=True)
+            return False
+        if request is None:
+            try:
+                request = self.run_request()
+            except DiffreconError as exc:
+                self.show_status(str(exc), error=True)
+                return False
+        return self.runner.start_run(request)
+
+    def start_inputs(self) -> None:
+        """Recompute the measured input with the panel's measurement settings."""
+        if self.session is None:
+            return
+        try:
+            settings = self.controls.measurement_settings()
+        except DiffreconError as exc:
+            self.show_status(str(exc), error=True)
+            return
+        self.runner.start_inputs(settings, self.controls.simulate.isChecked())
+
+    def _inputs_ready(self) -> None:
+        self.show_metrics()  # the caption knows now whether there is a reference
+        self.commands.error_maps.setEnabled(bool(self.session.layers["reference"].filled.any()))
+
+    def _run_state_changed(self, state: RunState) -> None:
+        p = self.progress
+        if state.running:
+            if p.maximum() != state.total_steps:
+                p.setRange(0, state.total_steps)  # 0: a busy bar (the baseline alone has no steps)
+            p.setValue(state.done_steps)
+            p.setFormat(state.bar_text)
+        if p.isVisible() != state.running:
+            p.setVisible(state.running)
+            self.controls.set_running(state.running)
+            self.show_metrics()  # "Running..." while nothing is scored, never after the run
 
     # ----- settings changes -----
 
@@ -232,15 +294,15 @@ class MainWindow(QMainWindow):
     # ----- slices, window/level, cursor -----
 
     def set_slice(self, index: int) -> None:
-        if self.session is None:
-            return
-        index = self.session.set_slice(index)
+        if self.session is not None:
+            self.session.set_slice(index)  # announced: the panes and _slice_changed follow
+
+    def _slice_changed(self, index: int) -> None:
         if self.slider.value() != index:
             self.slider.blockSignals(True)
             self.slider.setValue(index)
             self.slider.blockSignals(False)
         self._update_slice_label()
-        self.renderer.render_all()
         if self._cursor_mm is not None:  # the readout follows the slice, not only the mouse
             self._hovered(*self._cursor_mm)
 
@@ -261,9 +323,8 @@ class MainWindow(QMainWindow):
         if self.session is None or not 0 <= index < len(self.current_presets):
             return
         preset = self.current_presets[index]
-        self.session.window = preset.window_for(self.session.display_data())
+        self.session.window = preset.window_for(self.session.display_data())  # announced: the panes follow
         self.preset_box.setCurrentIndex(index)
-        self.renderer.update_levels()
         self.show_status(f"Window preset {preset.name}: {self.session.window.describe(self.session.units)}.")
 
     def _preset_chosen(self, index: int) -> None:
@@ -274,7 +335,6 @@ class MainWindow(QMainWindow):
             return
         self.session.window = self.session.window.dragged(dx, dy, self.session.data_span())
         self.preset_box.setCurrentIndex(-1)
-        self.renderer.update_levels()
 
     def _cursor_left(self) -> None:
         self._cursor_mm = None

@@ -65,7 +65,7 @@ class WindowActions:
         self.preset_menu = view.addMenu("&Window presets")
 
         run = bar.addMenu("&Run")
-        self.run = self._action("&Run", window.runner.start_run, "Ctrl+R")
+        self.run = self._action("&Run", lambda _=False: window.start_run(), "Ctrl+R")
         self.cancel = self._action("&Cancel", window.runner.cancel, "Esc")
         run.addActions([self.run, self.cancel])
 
