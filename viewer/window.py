@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QScrollArea, QSlider,
-                               QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QLabel, QMainWindow, QProgressBar, QScrollArea, QSplitter, QVBoxLayout,
+                               QWidget)
 
 from diffrecon.errors import DiffreconError
 from diffrecon.io import load_volume
@@ -16,10 +16,10 @@ from diffrecon.io.volume import Volume
 from .controls import ControlPanel
 from .display import PaneRenderer
 from .metrics_table import MetricsTable
-from .pane_grid import PaneGrid
 from .paths import default_sample
 from .run_controller import RunController
 from .session import Session
+from .stack_view import StackView
 from .state import RunRequest, RunState, processing_order
 from .window_actions import WindowActions
 from .windowing import anatomy_preset, ct_anatomy, load_presets, presets_for
@@ -39,17 +39,12 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1400, 900)
 
-        self.grid = PaneGrid()
+        self.stack = StackView()  # the four linked panes, the readout and the slice slider
+        self.grid = self.stack.grid
+        self.slider, self.slice_label, self.readout = self.stack.slider, self.stack.slice_label, self.stack.readout
         self.renderer = PaneRenderer(self.grid)
         self.controls = ControlPanel()
         self.metrics = MetricsTable()
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setEnabled(False)
-        self.slice_label = QLabel("")
-        self.slice_label.setMinimumWidth(90)
-        self.readout = QLabel("")  # the pixel under the cursor: position in mm and every pane's value
-        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.readout.setMinimumHeight(18)
         self._build_layout()
 
         self.status_text = QLabel("")  # a label, not showMessage: it never times out or hides
@@ -91,7 +86,7 @@ class MainWindow(QMainWindow):
         self.grid.hovered.connect(self._hovered)
         self.grid.left.connect(self._cursor_left)
         self._cursor_mm: tuple[float, float] | None = None  # where the cursor is, to refresh the readout
-        self.slider.valueChanged.connect(self.set_slice)
+        self.stack.sliceChosen.connect(self.set_slice)
         self.renderer.render_all()
 
     def _build_layout(self) -> None:
@@ -106,23 +101,9 @@ class MainWindow(QMainWindow):
         panel = self.controls.layout()
         panel.insertWidget(panel.count() - 1, self.metrics)  # right under Run, above the stretch
         side.setMaximumWidth(360)
-        main = QWidget()
-        main_layout = QVBoxLayout(main)
-        main_layout.setContentsMargins(0, 0, 0, 0)
-        main_layout.addWidget(self.grid, 1)
-        readout_row = QHBoxLayout()
-        readout_row.setContentsMargins(8, 2, 8, 0)
-        readout_row.addWidget(self.readout, 1)
-        main_layout.addLayout(readout_row)
-        row = QHBoxLayout()
-        row.setContentsMargins(6, 2, 6, 2)
-        row.addWidget(QLabel("Slice"))
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.slice_label)
-        main_layout.addLayout(row)
         splitter = QSplitter()
         splitter.addWidget(side)
-        splitter.addWidget(main)
+        splitter.addWidget(self.stack)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([330, 1070])
         self.setCentralWidget(splitter)
@@ -172,11 +153,8 @@ class MainWindow(QMainWindow):
         task, simulate = suggest_task(volume)  # the CLI's rule too
         self.controls.set_task(task, simulate, volume.kspace is not None)
         self.renderer.options.task = task
-        self.slider.blockSignals(True)
-        self.slider.setRange(0, volume.n_slices - 1)
-        self.slider.setValue(self.session.slice_index)
-        self.slider.setEnabled(volume.n_slices > 1)
-        self.slider.blockSignals(False)
+        self.stack.set_slice_count(volume.n_slices)
+        self.stack.show_slice(self.session.slice_index, volume.n_slices)
         self._fill_presets()
         fitting = anatomy_preset(volume, self.current_presets)
         if fitting is not None:  # a head CT opens in the brain window, not the header's (often W400)
@@ -189,7 +167,6 @@ class MainWindow(QMainWindow):
         e.slice.connect(self._slice_changed)
         e.metrics.connect(lambda _metrics: self.show_metrics())
         e.run_state.connect(self._run_state_changed)
-        self._update_slice_label()
         self.show_metrics()
         self.setWindowTitle(f"diffrecon: {self.session.title()}")
         self.commands.add_recent(path)
@@ -298,17 +275,9 @@ class MainWindow(QMainWindow):
             self.session.set_slice(index)  # announced: the panes and _slice_changed follow
 
     def _slice_changed(self, index: int) -> None:
-        if self.slider.value() != index:
-            self.slider.blockSignals(True)
-            self.slider.setValue(index)
-            self.slider.blockSignals(False)
-        self._update_slice_label()
+        self.stack.show_slice(index, self.session.n_slices)
         if self._cursor_mm is not None:  # the readout follows the slice, not only the mouse
             self._hovered(*self._cursor_mm)
-
-    def _update_slice_label(self) -> None:
-        s = self.session
-        self.slice_label.setText(f"{s.slice_index + 1} / {s.n_slices}")
 
     def _fill_presets(self) -> None:
         self.preset_box.clear()
