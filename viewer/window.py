@@ -191,6 +191,13 @@ class MainWindow(QMainWindow):
             options=c.diffusion_options(), model=c.model_path, batch_size=4 if c.whole_volume else 1,
         )
 
+    def show_request(self, task: str, request: RunRequest) -> None:
+        """The panel shows ``request`` (built from the command line), and the panes its names."""
+        self.controls.show_request(task, request)
+        self.renderer.options.task = task
+        self._update_descriptions()
+        self._model_changed()
+
     def start_run(self, request: RunRequest | None = None) -> bool:
         """Run ``request``, or the panel's settings; False (and the status line says why) when it cannot start."""
         if self.session is None:
