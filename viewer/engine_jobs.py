@@ -67,6 +67,13 @@ class JobPhase:
 
 
 @dataclass
+class SlicesFinished:
+    """Every sampling step of these slices is done (a whole-volume run fills in slice by slice)."""
+
+    slices: np.ndarray
+
+
+@dataclass
 class JobSummary:
     """What a finished job reports: metrics per pane name (None without a reference)."""
 
@@ -145,7 +152,8 @@ def cached_prior(path: Path):
         return _PRIOR_CACHE[key]
 
 
-def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[DisplayFrame | JobSummary]:
+def diffusion_frames(volume: Volume, request: RunRequest,
+                     cancelled: Cancelled) -> Iterator[DisplayFrame | JobPhase | SlicesFinished | JobSummary]:
     """Stream the diffusion reconstruction step by step over every batch, then a summary."""
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
@@ -180,8 +188,10 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
             # Yield outside the `with`: a generator suspended inside inference_mode would
             # leave the consumer's thread in inference mode (and leak it if abandoned).
             yield display
-        elif isinstance(event, SliceDone) and event.slices[-1] != run.slices[-1]:
-            yield preparing  # the next batch's measurements
+        elif isinstance(event, SliceDone):
+            yield SlicesFinished(np.asarray(event.slices))
+            if event.slices[-1] != run.slices[-1]:
+                yield preparing  # the next batch's measurements
         elif isinstance(event, Summary):
             outcome = event.run.outcomes[DIFFUSION]
             metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}

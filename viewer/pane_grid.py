@@ -27,10 +27,11 @@ LAYOUTS = ("2x2", "1x4")
 
 
 def arrangement(name: str, n: int) -> list[tuple[int, int]]:
-    """(row, column) of each of ``n`` panes in a named layout: "2x2" (two columns) or "1xN" (one row)."""
-    if name == "2x2":
-        return [divmod(i, 2) for i in range(n)]
-    return [(0, i) for i in range(n)]
+    """(row, column) of each of ``n`` panes in a named layout: "RxC" fills C columns row by row
+    ("2x2", "4x3"); "1xN" is one row."""
+    rows, _, cols = name.partition("x")
+    columns = n if rows == "1" else int(cols)
+    return [divmod(i, columns) for i in range(n)]
 
 
 class PaneGrid(QWidget):
@@ -85,13 +86,15 @@ class PaneGrid(QWidget):
             self._grid.setColumnStretch(i, 1 if i in cols else 0)
         self.layout_name = name
 
-    def link(self, names: Sequence[str]) -> None:
-        """Share zoom and pan among these panes (the first leads); the others are unlinked."""
-        first = self.panes[names[0]].view if names else None
+    def link(self, *groups: Sequence[str]) -> None:
+        """Share zoom and pan within each group of panes (its first leads); the rest are unlinked."""
+        leader_of = {}
+        for group in groups:
+            for name in group[1:]:
+                leader_of[name] = self.panes[group[0]].view
         for name, pane in self.panes.items():
-            leader = first if (name in names and pane.view is not first) else None
-            pane.view.setXLink(leader)
-            pane.view.setYLink(leader)
+            pane.view.setXLink(leader_of.get(name))
+            pane.view.setYLink(leader_of.get(name))
 
     def set_slice_geometry(self, geometry: SliceGeometry, names: Sequence[str] | None = None) -> None:
         for name in names if names is not None else self.panes:

@@ -151,7 +151,7 @@ class ReaderStudyWindow(QMainWindow):
         """Reference and scored image share zoom and pan when they cover the same millimetres."""
         same = ("reference" in self.geometry_of
                 and np.allclose(self.geometry_of["reference"].extent_mm, self.geometry_of["image"].extent_mm))
-        self.stack.grid.link(["image", "reference"] if same else [])
+        self.stack.grid.link(*([["image", "reference"]] if same else []))
         for name, pane in (("image", self.image_pane), ("reference", self.reference_pane)):
             if name in self.geometry_of:
                 pane.set_slice_geometry(self.geometry_of[name])

@@ -18,7 +18,8 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from diffrecon.measurements import MeasurementSettings
 
-from .engine_jobs import DisplayFrame, JobPhase, JobSummary, SliceImages, baseline_images, diffusion_frames, input_images
+from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, SliceImages, SlicesFinished, baseline_images,
+                          diffusion_frames, input_images)
 from .responsiveness import FrameRate, StallMeter
 from .session import Session
 from .state import FRAME_LAYERS, RunRequest, RunState, processing_order
@@ -165,6 +166,11 @@ class RunController(QObject):
         if isinstance(item, JobSummary):
             self._merge_metrics(item)
             return
+        if isinstance(item, SlicesFinished):  # kept whatever happens next (a cancel keeps finished slices)
+            self._draw_frame()  # the batch's last frame at once (when not drawn yet), then the count
+            s.run.slices_finished.extend(int(i) for i in item.slices)
+            s.set_run_state(s.run_state.advanced(slices_done=len(s.run.slices_finished)))
+            return
         if isinstance(item, JobPhase):  # before the first frame of a batch: say what takes the time
             s.set_run_state(s.run_state.advanced(phase=item.text))
             self.phaseShown.emit(item.text)
@@ -191,6 +197,7 @@ class RunController(QObject):
             phase="", step=frame.step, steps=frame.total, done_steps=frame.done_steps, total_steps=frame.total_steps,
             eta_seconds=frame.eta_seconds, elapsed=frame.elapsed))
         s.announce(FRAME_LAYERS, frame.slices)
+        self.stall.mark_streaming()
         if s.slice_index in frame.slices:
             self.fps.frame()
             self.frameShown.emit(frame.done_steps)
@@ -200,7 +207,7 @@ class RunController(QObject):
             self._merge_metrics(item)
         else:
             self._store(item)
-            if item.layer == "baseline":
+            if item.layer == "baseline" and "diffusion" not in self._pending:  # else the diffusion counts slices
                 s = self.session
                 done = min(s.run_state.slices_done + len(item.slices), s.run_state.slices_total)
                 s.set_run_state(s.run_state.advanced(slices_done=done))
@@ -230,6 +237,9 @@ class RunController(QObject):
             "longest_stall_ms": self.stall.longest_ms,
             "p99_stall_ms": self.stall.percentile_ms(99.0),
             "stalls_over_50ms": self.stall.count_over(50.0),
+            "longest_stall_streaming_ms": self.stall.longest_streaming_ms,
+            "gui_busy_in_longest_stall_ms": self.stall.busy_in_longest_ms,
+            "longest_gui_busy_ms": self.stall.longest_busy_ms,
             "seconds": frame.elapsed if frame else 0.0,
         }
         ok = self._ok

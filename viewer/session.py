@@ -56,6 +56,7 @@ class RunRecord:
     provenance: dict = field(default_factory=dict)
     slices: list[int] = field(default_factory=list)
     steps_seen: list[tuple[int, int]] = field(default_factory=list)  # (slice batch start, step) in arrival order
+    slices_finished: list[int] = field(default_factory=list)  # every step done, in finishing order
     finished: bool = False
     cancelled: str = ""  # e.g. "cancelled at step 7/25": the results are unfinished
     seconds: float = 0.0

@@ -4,7 +4,8 @@ under them (position in mm and values under the cursor) and a slice slider.
 The main window hangs its four panes in it, the reader window the reference and the
 image to score. The owner keeps the slice index: the view says when the user asks for
 another slice (``sliceChosen`` from the slider, ``grid.sliceStep`` from the wheel and
-keys) and shows the one it is given (``show_slice``).
+keys) and shows the one it is given (``show_slice``). Other views of the same stack (the
+main window's planes) hang beside the grid as pages.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QStackedWidget, QVBoxLayout, QWidget
 
 from .pane_grid import LAYOUTS, PANES, PaneGrid
 
@@ -36,7 +37,9 @@ class StackView(QWidget):
             self.readout.setStyleSheet(readout_style)
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(self.grid, 1)
+        self.pages = QStackedWidget()  # the pane grid, or another view of the same stack (the planes)
+        self.pages.addWidget(self.grid)
+        column.addWidget(self.pages, 1)
         readout_row = QHBoxLayout()
         readout_row.setContentsMargins(8, 2, 8, 0)
         readout_row.addWidget(self.readout, 1)
@@ -48,6 +51,17 @@ class StackView(QWidget):
         slices.addWidget(self.slice_label)
         column.addLayout(slices)
         self.slider.valueChanged.connect(self.sliceChosen)
+
+    def add_page(self, widget: QWidget) -> None:
+        self.pages.addWidget(widget)
+
+    def show_page(self, widget: QWidget) -> None:
+        self.pages.setCurrentWidget(widget)
+
+    @property
+    def page(self) -> QWidget:
+        """What shows the images now (the PNG export grabs it)."""
+        return self.pages.currentWidget()
 
     @property
     def panes(self):

@@ -16,6 +16,7 @@ from diffrecon.io.volume import Volume
 from .controls import ControlPanel
 from .display import PaneRenderer
 from .metrics_table import MetricsTable
+from .mpr import MprGrid, MprRenderer
 from .paths import default_sample
 from .run_controller import RunController
 from .session import Session
@@ -43,6 +44,9 @@ class MainWindow(QMainWindow):
         self.grid = self.stack.grid
         self.slider, self.slice_label, self.readout = self.stack.slider, self.stack.slice_label, self.stack.readout
         self.renderer = PaneRenderer(self.grid)
+        self.mpr = MprGrid()  # the planes: another page of the stack view
+        self.mpr_renderer = MprRenderer(self.mpr, self.renderer)
+        self.stack.add_page(self.mpr)
         self.controls = ControlPanel()
         self.metrics = MetricsTable()
         self._build_layout()
@@ -85,6 +89,9 @@ class MainWindow(QMainWindow):
         self.grid.windowDrag.connect(self._window_drag)
         self.grid.hovered.connect(self._hovered)
         self.grid.left.connect(self._cursor_left)
+        self.mpr.windowDrag.connect(lambda name, dx, dy: self._window_drag(name.split(":")[0], dx, dy))
+        self.mpr.hoveredVoxel.connect(self._hovered_voxel)
+        self.mpr.left.connect(self._cursor_left)
         self._cursor_mm: tuple[float, float] | None = None  # where the cursor is, to refresh the readout
         self.stack.sliceChosen.connect(self.set_slice)
         self.renderer.render_all()
@@ -162,6 +169,7 @@ class MainWindow(QMainWindow):
             self.preset_box.setCurrentIndex(fitting)
         self._update_descriptions()
         self.renderer.attach(self.session)
+        self.mpr_renderer.attach(self.session)
         self.runner.attach(self.session)
         e = self.session.events
         e.slice.connect(self._slice_changed)
@@ -325,18 +333,26 @@ class MainWindow(QMainWindow):
         if pixel is None:
             self.readout.setText("")
             return
-        row, col = pixel
+        self._readout_at(s.slice_index, *pixel)
+
+    def _hovered_voxel(self, slice_index: int, row: int, col: int) -> None:
+        self._cursor_mm = None  # a plane's readout does not follow the slider
+        self._readout_at(slice_index, row, col)
+
+    def _readout_at(self, slice_index: int, row: int, col: int) -> None:
+        """The readout line: the voxel's position in mm and every layer's value there."""
+        s = self.session
         units = "" if s.units in ("a.u.", "") else f" {s.units}"
         values = []
         for layer, label in (("input", "input"), ("recon", "diffusion"), ("baseline", "baseline"),
                              ("sigma", "σ"), ("reference", "reference")):
-            v = s.value_at(layer, row, col)
-            if v is not None:
-                values.append(f"{label} {v:.4g}{units}")
-        if not s.has("input"):
-            values.insert(0, f"scan {s.display_data()[s.slice_index, row, col]:.4g}{units}")
-        position = s.geometry.format_position(s.slice_index, row, col)
-        self.readout.setText(f"{position}   voxel ({col}, {row}, {s.slice_index})   " + "   ".join(values))
+            image = s.image(layer, slice_index)
+            if image is not None:
+                values.append(f"{label} {float(image[row, col]):.4g}{units}")
+        if not s.has("input", slice_index):
+            values.insert(0, f"scan {s.display_data()[slice_index, row, col]:.4g}{units}")
+        position = s.geometry.format_position(slice_index, row, col)
+        self.readout.setText(f"{position}   voxel ({col}, {row}, {slice_index})   " + "   ".join(values))
 
     # ----- drag and drop, closing -----
 
