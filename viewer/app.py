@@ -217,7 +217,8 @@ def run_viewer(options: ViewOptions) -> int:
               f"{stats.get('longest_stall_streaming_ms', 0.0):.0f} ms once the first frame was in; "
               f"the GUI thread computed for "
               f"{stats.get('gui_busy_in_longest_stall_ms', 0.0):.0f} ms of the longest, at most "
-              f"{stats.get('longest_gui_busy_ms', 0.0):.0f} ms between two ticks)",
+              f"{stats.get('longest_gui_busy_ms', 0.0):.0f} ms between two ticks, "
+              f"{stats.get('longest_gui_busy_streaming_ms', 0.0):.0f} ms once streaming)",
               file=sys.stderr)
         if not ok:
             outcome["code"] = 1

@@ -66,6 +66,10 @@ class MprGrid(PaneGrid):
                                                               if n == self.one_image)]
         for i in range(len(IMAGES)):
             self._grid.setRowStretch(i, 1 if i in rows else 0)
+        # Each column's zoom and pan follow a pane that is shown (a hidden leader has no size to fit).
+        shown = self.visible_images()
+        order = shown + [image for image, _ in IMAGES if image not in shown]
+        self.link(*[[pane_name(image, c) for image in order] for c in range(3)])
         self._refit.start()
 
     def visible_images(self) -> list[str]:

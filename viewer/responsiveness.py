@@ -29,12 +29,13 @@ class StallMeter(QObject):
         self.longest_ms = 0.0
         self.busy_in_longest_ms = 0.0  # the GUI thread's CPU time within the longest gap
         self.longest_busy_ms = 0.0  # the most CPU time the GUI thread spent between two ticks
+        self.longest_busy_streaming_ms = 0.0  # the same, since the first frame
         self.ticks = 0
         self.late_ms: list[float] = []
         self.streaming_from: int | None = None  # the tick of the first frame (see mark_streaming)
 
     def start(self) -> None:
-        self.longest_ms = self.busy_in_longest_ms = self.longest_busy_ms = 0.0
+        self.longest_ms = self.busy_in_longest_ms = self.longest_busy_ms = self.longest_busy_streaming_ms = 0.0
         self.ticks = 0
         self.late_ms = []
         self.streaming_from = None
@@ -58,6 +59,8 @@ class StallMeter(QObject):
         if late_ms > self.longest_ms:
             self.longest_ms, self.busy_in_longest_ms = late_ms, busy_ms
         self.longest_busy_ms = max(self.longest_busy_ms, busy_ms)
+        if self.streaming_from is not None:
+            self.longest_busy_streaming_ms = max(self.longest_busy_streaming_ms, busy_ms)
         self.late_ms.append(late_ms)
 
     def percentile_ms(self, q: float) -> float:

@@ -240,6 +240,7 @@ class RunController(QObject):
             "longest_stall_streaming_ms": self.stall.longest_streaming_ms,
             "gui_busy_in_longest_stall_ms": self.stall.busy_in_longest_ms,
             "longest_gui_busy_ms": self.stall.longest_busy_ms,
+            "longest_gui_busy_streaming_ms": self.stall.longest_busy_streaming_ms,
             "seconds": frame.elapsed if frame else 0.0,
         }
         ok = self._ok

@@ -144,7 +144,7 @@ class MainWindow(QMainWindow):
         """Read a scan on a worker thread; errors go to the status bar, the current scan stays."""
         path = Path(path)
         self.show_status(f"Opening {path.name}...")
-        self.loader.start("load", lambda cancelled: iter([(path, load_volume(path))]))
+        self.loader.start("load", lambda cancelled: _load_then_warm_up(path))
 
     def open_default_sample(self) -> None:
         self.open_path(default_sample())
@@ -373,3 +373,13 @@ class MainWindow(QMainWindow):
         self.loader.cancel()
         self.loader.wait_all()
         super().closeEvent(ev)
+
+
+def _load_then_warm_up(path: Path):
+    """The scan, then (on the same worker thread, while the user looks at it) the modules a
+    run imports: importing them when Run is pressed held Python's GIL for hundreds of
+    milliseconds between the first frames."""
+    yield path, load_volume(path)
+    import diffrecon.diffusion.checkpoint  # noqa: F401
+    import diffrecon.diffusion.reconstruction  # noqa: F401
+    import diffrecon.diffusion.uncertainty  # noqa: F401
