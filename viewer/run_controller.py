@@ -11,7 +11,6 @@ cannot flood the event loop; the responsiveness meter runs while sampling.
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -56,7 +55,6 @@ class RunController(QObject):
         self._input_args: tuple[MeasurementSettings, bool] | None = None  # the preview's settings, to resume it
         self._ok = True
         self._closed = False
-        self._started = 0.0
         self.last_stats: dict[str, float] = {}
 
     def attach(self, session: Session | None) -> None:
@@ -124,7 +122,6 @@ class RunController(QObject):
         s.run.slices = sorted(request.slices)
         self._ok = True
         self._last_frame = None
-        self._started = time.perf_counter()
         n_batches = -(-len(request.slices) // request.batch_size)
         self._pending = {"baseline"}
         total = 0
