@@ -132,6 +132,9 @@ def test_mpr_panes_show_the_true_aspect_and_the_affines_letters_and_share_one_cr
     assert visible == ["baseline:0", "baseline:1", "baseline:2"]
     window.commands.set_layout("2x2", remember=False)
     assert window.stack.page is window.grid
+    # The four panes, not drawn while hidden, show the slice the planes moved to.
+    assert window.grid["input"].corner_bl.text().startswith("Slice 2/6")
+    np.testing.assert_array_equal(window.grid["input"].image.image, session.image("input", 1))
 
 
 @pytest.mark.gui

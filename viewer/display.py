@@ -89,6 +89,8 @@ class PaneRenderer:
     def _run_state_changed(self, state: RunState) -> None:
         was_running = self.running
         self.running, self.progress_text = state.running, state.progress_text
+        if self.grid.isHidden():  # another page (the planes) is shown: drawn when it comes back
+            return
         if state.running != was_running:
             self.render_all()  # empty panes change their hints, a finished frame is drawn unscaled
         else:  # the step counter in the titles
@@ -120,6 +122,8 @@ class PaneRenderer:
     def render(self, name: str) -> None:
         s = self.session
         pane = self.grid[name]
+        if self.grid.isHidden() and s is not None:  # the planes are shown: render_all when the panes return
+            return
         if s is None:
             pane.show_image(None, (0, 1))
             pane.set_hint("Open a scan: File > Open, drag and drop, or the command line.")
@@ -281,7 +285,7 @@ class PaneRenderer:
 
     def update_levels(self) -> None:
         """After a window change: only the grey panes follow it."""
-        if self.session is None:
+        if self.session is None or self.grid.isHidden():
             return
         levels = (self.session.window.low, self.session.window.high)
         for name in IMAGE_PANES:

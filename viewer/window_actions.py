@@ -139,6 +139,7 @@ class WindowActions:
         else:
             w.grid.set_layout(name)
             w.stack.show_page(w.grid)
+            w.renderer.render_all()  # it skipped drawing while the planes were shown
         w.mpr_renderer.set_active(planes)
         self.planes_of.setEnabled(name == "mpr-one")
         self.layouts[name].setChecked(True)
