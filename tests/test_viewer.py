@@ -58,7 +58,7 @@ def test_cancel_stops_the_sampler_within_a_step_and_a_new_run_replaces_the_old(q
     session = open_scan(qtbot, window, mr_nifti)
     quick_settings(window, tiny_prior, steps=500, samples=1)
     with qtbot.waitSignal(window.runner.frameShown, timeout=20_000):
-        window.runner.start_run()
+        window.start_run()
     thread = window.runner.diffusion.current
     window.runner.cancel()
     assert thread.wait(5_000), "the sampler did not stop after cancel"
@@ -68,13 +68,13 @@ def test_cancel_stops_the_sampler_within_a_step_and_a_new_run_replaces_the_old(q
 
     # Restarting while running cancels the old run cleanly: only the new run's frames remain.
     with qtbot.waitSignal(window.runner.frameShown, timeout=20_000):
-        window.runner.start_run()
+        window.start_run()
     old = window.runner.diffusion.current
     window.controls.steps.setValue(3)
     superseded = []
     window.runner.runFinished.connect(superseded.append)
     with qtbot.waitSignal(window.runner.runFinished, timeout=40_000, check_params_cb=bool):
-        assert window.runner.start_run()
+        assert window.start_run()
     assert superseded == [False, True]  # the old run ended (cancelled), then the new one completed
     assert old.wait(5_000)
     assert [step for _, step in session.run.steps_seen] == [1, 2, 3]

@@ -177,7 +177,7 @@ def test_cancel_labels_the_unfinished_result(qtbot, window, mr_nifti, tiny_prior
     open_scan(qtbot, window, mr_nifti)
     quick_settings(window, tiny_prior, steps=500, samples=1)
     with qtbot.waitSignal(window.runner.frameShown, timeout=20_000):
-        window.runner.start_run()
+        window.start_run()
     window.runner.cancel()
     title = window.grid["recon"].title_text
     assert "cancelled at step" in title and "/500" in title

@@ -112,3 +112,52 @@ def test_the_engines_default_prior_comes_first_for_its_modality(tmp_path, monkey
     assert default_model_for("mri").name == DEFAULT_PRIORS["mri"]
     assert default_model_for("denoise").name == DEFAULT_PRIORS["mri"]  # denoising borrows the MRI prior
     assert default_model_for("ct") is None  # no CT prior there
+
+
+def test_the_session_announces_what_changes():
+    from diffrecon.viewer.session import Session
+    from diffrecon.viewer.state import RunState
+
+    volume = Volume(np.ones((4, 8, 8), np.float32), (2.0, 1.0, 1.0), affine_from_spacing((2.0, 1.0, 1.0)), modality="MR")
+    session = Session(volume)
+    heard = []
+    e = session.events
+    e.layers.connect(lambda names, slices: heard.append(("layers", names, list(slices))))
+    e.slice.connect(lambda index: heard.append(("slice", index)))
+    e.window.connect(lambda w: heard.append(("window", w.width)))
+    e.metrics.connect(lambda m: heard.append(("metrics", sorted(m))))
+    e.run_state.connect(lambda state: heard.append(("run", state.bar_text)))
+    session.put("baseline", np.array([1, 2]), np.zeros((2, 8, 8), np.float32))
+    session.put("recon", np.array([1]), np.zeros((1, 8, 8), np.float32), announce=False)  # a frame: announced later
+    session.set_slice(1)
+    session.set_slice(1)  # no change, nothing said
+    session.window = session.window.dragged(10, 0, 100.0)
+    session.update_metrics({"baseline": {"psnr": 30.0}})
+    session.set_run_state(RunState(running=True, done_steps=5, total_steps=50, slices_total=4, slices_done=1,
+                                   eta_seconds=90.0))
+    assert heard[:2] == [("layers", ("baseline",), [1, 2]), ("slice", 1)]
+    assert heard[2][0] == "window" and heard[3] == ("metrics", ["baseline"])
+    assert heard[4] == ("run", "slice 2/4, step 5/50   ETA 1:30")
+    assert session.has("recon", 1) and session.cursor[0] == 1
+
+
+def test_a_scripted_run_request_has_the_panels_defaults_and_refuses_what_does_not_apply():
+    from diffrecon import modalities
+    from diffrecon.errors import DiffreconError
+    from diffrecon.viewer.state import RunChoices, request_for
+
+    volume = Volume(np.ones((6, 8, 8), np.float32), (2.0, 1.0, 1.0), affine_from_spacing((2.0, 1.0, 1.0)), modality="MR")
+    task, request = request_for(volume, 3, RunChoices(), default_model=lambda task: None)
+    measured = modalities.get("mri").diffusion_defaults
+    assert task == "mri" and request.simulate and request.slices == [3] and request.batch_size == 1
+    assert request.settings.acceleration == 4.0 and request.settings.mask == "random"
+    assert request.options.steps == 25 and request.options.guidance == measured.get("guidance", "dds")
+    assert request.baseline == modalities.get("mri").baselines[1] and request.model is None
+    _, volume_request = request_for(volume, 3, RunChoices(whole_volume=True, baseline="none", steps=4, seed=7),
+                                    default_model=lambda task: None)
+    assert volume_request.slices == [3, 4, 5, 0, 1, 2] and volume_request.baseline is None
+    assert volume_request.options.steps == 4 and volume_request.settings.seed == 7
+    engine_request = volume_request.baseline_request(volume)  # the engine's one run API
+    assert list(engine_request.slices) == [3, 4, 5, 0, 1, 2] and engine_request.methods == ()
+    with pytest.raises(DiffreconError, match="does not apply to mri"):
+        request_for(volume, 3, RunChoices(baseline="bm3d"))

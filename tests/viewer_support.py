@@ -99,5 +99,5 @@ def quick_settings(window, prior: Path, steps: int = 3, samples: int = 2, baseli
 
 def run_to_end(qtbot, window, timeout: int = 40_000) -> bool:
     with qtbot.waitSignal(window.runner.runFinished, timeout=timeout) as blocker:
-        assert window.runner.start_run()
+        assert window.start_run()
     return blocker.args[0]

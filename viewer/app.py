@@ -22,6 +22,8 @@ from PySide6.QtWidgets import QApplication
 from diffrecon.errors import DiffreconError
 
 from .export import metrics_line, write_run_report
+from .paths import default_model_for
+from .state import RunChoices, RunRequest, request_for
 
 
 @dataclass
@@ -52,6 +54,14 @@ class ViewOptions:
     preset: str | None = None
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
+
+    def choices(self) -> RunChoices:
+        """The settings of the run, as the Qt-free request builder takes them."""
+        return RunChoices(
+            modality=self.modality, acceleration=self.acceleration, mask=self.mask, views=self.views, dose=self.dose,
+            noise_sigma=self.noise_sigma, steps=self.steps, samples=self.samples, sampler=self.sampler,
+            guidance=self.guidance, seed=self.seed, model=self.model, baseline=self.baseline,
+            whole_volume=self.whole_volume)
 
     @property
     def exits_after_run(self) -> bool:
@@ -104,45 +114,31 @@ def dark_palette(app: QApplication) -> None:
     app.setPalette(p)
 
 
-def apply_options(window, o: ViewOptions) -> None:
-    """Put command-line settings into the panel (after the scan chose its defaults)."""
-    c = window.controls
-    if o.modality:
-        c.modality.setCurrentIndex(c.modality.findData(o.modality))
-    for box, value in ((c.acceleration, o.acceleration), (c.views, o.views), (c.noise_sigma, o.noise_sigma),
-                       (c.steps, o.steps), (c.samples, o.samples), (c.seed, o.seed), (c.dose, o.dose)):
-        if value is not None:
-            box.setValue(value)
-    for box, value in ((c.mask_kind, o.mask), (c.sampler, o.sampler), (c.guidance, o.guidance)):
-        if value is not None:
-            index = box.findData(value)
-            if index < 0:
-                raise DiffreconError(f"{value!r} is not one of the choices for {box.toolTip() or 'this setting'}")
-            box.setCurrentIndex(index)
-    if o.baseline is not None:
-        index = c.baseline.findData(None if o.baseline == "none" else o.baseline)
-        if index < 0:
-            raise DiffreconError(f"the baseline {o.baseline!r} does not apply to {c.task}")
-        c.baseline.setCurrentIndex(index)
-    if o.model is not None:
-        c.set_model(Path(o.model))
-    if o.whole_volume:
-        c.scope.setCurrentIndex(c.scope.findData("volume"))
+def apply_options(window, o: ViewOptions) -> RunRequest:
+    """The command line's choices: the slice, layout and display options on the window, and
+    the run as a request built from the scan and the options (not read back from the
+    settings panel, which is set to show it). Returns the request; a choice that does not
+    apply is one sentence."""
     if o.slice is not None:
         n = window.session.n_slices
         if not -n <= o.slice < n:
             raise DiffreconError(f"slice {o.slice} is outside the scan's {n} slices")
         window.set_slice(o.slice % n)
-    if o.layout:
-        window.commands.set_layout(o.layout, remember=False)
-    if o.error_maps:
-        window.commands.set_error_maps(True)
     if o.preset:
         names = [p.name.lower() for p in window.current_presets]
         matches = [i for i, n in enumerate(names) if n.startswith(o.preset.lower())]
         if not matches:
             raise DiffreconError(f"no window preset called {o.preset!r}; choose from {', '.join(names)}")
+    session = window.session
+    task, request = request_for(session.volume, session.slice_index, o.choices(), default_model=default_model_for)
+    window.show_request(task, request)
+    if o.layout:
+        window.commands.set_layout(o.layout, remember=False)
+    if o.error_maps:
+        window.commands.set_error_maps(True)
+    if o.preset:
         window.apply_preset(matches[0])
+    return request
 
 
 def choose_platform(options: ViewOptions) -> None:
@@ -172,6 +168,9 @@ def run_viewer(options: ViewOptions) -> int:
 
     choose_platform(options)
     reserve_a_core_for_the_gui(options.threads_chosen)
+    # Workers hand Python's GIL over every 1 ms instead of 5: a repaint of the panes (Python
+    # calls between Qt's) waits less for it while the sampler and a baseline run.
+    sys.setswitchinterval(0.001)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("diffrecon")
     app.setOrganizationName("diffrecon")
@@ -189,7 +188,7 @@ def run_viewer(options: ViewOptions) -> int:
     def loaded(_session) -> None:
         window.scanLoaded.disconnect(loaded)
         try:
-            apply_options(window, options)
+            request = apply_options(window, options)
         except DiffreconError as exc:
             if options.run:
                 fail(str(exc))
@@ -198,8 +197,11 @@ def run_viewer(options: ViewOptions) -> int:
             return
         if options.run:
             window.runner.runFinished.connect(finished)
-            if not window.runner.start_run():
+            window.session.clear_inputs()  # the run measures its slices; the preview resumes after it, as run
+            if not window.start_run(request):
                 fail(window.last_status)
+        else:
+            window.start_inputs()  # the preview with the settings the panel now shows
 
     def finished(ok: bool) -> None:
         window.runner.runFinished.disconnect(finished)
@@ -211,7 +213,12 @@ def run_viewer(options: ViewOptions) -> int:
         print(f"diffrecon view: {stats.get('frames_drawn', 0)} frames drawn, {stats.get('fps', 0.0):.1f} frames/s, "
               f"longest event-loop stall {stats.get('longest_stall_ms', 0.0):.0f} ms "
               f"(99th percentile {stats.get('p99_stall_ms', 0.0):.0f} ms, "
-              f"{stats.get('stalls_over_50ms', 0)} over 50 ms)",
+              f"{stats.get('stalls_over_50ms', 0)} over 50 ms; "
+              f"{stats.get('longest_stall_streaming_ms', 0.0):.0f} ms once the first frame was in; "
+              f"the GUI thread computed for "
+              f"{stats.get('gui_busy_in_longest_stall_ms', 0.0):.0f} ms of the longest, at most "
+              f"{stats.get('longest_gui_busy_ms', 0.0):.0f} ms between two ticks, "
+              f"{stats.get('longest_gui_busy_streaming_ms', 0.0):.0f} ms once streaming)",
               file=sys.stderr)
         if not ok:
             outcome["code"] = 1

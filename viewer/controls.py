@@ -20,6 +20,7 @@ from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS
 
 from .paths import available_models, default_model_for, prior_modality
+from .state import RunRequest, baselines_for, simulate_for
 
 TASKS = (("mri", "MRI reconstruction"), ("ct", "CT reconstruction"), ("denoise", "Denoising"),
          ("ultrasound", "Ultrasound despeckling"))
@@ -222,13 +223,11 @@ class ControlPanel(QWidget):
 
     def _task_changed(self) -> None:
         task = self.task
-        locked = task == "ct" or (task == "mri" and not self._scan_has_kspace)
+        simulate, changeable = simulate_for(task, self.simulate.isChecked(), self._scan_has_kspace)
+        locked = not changeable
         self.simulate.blockSignals(True)
-        if locked:
-            self.simulate.setChecked(True)
-        elif task == "mri" and self._scan_has_kspace:
-            self.simulate.setChecked(False)  # raw k-space: reconstruct what was measured
-        self.simulate.setEnabled(not locked)
+        self.simulate.setChecked(simulate)  # raw k-space: reconstruct what was measured
+        self.simulate.setEnabled(changeable)
         self.simulate.setToolTip("An image-only scan can only be the ground truth of a simulation" if locked else
                                  "Simulate measurements from the scan and score every method against it")
         self.simulate.blockSignals(False)
@@ -242,7 +241,7 @@ class ControlPanel(QWidget):
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()
-        for method in modalities.get(task).baselines[1:]:
+        for method in baselines_for(task):
             self.baseline.addItem(method.upper() if method == "tv" else method, method)
         self.baseline.addItem("none", None)
         keep = current is not None and self.baseline.findData(current) >= 0
@@ -264,6 +263,34 @@ class ControlPanel(QWidget):
         self.simulate.setChecked(simulate)
         self.simulate.blockSignals(False)
         self._task_changed()
+
+    def show_request(self, task: str, request: RunRequest) -> None:
+        """Show what a request built elsewhere (``diffrecon view --run``) runs.
+
+        The panel's own signals stay quiet: the caller runs the request as it is, and
+        updates what depends on the panel once.
+        """
+        self.blockSignals(True)
+        try:
+            self.modality.setCurrentIndex(self.modality.findData(task))  # the task's rows, baselines, defaults
+            self.simulate.setChecked(request.simulate)
+            m, o = request.settings, request.options
+            self.acceleration.setValue(m.acceleration)
+            self.mask_kind.setCurrentIndex(max(0, self.mask_kind.findData(m.mask)))
+            if m.views is not None:
+                self.views.setValue(m.views)
+            self.dose.setValue(m.dose or 0.0)
+            self.noise_sigma.setValue(m.noise_sigma)
+            self.seed.setValue(m.seed)
+            self.sampler.setCurrentIndex(max(0, self.sampler.findData(o.sampler)))
+            self.guidance.setCurrentIndex(max(0, self.guidance.findData(o.guidance)))
+            self.steps.setValue(o.steps)
+            self.samples.setValue(o.samples)
+            self.baseline.setCurrentIndex(max(0, self.baseline.findData(request.baseline)))
+            self._fill_models(request.model)
+            self.scope.setCurrentIndex(self.scope.findData("volume" if len(request.slices) > 1 else "slice"))
+        finally:
+            self.blockSignals(False)
 
     # ----- settings out -----
 

@@ -1,5 +1,9 @@
 """Drawing the session's current slice into the four panes: images, levels, overlays, hints.
 
+The renderer subscribes to the session's events (:class:`~.state.SessionEvents`): new
+images of the slice on screen, a slice or window change, the run's state, each redraw
+only the panes they touch.
+
 Display choices live in :class:`DisplayOptions` (plain data): error maps instead of the
 images, sigma or variance, the x0 estimate or the noisy sample x_t. Image panes share
 one window/level; the uncertainty and error maps use a perceptual colour map (viridis,
@@ -8,33 +12,25 @@ inferno) with a colour bar, scaled to the current slice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from diffrecon import modalities
 
 from .pane_grid import PaneGrid
 from .session import Session
+from .state import DisplayOptions, RunState
+
+__all__ = ["DisplayOptions", "PaneRenderer", "robust_max"]
 
 IMAGE_PANES = ("input", "recon", "baseline")
+PANES_OF_LAYER = {"input": ("input",), "recon": ("recon",), "sample": ("recon",), "baseline": ("baseline",),
+                  "sigma": ("variance",)}
 
 
 def _input_name(task: str) -> str:
     """What the task's unreconstructed input is called (zero-filled, FBP, noisy, B-mode)."""
     return modalities.REGISTRY[task].input_name if task in modalities.REGISTRY else "input"
 VARIANCE_MAP, ERROR_MAP = "viridis", "inferno"
-
-
-@dataclass
-class DisplayOptions:
-    error_maps: bool = False  # |image - reference| in the image panes (needs a reference)
-    variance_mode: str = "sigma"  # "sigma" (std, image units) or "variance" (units squared)
-    recon_shows: str = "estimate"  # "estimate" (x0) or "sample" (x_t, the noisy state)
-    task: str = "mri"
-    baseline_name: str | None = "TV"  # None: no baseline chosen
-    measurement: str = ""  # e.g. "MRI 4x random mask"
-    model_name: str | None = None  # the chosen prior (None: baseline only)
 
 
 def robust_max(image: np.ndarray, percentile: float = 99.5) -> float:
@@ -55,9 +51,51 @@ class PaneRenderer:
         self.frame_scaled = False  # the diffusion pane shows a frame scaled to the measurements' range
 
     def attach(self, session: Session) -> None:
+        if self.session is not None:
+            self._subscribe(self.session, False)
         self.session = session
+        self._subscribe(session, True)
+        self.running, self.progress_text = session.run_state.running, session.run_state.progress_text
         self.grid.set_slice_geometry(session.geometry)
         self.render_all()
+
+    def _subscribe(self, session: Session, on: bool) -> None:
+        e = session.events
+        for event, handler in ((e.layers, self._layers_changed), (e.cleared, self._layers_changed),
+                               (e.slice, self._slice_changed), (e.window, self._window_changed),
+                               (e.run_state, self._run_state_changed)):
+            (event.connect if on else event.disconnect)(handler)
+
+    # ----- what the session announces -----
+
+    def _layers_changed(self, layers: tuple[str, ...], slices=None) -> None:
+        """Redraw the panes showing these layers, when the slice on screen is among ``slices``."""
+        if slices is not None and self.session.slice_index not in slices:
+            return
+        if self.error_mode() and any(name in ("input", "reference", "recon", "baseline") for name in layers):
+            self.render_all()  # one error scale for every map of the slice
+            return
+        panes = {pane for layer in layers for pane in PANES_OF_LAYER.get(layer, ())}
+        for name in ("input", "recon", "baseline", "variance"):
+            if name in panes:
+                self.render(name)
+
+    def _slice_changed(self, _index: int) -> None:
+        self.render_all()
+
+    def _window_changed(self, _window) -> None:
+        self.update_levels()
+
+    def _run_state_changed(self, state: RunState) -> None:
+        was_running = self.running
+        self.running, self.progress_text = state.running, state.progress_text
+        if self.grid.isHidden():  # another page (the planes) is shown: drawn when it comes back
+            return
+        if state.running != was_running:
+            self.render_all()  # empty panes change their hints, a finished frame is drawn unscaled
+        else:  # the step counter in the titles
+            self.grid["recon"].set_title(self._title("recon"))
+            self.grid["variance"].set_title(self._variance_title())
 
     # ----- what each pane shows -----
 
@@ -84,6 +122,8 @@ class PaneRenderer:
     def render(self, name: str) -> None:
         s = self.session
         pane = self.grid[name]
+        if self.grid.isHidden() and s is not None:  # the planes are shown: render_all when the panes return
+            return
         if s is None:
             pane.show_image(None, (0, 1))
             pane.set_hint("Open a scan: File > Open, drag and drop, or the command line.")
@@ -151,19 +191,25 @@ class PaneRenderer:
     def _render_variance(self) -> None:
         pane = self.grid["variance"]
         sigma = self.session.image("sigma")
-        units = self._units()
         if self.options.variance_mode == "variance":
             image = None if sigma is None else sigma**2
-            label = f"σ² ({units}²)" if units else "σ²"
         else:
-            image, label = sigma, f"σ ({units})" if units else "σ"
+            image = sigma
         pane.set_colormap(VARIANCE_MAP)
         top = self.uncertainty_scale(image)
         pane.show_image(image, (0.0, top))
         pane.set_levels((0.0, top))
-        pane.set_title(f"Uncertainty {label}" + self._run_state())
+        pane.set_title(self._variance_title())
         if image is None:
             pane.set_hint(self._empty_hint("variance"))
+
+    def _variance_title(self) -> str:
+        units = self._units()
+        if self.options.variance_mode == "variance":
+            label = f"σ² ({units}²)" if units else "σ²"
+        else:
+            label = f"σ ({units})" if units else "σ"
+        return f"Uncertainty {label}" + self._run_state()
 
     def uncertainty_scale(self, image: np.ndarray | None) -> float:
         """Top of the σ (or σ²) colour scale: the map's own range, capped by the image window.
@@ -239,7 +285,7 @@ class PaneRenderer:
 
     def update_levels(self) -> None:
         """After a window change: only the grey panes follow it."""
-        if self.session is None:
+        if self.session is None or self.grid.isHidden():
             return
         levels = (self.session.window.low, self.session.window.high)
         for name in IMAGE_PANES:

@@ -12,44 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffrecon import modalities
-from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.errors import DiffreconError
 from diffrecon.io.volume import Volume
 from diffrecon.measurements import MeasurementSettings
-from diffrecon.reconstruct import (DIFFUSION, BaselineReady, DiffusionFrame, DiffusionSetup, MeasurementsReady,
-                                   Reconstruction, ReconRequest, SliceDone, Summary)
+from diffrecon.reconstruct import (DIFFUSION, BaselineReady, DiffusionFrame, MeasurementsReady, Reconstruction,
+                                   ReconRequest, SliceDone, Summary)
+
+from .state import RunRequest
 
 Cancelled = Callable[[], bool]
-
-
-@dataclass
-class RunRequest:
-    """Everything one Run needs; also what export records as provenance."""
-
-    settings: MeasurementSettings
-    simulate: bool
-    slices: list[int]  # in processing order (the slice on screen first)
-    baseline: str | None = "tv"
-    options: DiffusionOptions = field(default_factory=DiffusionOptions)
-    model: Path | None = None
-    batch_size: int = 4
-
-    def provenance(self) -> dict:
-        return {
-            "settings": self.settings.to_dict(),
-            "simulate": self.simulate,
-            "slices": sorted(int(s) for s in self.slices),
-            "baseline": self.baseline,
-            "diffusion": self.options.to_dict(),
-            "model": None if self.model is None else str(self.model),
-        }
 
 
 @dataclass
@@ -87,6 +64,13 @@ class JobPhase:
     """What a job is doing before its first frame (loading the prior, a hot start...), in plain words."""
 
     text: str
+
+
+@dataclass
+class SlicesFinished:
+    """Every sampling step of these slices is done (a whole-volume run fills in slice by slice)."""
+
+    slices: np.ndarray
 
 
 @dataclass
@@ -130,9 +114,7 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
     are chosen (denoising), so the input pane shows exactly what the methods solved.
     """
     start = time.perf_counter()
-    methods = [request.baseline] if request.baseline else []
-    run = ReconRequest(volume, request.settings, methods, simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size)
+    run = request.baseline_request(volume)
     if cancelled():
         return
     reference = None
@@ -170,16 +152,15 @@ def cached_prior(path: Path):
         return _PRIOR_CACHE[key]
 
 
-def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) -> Iterator[DisplayFrame | JobSummary]:
+def diffusion_frames(volume: Volume, request: RunRequest,
+                     cancelled: Cancelled) -> Iterator[DisplayFrame | JobPhase | SlicesFinished | JobSummary]:
     """Stream the diffusion reconstruction step by step over every batch, then a summary."""
     if request.model is None:
         raise DiffreconError("no diffusion prior is chosen; pick a model file in the Model box")
     start = time.perf_counter()
     yield JobPhase(f"loading the prior {request.model.stem}")
-    hot_start_from = request.baseline or modalities.get(request.settings.modality).hot_start_baseline
-    run = ReconRequest(volume, request.settings, [DIFFUSION], simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size, frames=True,
-                       diffusion=DiffusionSetup(cached_prior(request.model), request.options, hot_start_from))
+    hot_start_from = request.hot_start_baseline
+    run = request.diffusion_request(volume, cached_prior(request.model))
     if cancelled():
         return
     preparing = JobPhase("simulating the measurements" if request.simulate else "preparing the measurements")
@@ -207,8 +188,10 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
             # Yield outside the `with`: a generator suspended inside inference_mode would
             # leave the consumer's thread in inference mode (and leak it if abandoned).
             yield display
-        elif isinstance(event, SliceDone) and event.slices[-1] != run.slices[-1]:
-            yield preparing  # the next batch's measurements
+        elif isinstance(event, SliceDone):
+            yield SlicesFinished(np.asarray(event.slices))
+            if event.slices[-1] != run.slices[-1]:
+                yield preparing  # the next batch's measurements
         elif isinstance(event, Summary):
             outcome = event.run.outcomes[DIFFUSION]
             metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}

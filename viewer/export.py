@@ -49,6 +49,7 @@ def provenance(session: Session, layer: str) -> dict:
         "output": EXPORTS[layer][1],
         "method": {"recon": "diffusion", "sigma": "diffusion", "baseline": baseline}.get(layer, "input"),
         "state": session.run.cancelled or ("complete" if session.run.finished else "running"),
+        "slices_finished": sorted(session.run.slices_finished),  # every step done (a cancel keeps them)
     }
 
 

@@ -54,6 +54,8 @@ MOUSE = (
     ("Double click", "fit the slice to the pane"),
     ("Arrow keys, Page Up/Down", "next / previous slice (in a pane)"),
     ("+ / -", "zoom in / out (in a pane)"),
+    ("Click (3 planes)", "move the 3D crosshair there: the other planes show the slices through it"),
+    ("Wheel, arrows (3 planes)", "step that plane along its own axis"),
 )
 
 

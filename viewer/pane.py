@@ -40,6 +40,7 @@ class SliceViewBox(pg.ViewBox):
     sliceStep = Signal(int)
     windowDrag = Signal(float, float)  # pixels moved right, down since the last event
     fitRequested = Signal()
+    clicked = Signal(float, float)  # a left click (not a drag) at this scene position in mm
 
     def __init__(self):
         super().__init__(lockAspect=True, invertY=True, enableMenu=False, defaultPadding=0.02)
@@ -68,6 +69,9 @@ class SliceViewBox(pg.ViewBox):
             self.fitRequested.emit()
             ev.accept()
             return
+        if ev.button() == Qt.MouseButton.LeftButton:
+            p = self.mapSceneToView(ev.scenePos())
+            self.clicked.emit(float(p.x()), float(p.y()))
         ev.accept()  # no context menu on right click: right is window/level
 
 
@@ -80,6 +84,7 @@ class ImagePane(pg.GraphicsLayoutWidget):
     windowDrag = Signal(float, float)
     resized = Signal()
     userMovedView = Signal()  # a zoom or pan by the user (the slice is no longer "fitted")
+    clicked = Signal(float, float)  # a left click at this scene position in mm (the multiplanar crosshair)
 
     def __init__(self, name: str, title: str, parent=None):
         super().__init__(parent)
@@ -125,6 +130,7 @@ class ImagePane(pg.GraphicsLayoutWidget):
         self.view.sliceStep.connect(self.sliceStep)
         self.view.windowDrag.connect(self.windowDrag)
         self.view.fitRequested.connect(self.fit)
+        self.view.clicked.connect(self.clicked)
         self.view.sigRangeChangedManually.connect(lambda *_: self.userMovedView.emit())
         self.scene().sigMouseMoved.connect(self._mouse_moved)
 

@@ -1,11 +1,15 @@
-"""The four linked panes: input, reconstruction, baseline, uncertainty (2x2 or 1x4).
+"""Linked image panes in a grid: the main window's four, the reader window's two.
 
-Linked means one zoom/pan for all (their view boxes share X and Y ranges: every pane
-shows the same millimetres), one crosshair following the cursor in every pane, and one
-slice (the window owns the slice index and redraws all panes).
+Linked means one zoom/pan for all linked panes (their view boxes share X and Y ranges:
+every pane shows the same millimetres), one crosshair following the cursor, and one
+slice (the owner keeps the slice index and redraws the panes). While the user has not
+zoomed or panned, the slice stays fitted to the panes through resizes and layout
+changes (as Slicer's "fit" does).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
@@ -22,35 +26,42 @@ PANES = (
 LAYOUTS = ("2x2", "1x4")
 
 
+def arrangement(name: str, n: int) -> list[tuple[int, int]]:
+    """(row, column) of each of ``n`` panes in a named layout: "RxC" fills C columns row by row
+    ("2x2", "4x3"); "1xN" is one row."""
+    rows, _, cols = name.partition("x")
+    columns = n if rows == "1" else int(cols)
+    return [divmod(i, columns) for i in range(n)]
+
+
 class PaneGrid(QWidget):
     hovered = Signal(float, float)
+    hoveredPane = Signal(str, float, float)  # which pane, scene position in mm
     left = Signal()
     sliceStep = Signal(int)
     windowDrag = Signal(str, float, float)  # pane name, dx, dy
 
-    def __init__(self, parent=None):
+    def __init__(self, panes: Sequence[tuple[str, str]] = PANES, layout: str = "2x2", linked: bool = True,
+                 layouts: Sequence[str] = LAYOUTS, parent=None):
         super().__init__(parent)
         self.setStyleSheet("background: black;")
-        self.panes: dict[str, ImagePane] = {name: ImagePane(name, title) for name, title in PANES}
+        self.layouts = tuple(layouts)
+        self.panes: dict[str, ImagePane] = {name: ImagePane(name, title) for name, title in panes}
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
         self._grid.setSpacing(2)
-        self.layout_name = "2x2"
-        self.set_layout("2x2")
-        first = self.panes["input"].view
+        self.layout_name = layout
+        self.set_layout(layout)
         for pane in self.panes.values():
-            if pane.view is not first:
-                pane.view.setXLink(first)
-                pane.view.setYLink(first)
-            pane.hovered.connect(self._hovered)
+            pane.hovered.connect(lambda x, y, n=pane.name: self._hovered(n, x, y))
             pane.left.connect(self._left)
             pane.sliceStep.connect(self.sliceStep)
             pane.windowDrag.connect(lambda dx, dy, n=pane.name: self.windowDrag.emit(n, dx, dy))
             pane.resized.connect(self._pane_resized)
             pane.userMovedView.connect(self._user_moved_view)
+        if linked:
+            self.link(list(self.panes))
         self.crosshair_enabled = True
-        # While the user has not zoomed or panned, the slice stays fitted to the panes
-        # through window resizes and layout changes (as Slicer's "fit" does).
         self.fitted = True
         self._refit = QTimer(self)
         self._refit.setSingleShot(True)
@@ -61,25 +72,40 @@ class PaneGrid(QWidget):
         return self.panes[name]
 
     def set_layout(self, name: str) -> None:
-        if name not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}")
+        if name not in self.layouts:
+            raise ValueError(f"layout must be one of {self.layouts}")
         for pane in self.panes.values():
             self._grid.removeWidget(pane)
-        for i, pane in enumerate(self.panes.values()):
-            row, col = divmod(i, 2) if name == "2x2" else (0, i)
+        cells = arrangement(name, len(self.panes))
+        for pane, (row, col) in zip(self.panes.values(), cells):
             self._grid.addWidget(pane, row, col)
-        for i in range(4):
-            self._grid.setRowStretch(i, 1 if (name == "2x2" and i < 2) or (name == "1x4" and i == 0) else 0)
-            self._grid.setColumnStretch(i, 1 if (name == "2x2" and i < 2) or name == "1x4" else 0)
+        rows = {r for r, _ in cells}
+        cols = {c for _, c in cells}
+        for i in range(max(len(self.panes), 4)):
+            self._grid.setRowStretch(i, 1 if i in rows else 0)
+            self._grid.setColumnStretch(i, 1 if i in cols else 0)
         self.layout_name = name
 
-    def set_slice_geometry(self, geometry: SliceGeometry) -> None:
-        for pane in self.panes.values():
-            pane.set_slice_geometry(geometry)
+    def link(self, *groups: Sequence[str]) -> None:
+        """Share zoom and pan within each group of panes (its first leads); the rest are unlinked."""
+        leader_of = {}
+        for group in groups:
+            for name in group[1:]:
+                leader_of[name] = self.panes[group[0]].view
+        for name, pane in self.panes.items():
+            pane.view.setXLink(leader_of.get(name))
+            pane.view.setYLink(leader_of.get(name))
+
+    def set_slice_geometry(self, geometry: SliceGeometry, names: Sequence[str] | None = None) -> None:
+        for name in names if names is not None else self.panes:
+            self.panes[name].set_slice_geometry(geometry)
         self.fit()
 
     def fit(self) -> None:
-        self.panes["input"].fit()  # the others follow through the links
+        """Fit every pane that leads its link (the linked ones follow)."""
+        for pane in self.panes.values():
+            if pane.view.linkedView(0) is None and pane.slice_geometry is not None:
+                pane.fit()
         self.fitted = True
 
     def _fit_if_fitted(self) -> None:
@@ -95,11 +121,12 @@ class PaneGrid(QWidget):
     def view_range(self, name: str):
         return self.panes[name].view.viewRange()
 
-    def _hovered(self, x_mm: float, y_mm: float) -> None:
+    def _hovered(self, name: str, x_mm: float, y_mm: float) -> None:
         if self.crosshair_enabled:
             for pane in self.panes.values():
                 pane.set_crosshair(x_mm, y_mm)
         self.hovered.emit(x_mm, y_mm)
+        self.hoveredPane.emit(name, x_mm, y_mm)
 
     def _left(self) -> None:
         for pane in self.panes.values():

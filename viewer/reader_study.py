@@ -1,7 +1,7 @@
 """The reader-study window: one blinded image (or a fixed hanging) at a time, scored 1-5.
 
 ``diffrecon study read STUDY --reader NAME`` opens it. The images are shown in the
-viewer's own :class:`~.pane.ImagePane` (wheel or arrows scroll slices, right drag sets
+viewer's own :class:`~.stack_view.StackView`, as the main window's (wheel or arrows scroll slices, right drag sets
 the window, Ctrl+wheel zooms, drag pans, double click fits), beside the scoring panel
 (:mod:`.reader_panel`). What is shown and saved is decided by the Qt-free
 :class:`diffrecon.study.ReadingSession`; this window only renders it.
@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QMainWindow, QSlider, QStackedWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QHBoxLayout, QMainWindow, QStackedWidget, QWidget)
 
 from diffrecon.io.volume import Volume
 from diffrecon.study import ReadingSession, StudyStore, StudyStoreError, open_store
@@ -31,6 +30,7 @@ from diffrecon.study import ReadingSession, StudyStore, StudyStoreError, open_st
 from .geometry import SliceGeometry
 from .pane import ImagePane
 from .reader_panel import KEY_BACK, YES_NO_KEYS, EndPage, ScoringPanel
+from .stack_view import StackView
 from .windowing import WindowLevel, initial_window
 
 SLICE_KEYS_UP = (Qt.Key.Key_Up, Qt.Key.Key_PageUp, Qt.Key.Key_Right)
@@ -52,26 +52,24 @@ class ReaderStudyWindow(QMainWindow):
         self.geometry_of: dict[str, SliceGeometry] = {}
         self.window_level = WindowLevel(0.5, 1.0)
         self.slice_index = 0
-        self.fitted = True  # the slice follows resizes until the reader zooms or pans
         self._closing_refused = False
 
-        self.image_pane = ImagePane("image", "Image")
-        self.reference_pane = ImagePane("reference", "Reference")
+        # The main window's stack view with two panes: the reference beside the image to score.
+        self.stack = StackView((("reference", "Reference"), ("image", "Image")), layout="1x2", linked=False,
+                               layouts=("1x2",), readout_style="color: #c8c8c8;")
+        grid = self.stack.grid
+        grid.set_crosshair_enabled(False)
+        self.image_pane, self.reference_pane = grid["image"], grid["reference"]
         self.reference_pane.setVisible(False)
         self.panes = (self.reference_pane, self.image_pane)
-        for pane in self.panes:
-            pane.sliceStep.connect(self.step_slice)
-            pane.windowDrag.connect(self._window_drag)
-            pane.hovered.connect(lambda x, y, p=pane: self._hovered(p, x, y))
-            pane.left.connect(lambda: self.readout.setText(""))
-            pane.resized.connect(self._refit)
-            pane.userMovedView.connect(self._user_moved_view)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
+        grid.sliceStep.connect(self.step_slice)
+        grid.windowDrag.connect(lambda _name, dx, dy: self._window_drag(dx, dy))
+        grid.hoveredPane.connect(lambda name, x, y: self._hovered(grid[name], x, y))
+        grid.left.connect(lambda: self.readout.setText(""))
+        self.slider, self.slice_label, self.readout = self.stack.slider, self.stack.slice_label, self.stack.readout
+        self.slice_caption = self.stack.slice_caption
         self.slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.slider.valueChanged.connect(self.set_slice)
-        self.slice_label = QLabel("")
-        self.readout = QLabel("")
-        self.readout.setStyleSheet("color: #c8c8c8;")
+        self.stack.sliceChosen.connect(self.set_slice)
         self.panel = ScoringPanel(session.questions)
         self.end_page = EndPage()
         self._build_layout()
@@ -91,33 +89,11 @@ class ReaderStudyWindow(QMainWindow):
         self.show_current()
 
     def _build_layout(self) -> None:
-        images = QWidget()
-        images.setStyleSheet("background: black;")
-        row = QHBoxLayout(images)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.setSpacing(2)
-        for pane in self.panes:
-            row.addWidget(pane, 1)
-        left = QWidget()
-        column = QVBoxLayout(left)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(images, 1)
-        below = QHBoxLayout()
-        below.setContentsMargins(8, 2, 8, 4)
-        below.addWidget(self.readout, 1)
-        column.addLayout(below)
-        slices = QHBoxLayout()
-        slices.setContentsMargins(8, 0, 8, 6)
-        self.slice_caption = QLabel("Slice")
-        slices.addWidget(self.slice_caption)
-        slices.addWidget(self.slider, 1)
-        slices.addWidget(self.slice_label)
-        column.addLayout(slices)
         reading = QWidget()
         split = QHBoxLayout(reading)
         split.setContentsMargins(0, 0, 0, 0)
         split.setSpacing(0)
-        split.addWidget(left, 1)
+        split.addWidget(self.stack, 1)
         split.addWidget(self.panel)
         self.pages = QStackedWidget()
         self.pages.addWidget(reading)
@@ -158,15 +134,10 @@ class ReaderStudyWindow(QMainWindow):
         # reference, so every method of a case opens at the same window.
         shown = self.reference if self.reference is not None else self.image
         self.window_level = initial_window(shown.data, shown.window, shown.units)
-        self.slider.blockSignals(True)
-        self.slider.setRange(0, self.image.n_slices - 1)
-        self.slider.blockSignals(False)
-        several = self.image.n_slices > 1
-        for w in (self.slider, self.slice_caption, self.slice_label):
-            w.setVisible(several)
+        self.stack.set_slice_count(self.image.n_slices)
+        self.stack.show_slice_row(self.image.n_slices > 1)
         self.set_slice(self.image.n_slices // 2, force=True)
-        self.fitted = True
-        self._fit()
+        self.stack.grid.fit()
         self.panel.show_answers(s.answers_for())
         self.panel.set_navigation(s.position > 0)
         self.image_pane.setFocus()  # arrow keys scroll slices at once
@@ -178,11 +149,9 @@ class ReaderStudyWindow(QMainWindow):
 
     def _link_panes(self) -> None:
         """Reference and scored image share zoom and pan when they cover the same millimetres."""
-        image_view = self.image_pane.view
         same = ("reference" in self.geometry_of
                 and np.allclose(self.geometry_of["reference"].extent_mm, self.geometry_of["image"].extent_mm))
-        self.reference_pane.view.setXLink(image_view if same else None)
-        self.reference_pane.view.setYLink(image_view if same else None)
+        self.stack.grid.link(*([["image", "reference"]] if same else []))
         for name, pane in (("image", self.image_pane), ("reference", self.reference_pane)):
             if name in self.geometry_of:
                 pane.set_slice_geometry(self.geometry_of[name])
@@ -200,10 +169,7 @@ class ReaderStudyWindow(QMainWindow):
         if index == self.slice_index and not force:
             return
         self.slice_index = index
-        self.slider.blockSignals(True)
-        self.slider.setValue(index)
-        self.slider.blockSignals(False)
-        self.slice_label.setText(f"{index + 1} / {self.image.n_slices}")
+        self.stack.show_slice(index, self.image.n_slices)
         levels = (self.window_level.low, self.window_level.high)
         for pane, image, geometry in self._pairs():
             # A reference with other slices follows by position in its own stack.
@@ -229,8 +195,7 @@ class ReaderStudyWindow(QMainWindow):
             return
         self.window_level = initial_window(shown.data, shown.window, shown.units)
         self._update_levels()
-        self.fitted = True
-        self._fit()
+        self.stack.grid.fit()
 
     def _update_levels(self) -> None:
         levels = (self.window_level.low, self.window_level.high)
@@ -252,20 +217,6 @@ class ReaderStudyWindow(QMainWindow):
         k = min(self.slice_index, image.n_slices - 1)
         units = "" if image.units in ("a.u.", "") else f" {image.units}"
         self.readout.setText(f"{geometry.format_position(k, *pixel)}   value {image.data[k][pixel]:.4g}{units}")
-
-    # ----- fitting -----
-
-    def _fit(self) -> None:
-        self.image_pane.fit()
-        if self.reference is not None and self.reference_pane.view.linkedView(0) is None:
-            self.reference_pane.fit()
-
-    def _refit(self) -> None:
-        if self.fitted:
-            QTimer.singleShot(0, self._fit)
-
-    def _user_moved_view(self) -> None:
-        self.fitted = False
 
     # ----- answering and moving -----
 

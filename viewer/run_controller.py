@@ -1,8 +1,11 @@
-"""Runs the engine for the window: the input preview, the baseline, the streamed diffusion.
+"""Runs the engine for the open scan: the input preview, the baseline, the streamed diffusion.
 
-Three job slots (inputs, baseline, diffusion), each with at most one live worker
+The controller is given the :class:`~.session.Session` (``attach``) and a
+:class:`~.state.RunRequest` per Run; it stores what the jobs report in the session, which
+announces it (panes, progress bar and metrics table subscribe); it never touches a
+widget. Three job slots (inputs, baseline, diffusion), each with at most one live worker
 thread; starting a run cancels the previous one cleanly (its late results are ignored).
-Frames are stored as they arrive and drawn by a 30 Hz refresh timer, so a fast sampler
+Frames are stored as they arrive and announced by a 30 Hz timer, so a fast sampler
 cannot flood the event loop; the responsiveness meter runs while sampling.
 """
 
@@ -10,24 +13,20 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from diffrecon.errors import DiffreconError
+from diffrecon.measurements import MeasurementSettings
 
-from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, RunRequest, SliceImages, baseline_images,
+from .engine_jobs import (DisplayFrame, JobPhase, JobSummary, SliceImages, SlicesFinished, baseline_images,
                           diffusion_frames, input_images)
 from .responsiveness import FrameRate, StallMeter
+from .session import Session
+from .state import FRAME_LAYERS, RunRequest, RunState, processing_order
 from .workers import JobSlot
 
+__all__ = ["RunController", "processing_order"]
+
 REFRESH_MS = 33
-
-
-def processing_order(n_slices: int, current: int, whole_volume: bool) -> list[int]:
-    """The slice on screen first, then the rest of the volume after it, then those before it."""
-    if not whole_volume:
-        return [current]
-    return list(range(current, n_slices)) + list(range(0, current))
 
 
 class RunController(QObject):
@@ -35,10 +34,11 @@ class RunController(QObject):
     frameShown = Signal(int)  # a new diffusion frame was drawn (its step over the run)
     inputsReady = Signal()
     phaseShown = Signal(str)  # what the diffusion job does before a batch's first step, in plain words
+    status = Signal(str, bool)  # a sentence for the status line; True: it reports a problem
 
-    def __init__(self, window):
-        super().__init__(window)
-        self.w = window
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.session: Session | None = None
         self.inputs = JobSlot(self._input_item, partial(self._failed, "inputs"), self._inputs_done)
         self.baseline = JobSlot(self._baseline_item, partial(self._failed, "baseline"),
                                 partial(self._job_done, "baseline"))
@@ -52,9 +52,17 @@ class RunController(QObject):
         self._pending: set[str] = set()
         self._dirty = False
         self._last_frame: DisplayFrame | None = None
+        self._input_args: tuple[MeasurementSettings, bool] | None = None  # the preview's settings, to resume it
         self._ok = True
         self._closed = False
         self.last_stats: dict[str, float] = {}
+
+    def attach(self, session: Session | None) -> None:
+        """Work on this scan from now on (a newly opened one): the old scan's jobs stop."""
+        self.cancel(quiet=True)
+        self.inputs.cancel()
+        self.session = session
+        self._input_args = None
 
     @property
     def running(self) -> bool:
@@ -62,87 +70,72 @@ class RunController(QObject):
 
     # ----- the measured input, before any run -----
 
-    def start_inputs(self, only_missing: bool = False) -> None:
+    def start_inputs(self, settings: MeasurementSettings | None = None, simulate: bool | None = None,
+                     only_missing: bool = False) -> None:
         """Compute the measured input of every slice (the one on screen first) in the background.
 
-        ``only_missing``: keep what is there (a run interrupted the preview; finish it).
+        Without settings: the last ones (a run interrupted the preview; finish it).
+        ``only_missing``: keep what is there.
         """
-        s, c = self.w.session, self.w.controls
+        s = self.session
         if s is None or self._closed:
             return
-        try:
-            settings = c.measurement_settings()
-        except DiffreconError as exc:
-            self.w.show_status(str(exc), error=True)
+        if settings is not None:
+            self._input_args = (settings, bool(simulate))
+        if self._input_args is None:
             return
+        settings, simulate = self._input_args
         if not only_missing:
             s.clear_inputs()
         order = [i for i in processing_order(s.n_slices, s.slice_index, True) if not s.has("input", i)]
         if not order:
             return
-        self.inputs.start("inputs", partial(input_images, s.volume, settings, c.simulate.isChecked(), order))
+        self.inputs.start("inputs", partial(input_images, s.volume, settings, simulate, order))
 
     def _input_item(self, item: SliceImages) -> None:
         self._store(item)
 
     def _inputs_done(self, cancelled: bool) -> None:
         if not cancelled:
-            self.w.show_metrics()  # the caption knows now whether there is a reference
-            self.w.commands.error_maps.setEnabled(bool(self.w.session.layers["reference"].filled.any()))
             self.inputsReady.emit()
 
     def _store(self, item: SliceImages) -> None:
-        s = self.w.session
-        s.layers[item.layer].put(item.slices, item.images)
-        if item.reference is not None:
-            s.layers["reference"].put(item.slices, item.reference)
-        if s.slice_index in item.slices:
-            self.w.renderer.render_all() if self.w.renderer.error_mode() else self.w.renderer.render(item.layer)
+        s = self.session
+        if item.reference is not None:  # first: an error map of the new layer needs it
+            s.put("reference", item.slices, item.reference, announce=False)
+        s.put(item.layer, item.slices, item.images)
 
     # ----- a run -----
 
-    def start_run(self) -> bool:
-        s, c = self.w.session, self.w.controls
+    def start_run(self, request: RunRequest) -> bool:
+        s = self.session
         if self._closed:
             return False
         if s is None:
-            self.w.show_status("Open a scan first.", error=True)
+            self.status.emit("Open a scan first.", True)
             return False
         self.cancel(quiet=True, restarting=True)
-        try:
-            request = RunRequest(
-                settings=c.measurement_settings(), simulate=c.simulate.isChecked(),
-                slices=processing_order(s.n_slices, s.slice_index, c.whole_volume), baseline=c.baseline_method,
-                options=c.diffusion_options(), model=c.model_path, batch_size=4 if c.whole_volume else 1,
-            )
-        except DiffreconError as exc:
-            self.w.show_status(str(exc), error=True)
-            return False
         self.inputs.cancel()  # the run sends its own inputs; the preview resumes when it ends
+        self._input_args = (request.settings, request.simulate)
         s.clear_results()
         s.run.provenance = request.provenance()
         s.run.slices = sorted(request.slices)
-        self.w.metrics.show_metrics({}, "Running...")
         self._ok = True
         self._last_frame = None
-        self.w.renderer.progress_text = ""
-        self.w.renderer.running = True
-        self.w.renderer.render_all()
-        self._pending = {"baseline"}
-        self.baseline.start("baseline", partial(baseline_images, s.volume, request))
         n_batches = -(-len(request.slices) // request.batch_size)
+        self._pending = {"baseline"}
+        total = 0
         if request.model is not None:
             self._pending.add("diffusion")
+            total = request.options.steps * n_batches
+        s.set_run_state(RunState(running=True, phase="loading the prior" if total else "", total_steps=total,
+                                 steps=0, slices_total=len(request.slices)))
+        self.baseline.start("baseline", partial(baseline_images, s.volume, request))
+        if request.model is not None:
             self.diffusion.start("diffusion", partial(diffusion_frames, s.volume, request))
-            self.w.progress.setRange(0, request.options.steps * n_batches)
-            self.w.progress.setValue(0)
-            self.w.progress.setFormat("loading the prior...")
-            self.w.show_status(f"Sampling {len(request.slices)} slice(s) with {request.model.stem}...")
+            self.status.emit(f"Sampling {len(request.slices)} slice(s) with {request.model.stem}...", False)
         else:
-            self.w.progress.setRange(0, 0)
-            self.w.show_status("No diffusion prior is chosen (Model box): running the baseline only.", error=True)
-        self.w.progress.setVisible(True)
-        c.set_running(True)
+            self.status.emit("No diffusion prior is chosen (Model box): running the baseline only.", True)
         self.stall.start()
         self.fps.start()
         self._refresh.start()
@@ -157,48 +150,52 @@ class RunController(QObject):
         self._pending.clear()
         self._ok = False
         frame = self._last_frame
-        s = self.w.session
+        s = self.session
         if s is not None:  # the half-finished result says so in its pane title and in exports
             s.run.cancelled = f"cancelled at step {frame.done_steps}/{frame.total_steps}" if frame else "cancelled"
         self._finish(resume_inputs=not restarting)
         if not quiet:
             where = f" at step {frame.done_steps} of {frame.total_steps}" if frame else ""
-            self.w.show_status(f"Cancelled{where}: the panes keep the unfinished estimate.")
+            self.status.emit(f"Cancelled{where}: the panes keep the unfinished estimate.", False)
 
     def _diffusion_item(self, item) -> None:
-        s = self.w.session
+        s = self.session
         if isinstance(item, JobSummary):
             self._merge_metrics(item)
             return
+        if isinstance(item, SlicesFinished):  # kept whatever happens next (a cancel keeps finished slices)
+            self._draw_frame()  # the batch's last frame at once (when not drawn yet), then the count
+            s.run.slices_finished.extend(int(i) for i in item.slices)
+            s.set_run_state(s.run_state.advanced(slices_done=len(s.run.slices_finished)))
+            return
         if isinstance(item, JobPhase):  # before the first frame of a batch: say what takes the time
-            self.w.progress.setFormat(f"{item.text}...")
+            s.set_run_state(s.run_state.advanced(phase=item.text))
             self.phaseShown.emit(item.text)
-            if self._last_frame is None:
-                self.w.renderer.progress_text = f"{item.text}..."
-                self.w.renderer.render("recon")
             return
         frame: DisplayFrame = item
-        s.layers["recon"].put(frame.slices, frame.estimate)
-        s.layers["sample"].put(frame.slices, frame.sample)
+        # Stored now, announced by the 30 Hz refresh: a fast sampler cannot flood the event loop.
+        s.put("recon", frame.slices, frame.estimate, announce=False)
+        s.put("sample", frame.slices, frame.sample, announce=False)
         if frame.sigma is not None:
-            s.layers["sigma"].put(frame.slices, frame.sigma)
+            s.put("sigma", frame.slices, frame.sigma, announce=False)
         s.run.steps_seen.append((int(frame.slices[0]), frame.step))
         self._last_frame = frame
         self._dirty = True
-        self.w.progress.setMaximum(frame.total_steps)
-        self.w.progress.setValue(frame.done_steps)
-        self.w.progress.setFormat(f"step {frame.done_steps}/{frame.total_steps}   ETA {_duration(frame.eta_seconds)}")
 
     def _draw_frame(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
         frame = self._last_frame
-        r = self.w.renderer
-        r.progress_text = f"step {frame.step}/{frame.total}" if frame is not None else ""
-        r.render("recon")
-        r.render("variance")
-        if frame is not None and self.w.session.slice_index in frame.slices:
+        s = self.session
+        if frame is None or s is None:
+            return
+        s.set_run_state(s.run_state.advanced(
+            phase="", step=frame.step, steps=frame.total, done_steps=frame.done_steps, total_steps=frame.total_steps,
+            eta_seconds=frame.eta_seconds, elapsed=frame.elapsed))
+        s.announce(FRAME_LAYERS, frame.slices)
+        self.stall.mark_streaming()
+        if s.slice_index in frame.slices:
             self.fps.frame()
             self.frameShown.emit(frame.done_steps)
 
@@ -207,16 +204,18 @@ class RunController(QObject):
             self._merge_metrics(item)
         else:
             self._store(item)
+            if item.layer == "baseline" and "diffusion" not in self._pending:  # else the diffusion counts slices
+                s = self.session
+                done = min(s.run_state.slices_done + len(item.slices), s.run_state.slices_total)
+                s.set_run_state(s.run_state.advanced(slices_done=done))
 
     def _merge_metrics(self, summary: JobSummary) -> None:
-        s = self.w.session
-        s.metrics.update(summary.metrics)
-        self.w.show_metrics()
+        self.session.update_metrics(summary.metrics)
 
     def _failed(self, kind: str, sentence: str) -> None:
         if kind != "inputs":  # a failed preview does not spoil a run
             self._ok = False
-        self.w.show_status(sentence, error=True)
+        self.status.emit(sentence, True)
 
     def _job_done(self, kind: str, cancelled: bool) -> None:
         self._pending.discard(kind)
@@ -227,7 +226,7 @@ class RunController(QObject):
         self._refresh.stop()
         self._draw_frame()
         self.stall.stop()
-        s = self.w.session
+        s = self.session
         frame = self._last_frame
         self.last_stats = {
             "frames_drawn": self.fps.frames,
@@ -235,25 +234,27 @@ class RunController(QObject):
             "longest_stall_ms": self.stall.longest_ms,
             "p99_stall_ms": self.stall.percentile_ms(99.0),
             "stalls_over_50ms": self.stall.count_over(50.0),
+            "longest_stall_streaming_ms": self.stall.longest_streaming_ms,
+            "gui_busy_in_longest_stall_ms": self.stall.busy_in_longest_ms,
+            "longest_gui_busy_ms": self.stall.longest_busy_ms,
+            "longest_gui_busy_streaming_ms": self.stall.longest_busy_streaming_ms,
             "seconds": frame.elapsed if frame else 0.0,
         }
         ok = self._ok
-        s.run.finished = ok
-        self.w.renderer.progress_text = "done" if ok and frame else ""
-        self.w.renderer.running = False
-        self.w.renderer.render_all()
-        self.w.controls.set_running(False)
-        self.w.progress.setVisible(False)
-        self.w.show_metrics()  # never "Running..." after the run, whatever ended it
+        if s is not None:
+            s.run.finished = ok
+            s.set_run_state(s.run_state.advanced(running=False, finished=ok, phase="",
+                                                 cancelled=s.run.cancelled,
+                                                 done_steps=frame.done_steps if frame else 0))
         if resume_inputs and not self._closed:
             self.start_inputs(only_missing=True)
-        if ok:
+        if ok and s is not None:
             parts = [f"Done: {len(s.run.slices)} slice(s)"]
             if frame:
                 parts.append(f"{frame.total_steps} steps in {frame.elapsed:.1f} s")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
-            self.w.show_status(", ".join(parts) + ".")
+            self.status.emit(", ".join(parts) + ".", False)
         self.runFinished.emit(ok)
 
     def shutdown(self) -> None:
@@ -267,9 +268,3 @@ class RunController(QObject):
         for slot in (self.inputs, self.baseline, self.diffusion):
             slot.wait_all()
 
-
-def _duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"

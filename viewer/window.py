@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QScrollArea, QSlider,
-                               QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QLabel, QMainWindow, QProgressBar, QScrollArea, QSplitter, QVBoxLayout,
+                               QWidget)
 
+from diffrecon.errors import DiffreconError
 from diffrecon.io import load_volume
 from diffrecon.modalities import suggest_task
 from diffrecon.io.volume import Volume
@@ -15,10 +16,12 @@ from diffrecon.io.volume import Volume
 from .controls import ControlPanel
 from .display import PaneRenderer
 from .metrics_table import MetricsTable
-from .pane_grid import PaneGrid
+from .mpr import MprGrid, MprRenderer
 from .paths import default_sample
 from .run_controller import RunController
 from .session import Session
+from .stack_view import StackView
+from .state import RunRequest, RunState, processing_order
 from .window_actions import WindowActions
 from .windowing import anatomy_preset, ct_anatomy, load_presets, presets_for
 from .workers import JobSlot
@@ -37,17 +40,15 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1400, 900)
 
-        self.grid = PaneGrid()
+        self.stack = StackView()  # the four linked panes, the readout and the slice slider
+        self.grid = self.stack.grid
+        self.slider, self.slice_label, self.readout = self.stack.slider, self.stack.slice_label, self.stack.readout
         self.renderer = PaneRenderer(self.grid)
+        self.mpr = MprGrid()  # the planes: another page of the stack view
+        self.mpr_renderer = MprRenderer(self.mpr, self.renderer)
+        self.stack.add_page(self.mpr)
         self.controls = ControlPanel()
         self.metrics = MetricsTable()
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setEnabled(False)
-        self.slice_label = QLabel("")
-        self.slice_label.setMinimumWidth(90)
-        self.readout = QLabel("")  # the pixel under the cursor: position in mm and every pane's value
-        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.readout.setMinimumHeight(18)
         self._build_layout()
 
         self.status_text = QLabel("")  # a label, not showMessage: it never times out or hides
@@ -62,6 +63,8 @@ class MainWindow(QMainWindow):
         self.last_status_error = False
 
         self.runner = RunController(self)
+        self.runner.status.connect(self.show_status)
+        self.runner.inputsReady.connect(self._inputs_ready)
         self.loader = JobSlot(self._loaded, self._load_failed, lambda cancelled: None)
         self.commands = WindowActions(self)  # menus and toolbar (not "actions": QWidget.actions() exists)
         self.preset_box = QComboBox()
@@ -75,19 +78,22 @@ class MainWindow(QMainWindow):
         self._inputs_timer = QTimer(self)  # debounce: settle the spin boxes before recomputing
         self._inputs_timer.setSingleShot(True)
         self._inputs_timer.setInterval(250)
-        self._inputs_timer.timeout.connect(self.runner.start_inputs)
+        self._inputs_timer.timeout.connect(self.start_inputs)
         self.controls.measurementChanged.connect(self._measurement_changed)
         self.controls.taskChanged.connect(self._task_changed)
         self.controls.modelChanged.connect(self._model_changed)
         self.controls.baseline.currentIndexChanged.connect(self._baseline_changed)
-        self.controls.runRequested.connect(self.runner.start_run)
+        self.controls.runRequested.connect(self.start_run)
         self.controls.cancelRequested.connect(self.runner.cancel)
         self.grid.sliceStep.connect(lambda step: self.set_slice(self.slider.value() + step))
         self.grid.windowDrag.connect(self._window_drag)
         self.grid.hovered.connect(self._hovered)
         self.grid.left.connect(self._cursor_left)
+        self.mpr.windowDrag.connect(lambda name, dx, dy: self._window_drag(name.split(":")[0], dx, dy))
+        self.mpr.hoveredVoxel.connect(self._hovered_voxel)
+        self.mpr.left.connect(self._cursor_left)
         self._cursor_mm: tuple[float, float] | None = None  # where the cursor is, to refresh the readout
-        self.slider.valueChanged.connect(self.set_slice)
+        self.stack.sliceChosen.connect(self.set_slice)
         self.renderer.render_all()
 
     def _build_layout(self) -> None:
@@ -102,23 +108,9 @@ class MainWindow(QMainWindow):
         panel = self.controls.layout()
         panel.insertWidget(panel.count() - 1, self.metrics)  # right under Run, above the stretch
         side.setMaximumWidth(360)
-        main = QWidget()
-        main_layout = QVBoxLayout(main)
-        main_layout.setContentsMargins(0, 0, 0, 0)
-        main_layout.addWidget(self.grid, 1)
-        readout_row = QHBoxLayout()
-        readout_row.setContentsMargins(8, 2, 8, 0)
-        readout_row.addWidget(self.readout, 1)
-        main_layout.addLayout(readout_row)
-        row = QHBoxLayout()
-        row.setContentsMargins(6, 2, 6, 2)
-        row.addWidget(QLabel("Slice"))
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.slice_label)
-        main_layout.addLayout(row)
         splitter = QSplitter()
         splitter.addWidget(side)
-        splitter.addWidget(main)
+        splitter.addWidget(self.stack)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([330, 1070])
         self.setCentralWidget(splitter)
@@ -135,7 +127,9 @@ class MainWindow(QMainWindow):
         s = self.session
         if s is None:
             return
-        if not s.metrics and s.layers["reference"].filled.any():
+        if not s.metrics and s.run_state.running:
+            text = "Running..."
+        elif not s.metrics and s.layers["reference"].filled.any():
             text = "Scores against the reference appear after Run."
         elif not s.metrics:
             text = "No reference here: metrics need a ground truth (simulate) or a target in the file."
@@ -150,7 +144,7 @@ class MainWindow(QMainWindow):
         """Read a scan on a worker thread; errors go to the status bar, the current scan stays."""
         path = Path(path)
         self.show_status(f"Opening {path.name}...")
-        self.loader.start("load", lambda cancelled: iter([(path, load_volume(path))]))
+        self.loader.start("load", lambda cancelled: _load_then_warm_up(path))
 
     def open_default_sample(self) -> None:
         self.open_path(default_sample())
@@ -161,16 +155,13 @@ class MainWindow(QMainWindow):
 
     def _loaded(self, item: tuple[Path, Volume]) -> None:
         path, volume = item
-        self.runner.cancel(quiet=True)
+        self.runner.attach(None)  # the old scan's jobs stop before the new session exists
         self.session = Session(volume, path)
         task, simulate = suggest_task(volume)  # the CLI's rule too
         self.controls.set_task(task, simulate, volume.kspace is not None)
         self.renderer.options.task = task
-        self.slider.blockSignals(True)
-        self.slider.setRange(0, volume.n_slices - 1)
-        self.slider.setValue(self.session.slice_index)
-        self.slider.setEnabled(volume.n_slices > 1)
-        self.slider.blockSignals(False)
+        self.stack.set_slice_count(volume.n_slices)
+        self.stack.show_slice(self.session.slice_index, volume.n_slices)
         self._fill_presets()
         fitting = anatomy_preset(volume, self.current_presets)
         if fitting is not None:  # a head CT opens in the brain window, not the header's (often W400)
@@ -178,7 +169,12 @@ class MainWindow(QMainWindow):
             self.preset_box.setCurrentIndex(fitting)
         self._update_descriptions()
         self.renderer.attach(self.session)
-        self._update_slice_label()
+        self.mpr_renderer.attach(self.session)
+        self.runner.attach(self.session)
+        e = self.session.events
+        e.slice.connect(self._slice_changed)
+        e.metrics.connect(lambda _metrics: self.show_metrics())
+        e.run_state.connect(self._run_state_changed)
         self.show_metrics()
         self.setWindowTitle(f"diffrecon: {self.session.title()}")
         self.commands.add_recent(path)
@@ -188,9 +184,67 @@ class MainWindow(QMainWindow):
             window_note = f"; {name} window for a {ct_anatomy(volume)} CT (View > Window presets to change it)"
         self.show_status(f"Opened {self.session.title()}; orientation {''.join(volume.orientation())}{window_note}.")
         self._inputs_timer.stop()  # the task change above asked for inputs too: compute them once
-        self.runner.start_inputs()
+        self.start_inputs()
         self._model_changed()
         self.scanLoaded.emit(self.session)
+
+    # ----- runs: the panel's settings as a request; the session reports back -----
+
+    def run_request(self) -> RunRequest:
+        """The settings panel as a run request (a setting that cannot run raises one sentence)."""
+        s, c = self.session, self.controls
+        return RunRequest(
+            settings=c.measurement_settings(), simulate=c.simulate.isChecked(),
+            slices=processing_order(s.n_slices, s.slice_index, c.whole_volume), baseline=c.baseline_method,
+            options=c.diffusion_options(), model=c.model_path, batch_size=4 if c.whole_volume else 1,
+        )
+
+    def show_request(self, task: str, request: RunRequest) -> None:
+        """The panel shows ``request`` (built from the command line), and the panes its names."""
+        self.controls.show_request(task, request)
+        self.renderer.options.task = task
+        self._update_descriptions()
+        self._model_changed()
+
+    def start_run(self, request: RunRequest | None = None) -> bool:
+        """Run ``request``, or the panel's settings; False (and the status line says why) when it cannot start."""
+        if self.session is None:
+            self.show_status("Open a scan first.", error=True)
+            return False
+        if request is None:
+            try:
+                request = self.run_request()
+            except DiffreconError as exc:
+                self.show_status(str(exc), error=True)
+                return False
+        return self.runner.start_run(request)
+
+    def start_inputs(self) -> None:
+        """Recompute the measured input with the panel's measurement settings."""
+        if self.session is None:
+            return
+        try:
+            settings = self.controls.measurement_settings()
+        except DiffreconError as exc:
+            self.show_status(str(exc), error=True)
+            return
+        self.runner.start_inputs(settings, self.controls.simulate.isChecked())
+
+    def _inputs_ready(self) -> None:
+        self.show_metrics()  # the caption knows now whether there is a reference
+        self.commands.error_maps.setEnabled(bool(self.session.layers["reference"].filled.any()))
+
+    def _run_state_changed(self, state: RunState) -> None:
+        p = self.progress
+        if state.running:
+            if p.maximum() != state.total_steps:
+                p.setRange(0, state.total_steps)  # 0: a busy bar (the baseline alone has no steps)
+            p.setValue(state.done_steps)
+            p.setFormat(state.bar_text)
+        if p.isVisible() != state.running:
+            p.setVisible(state.running)
+            self.controls.set_running(state.running)
+            self.show_metrics()  # "Running..." while nothing is scored, never after the run
 
     # ----- settings changes -----
 
@@ -232,21 +286,13 @@ class MainWindow(QMainWindow):
     # ----- slices, window/level, cursor -----
 
     def set_slice(self, index: int) -> None:
-        if self.session is None:
-            return
-        index = self.session.set_slice(index)
-        if self.slider.value() != index:
-            self.slider.blockSignals(True)
-            self.slider.setValue(index)
-            self.slider.blockSignals(False)
-        self._update_slice_label()
-        self.renderer.render_all()
+        if self.session is not None:
+            self.session.set_slice(index)  # announced: the panes and _slice_changed follow
+
+    def _slice_changed(self, index: int) -> None:
+        self.stack.show_slice(index, self.session.n_slices)
         if self._cursor_mm is not None:  # the readout follows the slice, not only the mouse
             self._hovered(*self._cursor_mm)
-
-    def _update_slice_label(self) -> None:
-        s = self.session
-        self.slice_label.setText(f"{s.slice_index + 1} / {s.n_slices}")
 
     def _fill_presets(self) -> None:
         self.preset_box.clear()
@@ -261,9 +307,8 @@ class MainWindow(QMainWindow):
         if self.session is None or not 0 <= index < len(self.current_presets):
             return
         preset = self.current_presets[index]
-        self.session.window = preset.window_for(self.session.display_data())
+        self.session.window = preset.window_for(self.session.display_data())  # announced: the panes follow
         self.preset_box.setCurrentIndex(index)
-        self.renderer.update_levels()
         self.show_status(f"Window preset {preset.name}: {self.session.window.describe(self.session.units)}.")
 
     def _preset_chosen(self, index: int) -> None:
@@ -274,7 +319,6 @@ class MainWindow(QMainWindow):
             return
         self.session.window = self.session.window.dragged(dx, dy, self.session.data_span())
         self.preset_box.setCurrentIndex(-1)
-        self.renderer.update_levels()
 
     def _cursor_left(self) -> None:
         self._cursor_mm = None
@@ -289,18 +333,26 @@ class MainWindow(QMainWindow):
         if pixel is None:
             self.readout.setText("")
             return
-        row, col = pixel
+        self._readout_at(s.slice_index, *pixel)
+
+    def _hovered_voxel(self, slice_index: int, row: int, col: int) -> None:
+        self._cursor_mm = None  # a plane's readout does not follow the slider
+        self._readout_at(slice_index, row, col)
+
+    def _readout_at(self, slice_index: int, row: int, col: int) -> None:
+        """The readout line: the voxel's position in mm and every layer's value there."""
+        s = self.session
         units = "" if s.units in ("a.u.", "") else f" {s.units}"
         values = []
         for layer, label in (("input", "input"), ("recon", "diffusion"), ("baseline", "baseline"),
                              ("sigma", "σ"), ("reference", "reference")):
-            v = s.value_at(layer, row, col)
-            if v is not None:
-                values.append(f"{label} {v:.4g}{units}")
-        if not s.has("input"):
-            values.insert(0, f"scan {s.display_data()[s.slice_index, row, col]:.4g}{units}")
-        position = s.geometry.format_position(s.slice_index, row, col)
-        self.readout.setText(f"{position}   voxel ({col}, {row}, {s.slice_index})   " + "   ".join(values))
+            image = s.image(layer, slice_index)
+            if image is not None:
+                values.append(f"{label} {float(image[row, col]):.4g}{units}")
+        if not s.has("input", slice_index):
+            values.insert(0, f"scan {s.display_data()[slice_index, row, col]:.4g}{units}")
+        position = s.geometry.format_position(slice_index, row, col)
+        self.readout.setText(f"{position}   voxel ({col}, {row}, {slice_index})   " + "   ".join(values))
 
     # ----- drag and drop, closing -----
 
@@ -321,3 +373,13 @@ class MainWindow(QMainWindow):
         self.loader.cancel()
         self.loader.wait_all()
         super().closeEvent(ev)
+
+
+def _load_then_warm_up(path: Path):
+    """The scan, then (on the same worker thread, while the user looks at it) the modules a
+    run imports: importing them when Run is pressed held Python's GIL for hundreds of
+    milliseconds between the first frames."""
+    yield path, load_volume(path)
+    import diffrecon.diffusion.checkpoint  # noqa: F401
+    import diffrecon.diffusion.reconstruction  # noqa: F401
+    import diffrecon.diffusion.uncertainty  # noqa: F401

@@ -11,9 +11,12 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QLabel, QToolBar
 from diffrecon.errors import DiffreconError
 
 from .export import EXPORTS, VOLUME_FILTERS, export_metrics_csv, export_volume
+from .mpr import IMAGES as MPR_IMAGES
 from .paths import default_sample, resources_dir
 
 MAX_RECENT = 8
+LAYOUT_LABELS = {"2x2": "2 x 2 panes", "1x4": "1 x 4 panes", "mpr": "3 planes, every image",
+                 "mpr-one": "3 planes, one image"}
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.h5 *.hdf5 *.dcm *.npy *.npz);;All files (*)"
 
 
@@ -49,15 +52,15 @@ class WindowActions:
         view = bar.addMenu("&View")
         group = QActionGroup(window)
         self.layouts = {}
-        for name, label in (("2x2", "2 x 2 panes"), ("1x4", "1 x 4 panes")):
+        for name, label in LAYOUT_LABELS.items():
             act = self._action(label, lambda _=False, n=name: self.set_layout(n), checkable=True)
             act.setChecked(name == "2x2")
             group.addAction(act)
             view.addAction(act)
             self.layouts[name] = act
         view.addSeparator()
-        self.fit = self._action("&Fit slice", window.grid.fit, "F")
-        self.crosshair = self._action("&Crosshair", window.grid.set_crosshair_enabled, "C", checkable=True)
+        self.fit = self._action("&Fit slice", lambda _=False: self.w.stack.page.fit(), "F")
+        self.crosshair = self._action("&Crosshair", self.set_crosshair, "C", checkable=True)
         self.crosshair.setChecked(True)
         self.error_maps = self._action("&Error maps", self.set_error_maps, "E", checkable=True)
         self.error_maps.setToolTip("Show |image - reference| in the image panes (needs a reference)")
@@ -65,7 +68,7 @@ class WindowActions:
         self.preset_menu = view.addMenu("&Window presets")
 
         run = bar.addMenu("&Run")
-        self.run = self._action("&Run", window.runner.start_run, "Ctrl+R")
+        self.run = self._action("&Run", lambda _=False: window.start_run(), "Ctrl+R")
         self.cancel = self._action("&Cancel", window.runner.cancel, "Esc")
         run.addActions([self.run, self.cancel])
 
@@ -95,7 +98,16 @@ class WindowActions:
         tb = self.toolbar
         tb.addActions([self.open, self.run, self.cancel])
         tb.addSeparator()
-        tb.addActions([self.layouts["2x2"], self.layouts["1x4"], self.fit, self.crosshair, self.error_maps])
+        tb.addActions([self.layouts["2x2"], self.layouts["1x4"], self.layouts["mpr"], self.layouts["mpr-one"]])
+        self.planes_of = QComboBox()
+        for image, title in MPR_IMAGES:
+            self.planes_of.addItem(title, image)
+        self.planes_of.setCurrentIndex(self.planes_of.findData("recon"))
+        self.planes_of.setToolTip("The image shown in three planes (View > 3 planes, one image)")
+        self.planes_of.currentIndexChanged.connect(self._planes_of_changed)
+        self.planes_of.setEnabled(False)
+        tb.addWidget(self.planes_of)
+        tb.addActions([self.fit, self.crosshair, self.error_maps])
         tb.addSeparator()
         tb.addWidget(QLabel(" Diffusion pane "))
         tb.addWidget(self.recon_shows)
@@ -118,10 +130,31 @@ class WindowActions:
     # ----- view -----
 
     def set_layout(self, name: str, remember: bool = True) -> None:
-        self.w.grid.set_layout(name)
+        """2x2 / 1x4: the four panes of the slice; mpr / mpr-one: axial, coronal and sagittal planes."""
+        w = self.w
+        planes = name in ("mpr", "mpr-one")
+        if planes:
+            w.mpr.set_mode("all" if name == "mpr" else "one", self.planes_of.currentData())
+            w.stack.show_page(w.mpr)
+        else:
+            w.grid.set_layout(name)
+            w.stack.show_page(w.grid)
+            w.renderer.render_all()  # it skipped drawing while the planes were shown
+        w.mpr_renderer.set_active(planes)
+        self.planes_of.setEnabled(name == "mpr-one")
         self.layouts[name].setChecked(True)
         if remember:  # the user's choice holds at the next start (a command-line --layout does not)
             self.w.settings.setValue("layout", name)
+
+    def _planes_of_changed(self) -> None:
+        if self.layouts["mpr-one"].isChecked():
+            self.w.mpr.set_mode("one", self.planes_of.currentData())
+            self.w.mpr_renderer.draw_all()
+
+    def set_crosshair(self, on: bool) -> None:
+        self.w.grid.set_crosshair_enabled(on)
+        self.w.mpr_renderer.show_crosshair = bool(on)
+        self.w.mpr_renderer.draw_all()
 
     def set_error_maps(self, on: bool) -> None:
         self.error_maps.setChecked(on)
@@ -253,7 +286,7 @@ class WindowActions:
     def save_png(self, path: str | Path) -> bool:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ok = self.w.grid.grab().save(str(path), "PNG")
+        ok = self.w.stack.page.grab().save(str(path), "PNG")  # the panes or the planes, as shown
         if ok:
             self.w.show_status(f"Wrote {path}.")
         else:

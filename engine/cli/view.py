@@ -50,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--samples", type=int, help="posterior samples for the uncertainty map, each run as a symmetric pair (default 1)")
     disp = p.add_argument_group("display")
     disp.add_argument("--baseline", help="classical baseline: tv, l1-wavelet, median, bm3d or none")
-    disp.add_argument("--layout", choices=("2x2", "1x4"), help="pane layout (default 2x2)")
+    disp.add_argument("--layout", choices=("2x2", "1x4", "mpr", "mpr-one"),
+                      help="pane layout (default 2x2); mpr: axial, coronal and sagittal planes of every image, "
+                           "mpr-one: of the reconstruction alone")
     disp.add_argument("--error-maps", action="store_true", help="show |error| maps instead of images")
     disp.add_argument("--preset", help="window preset by name, e.g. brain, bone, lung")
     p.set_defaults(run=run)
