@@ -211,6 +211,8 @@ class RunController(QObject):
     def _merge_metrics(self, summary: JobSummary) -> None:
         s = self.w.session
         s.metrics.update(summary.metrics)
+        if summary.uncertainty:  # the σ calibration and the out-of-domain check go into exports
+            s.run.provenance.update(summary.uncertainty)
         self.w.show_metrics()
 
     def _failed(self, kind: str, sentence: str) -> None:
@@ -253,7 +255,11 @@ class RunController(QObject):
                 parts.append(f"{frame.total_steps} steps in {frame.elapsed:.1f} s")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
-            self.w.show_status(", ".join(parts) + ".")
+            warning = (s.run.provenance.get("out_of_domain") or {}).get("warning")
+            if warning:  # one sentence, first, in the status line's error colour
+                self.w.show_status(f"Warning: {warning}. " + ", ".join(parts) + ".", error=True)
+            else:
+                self.w.show_status(", ".join(parts) + ".")
         self.runFinished.emit(ok)
 
     def shutdown(self) -> None:

@@ -14,6 +14,7 @@ from diffrecon.io.volume import Volume
 
 from .controls import ControlPanel
 from .display import PaneRenderer
+from .hallucination import HallucinationOverlay
 from .metrics_table import MetricsTable
 from .pane_grid import PaneGrid
 from .paths import default_sample
@@ -64,6 +65,7 @@ class MainWindow(QMainWindow):
         self.runner = RunController(self)
         self.loader = JobSlot(self._loaded, self._load_failed, lambda cancelled: None)
         self.commands = WindowActions(self)  # menus and toolbar (not "actions": QWidget.actions() exists)
+        self.hallucination = HallucinationOverlay(self)
         self.preset_box = QComboBox()
         self.preset_box.setToolTip("Window/level preset (right-drag in a pane to adjust)")
         self.preset_box.setPlaceholderText("custom")

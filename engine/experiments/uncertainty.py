@@ -50,9 +50,9 @@ from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, default_prior
 
 #: task key -> (modality, settings, validation datasets, slices per dataset)
 TASKS: dict[str, tuple[str, dict[str, Any], tuple[str, ...], int]] = {
-    "mri-4x": ("mri", {"acceleration": 4.0}, ("dipy-t1", "heudiconv-axasc35"), 4),
-    "mri-8x": ("mri", {"acceleration": 8.0}, ("dipy-t1", "heudiconv-axasc35"), 4),
-    "ct-views60": ("ct", {"views": 60}, ("cranium",), 4),
+    "mri-4x": ("mri", {"acceleration": 4.0}, ("dipy-t1", "heudiconv-axasc35"), 3),
+    "mri-8x": ("mri", {"acceleration": 8.0}, ("dipy-t1", "heudiconv-axasc35"), 3),
+    "ct-views60": ("ct", {"views": 60}, ("cranium",), 3),
 }
 
 #: validation slices larger than this are block-averaged down to it (the shared CPU's budget; the
