@@ -136,9 +136,12 @@ class ReconRun:
     provenance: dict[str, Any] = field(default_factory=dict)  # ReconRequest.provenance() as run
 
     def report(self) -> dict[str, Any]:
-        """JSON-able summary: settings, per-method metrics and timings."""
+        """JSON-able summary: settings, per-method metrics and timings (and the out-of-domain
+        warning, when the diffusion method's σ says the scan is unlike the prior's data)."""
+        warning = (self.provenance.get("out_of_domain") or {}).get("warning")
         return {
             "diffrecon_version": __version__,
+            **({"warnings": [warning]} if warning else {}),
             "settings": self.settings,
             "slices": [int(s) for s in self.slices],
             "input_metrics": self.observed_metrics,
@@ -433,7 +436,8 @@ class _Scores:
                         outcome.normalised_errors = normalised_errors(ref, est, std_w, obj).astype(np.float32)
                         outcome.calibration["curve"] = {
                             "nominal": list(CURVE_LEVELS), "observed": coverage_curve(outcome.normalised_errors)}
-                        if not diffusion.options.symmetric:  # the yardstick assumes independent samples
+                        # the yardstick assumes independent, unscaled samples
+                        if not diffusion.options.symmetric and sigma_calibration is None:
                             outcome.calibration["ideal_coverage_2sigma"] = ideal_coverage(diffusion.options.samples)
             outcomes[m] = outcome
         observed_metrics = evaluate(ref, np.concatenate(self.observed_w)) if ref is not None else None
