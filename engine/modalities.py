@@ -37,6 +37,10 @@ class Modality:
     default_prior: str | None = None  # file under resources/models/, None: no prior of its own
     prior_modalities: tuple[str, ...] = ()  # whose priors suit this task, best first
     input_method: str | None = None  # the baseline whose result *is* the input image (MRI: zero-filled)
+    #: DiffusionOptions fields that replace the defaults when the user asks for uncertainty
+    #: (samples >= 2): the sampler setting whose σ calibrated best on the validation subjects
+    #: (resources/results/uncertainty/); explicit choices still win
+    uncertainty_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def baselines(self) -> tuple[str, ...]:
@@ -53,8 +57,11 @@ class Modality:
         that are not None win."""
         from .diffusion.options import DiffusionOptions
 
-        chosen = {**self.diffusion_defaults, **{k: v for k, v in overrides.items() if v is not None}}
-        return DiffusionOptions(**chosen)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        chosen = dict(self.diffusion_defaults)
+        if int(given.get("samples", chosen.get("samples", 1))) >= 2:
+            chosen.update(self.uncertainty_defaults)
+        return DiffusionOptions(**{**chosen, **given})
 
 
 _SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}

@@ -78,7 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
-                         "variance <out>_var (default 1, which with symmetric sampling is a pair)")
+                         "variance <out>_var (default 1, which with symmetric sampling is a pair); 2 or more "
+                         "switch to the stochastic sampler whose σ calibrated best on the validation subjects, "
+                         "and σ is scaled by the prior's split-conformal factor (README: Uncertainty)")
     df.add_argument("--symmetric", action=argparse.BooleanOptionalAction,
                     help="pair every sample with one started from the negated noise and average (SRDS); "
                          "default: the modality's (on for all)")

@@ -21,6 +21,14 @@ The chosen setting (the modality's defaults for ``samples >= 2``, see
     python -m diffrecon.experiments.uncertainty fit --task mri-4x --task ct-views60 --write
 
 Run it once per prior change: a retrained prior needs its own scale.
+
+What K samples cost against one (paired, in one process, so the ratio holds on a busy machine)::
+
+    python -m diffrecon.experiments.uncertainty cost --size 128 --samples 8 --repeats 3
+
+runs the MRI 4x task on a synthetic ``size``² slice, alternating K = 1 and K = ``samples``,
+with plain DDS (the sampling cost itself) and with the task's defaults (dds-tv: its hold-out
+and TV runs are paid once per slice, whatever K), and prints the median ratio of each.
 """
 
 from __future__ import annotations
@@ -231,10 +239,48 @@ def fit(args: argparse.Namespace) -> None:
             Path(args.json).write_text(json.dumps({str(path): entries}, indent=1))
 
 
+def cost(args: argparse.Namespace) -> None:
+    """Median wall-time ratio K samples / 1 sample on one synthetic slice, paired run by run."""
+    from ..experiments.diffusion import _prior
+    from ..io.volume import Volume
+
+    prior = _prior(args.model, "mri")
+    yy, xx = np.mgrid[-1:1:args.size * 1j, -1:1:args.size * 1j]
+    phantom = ((xx**2 + yy**2 < 0.8) * 0.6 + (xx**2 + (yy / 0.5) ** 2 < 0.2) * 0.4).astype(np.float32)
+    volume = Volume(phantom[None] * 800.0, (1.0, 1.0, 1.0), modality="MR")
+    settings = MeasurementSettings(modality="mri", acceleration=4.0, seed=0)
+    report: dict[str, Any] = {"size": args.size, "samples": args.samples, "threads": torch.get_num_threads()}
+    for label, guidance in (("dds", "dds"), ("defaults", None)):
+        seconds: dict[int, list[float]] = {1: [], args.samples: []}
+        for _ in range(args.repeats):
+            for k in (1, args.samples):
+                setup = DiffusionSetup(prior, modalities.get("mri").diffusion_options(samples=k, guidance=guidance),
+                                       calibrate=False)
+                started = time.perf_counter()
+                run_to_end(ReconRequest(volume, settings, [DIFFUSION], simulate=True, diffusion=setup))
+                seconds[k].append(time.perf_counter() - started)
+        ratios = [b / a for a, b in zip(seconds[1], seconds[args.samples])]
+        report[label] = {"seconds_1": seconds[1], f"seconds_{args.samples}": seconds[args.samples],
+                         "median_ratio": statistics.median(ratios),
+                         "options_k": modalities.get("mri").diffusion_options(samples=args.samples,
+                                                                             guidance=guidance).to_dict()}
+        print(f"{label}: K={args.samples} / K=1 wall time, median of {args.repeats} pairs: "
+              f"{statistics.median(ratios):.2f} (K=1 median {statistics.median(seconds[1]):.2f} s)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m diffrecon.experiments.uncertainty", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cost")
+    c.add_argument("--size", type=int, default=128)
+    c.add_argument("--samples", type=int, default=8)
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--model")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--json")
     for name in ("sweep", "fit"):
         p = sub.add_parser(name)
         p.add_argument("--task", action="append", choices=list(TASKS), required=True)
@@ -253,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--setting", choices=list(SETTINGS), help="with --from-sweep: which setting")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    (sweep if args.command == "sweep" else fit)(args)
+    {"sweep": sweep, "fit": fit, "cost": cost}[args.command](args)
 
 
 if __name__ == "__main__":
