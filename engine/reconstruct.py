@@ -469,18 +469,27 @@ def _resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, 
     record = cal.provenance(extrapolated_from=missing)
     record["applied_to"] = task_key(modality, request.settings)
     record["ood_threshold"] = cal.ood_threshold
+    if cal.intensity_reference is not None and cal.intensity_threshold is not None:
+        record["intensity_reference"] = cal.intensity_reference
+        record["intensity_threshold"] = cal.intensity_threshold
     return record, float(cal.scale)
 
 
 def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dict[str, Any] | None,
                    diffusion: DiffusionSetup) -> dict[str, Any] | None:
     """The out-of-domain score of a run and, above the calibrated threshold, the warning sentence."""
-    from .diffusion.calibration import ood_score
+    from .diffusion.calibration import intensity_distance, ood_score
 
+    cal = sigma_calibration or {}
     score = ood_score(estimate, std)
-    threshold = None if sigma_calibration is None else sigma_calibration.get("ood_threshold")
+    threshold = cal.get("ood_threshold")
     out: dict[str, Any] = {"score": score, "threshold": threshold, "warning": None}
-    if threshold is not None and np.isfinite(score) and score > float(threshold):
+    fired = threshold is not None and np.isfinite(score) and score > float(threshold)
+    if cal.get("intensity_reference") is not None:
+        out["intensity_score"] = intensity_distance(estimate, cal["intensity_reference"])
+        out["intensity_threshold"] = cal.get("intensity_threshold")
+        fired = fired or out["intensity_score"] > float(cal["intensity_threshold"])
+    if fired:
         out["warning"] = out_of_domain_sentence(diffusion.prior)
     return out
 
@@ -488,8 +497,8 @@ def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dic
 def out_of_domain_sentence(prior: "Prior") -> str:
     """The one sentence a user sees when a scan looks unlike the prior's training data."""
     anatomy = {"mri": "brain MRI", "ct": "head CT", "ultrasound": "ultrasound"}.get(prior.modality, prior.modality)
-    return (f"this scan looks unlike the {anatomy} the prior learned from (its posterior spread is far above "
-            f"that on the calibration scans); trust the classical baseline more")
+    return (f"this scan looks unlike the {anatomy} the prior learned from (its posterior spread or its "
+            f"intensities are far from those of the calibration scans); trust the classical baseline more")
 
 
 def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], None] | None = None) -> ReconRun:

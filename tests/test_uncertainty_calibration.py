@@ -133,3 +133,57 @@ def test_update_metadata_keeps_every_tensor_byte(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         for k, v in tensors.items():
             assert torch.equal(f.get_tensor(k), v)
+
+
+# ---------------------------------------------------------------- defaults, scale and warning in the run API
+
+
+def test_asking_for_uncertainty_switches_to_the_measured_stochastic_sampler():
+    from diffrecon import modalities
+
+    mri = modalities.get("mri")
+    one = mri.diffusion_options(samples=1)
+    assert one.symmetric and one.eta == 0.0  # one sample: the symmetric deterministic pair, as before
+    eight = mri.diffusion_options(samples=8)
+    assert (eight.sampler, eight.eta, eight.symmetric) == (mri.uncertainty_defaults["sampler"],
+                                                           mri.uncertainty_defaults["eta"], False)
+    assert mri.diffusion_options(samples=8, eta=0.3).eta == 0.3  # an explicit choice still wins
+
+
+def test_run_api_scales_sigma_records_it_and_warns_on_unlike_intensities(tmp_path):
+    """A CT run with a prior carrying a scale of 3 and an intensity reference unlike the scan:
+    σ is 3x the uncalibrated run's, provenance says so, and the out-of-domain sentence is in
+    the report; without the calibration there is no warning."""
+    from dataclasses import replace
+
+    from diffrecon.diffusion.calibration import QUANTILES
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import SIZE, disks, train_tiny_prior
+
+    prior = train_tiny_prior(1)
+    hu = (disks(2, torch.Generator().manual_seed(5), False)[:, 0].numpy() * 1400.0 - 300.0).astype(np.float32)
+    volume = Volume(hu, (1.0, 1.0, 1.0), modality="CT", units="HU")
+    settings = MeasurementSettings("ct", views=12, seed=0)
+    setup = diffusion_setup(prior, "ct", steps=3, samples=2, seed=0)
+
+    def run(p):
+        request = ReconRequest(volume, settings, [DIFFUSION], simulate=True,
+                               diffusion=DiffusionSetup(p, setup.options, setup.baseline))
+        return run_to_end(request)
+
+    plain = run(prior)
+    assert plain.provenance["sigma_calibration"]["method"] == "none" and "warnings" not in plain.report()
+    cal = SigmaCalibration("ct-views12", 3.0, sampler={k: getattr(setup.options, k) for k in
+                                                       ("sampler", "eta", "symmetric", "guidance")},
+                           ood_threshold=1e9, intensity_reference=[5.0] * len(QUANTILES), intensity_threshold=0.5)
+    calibrated = run(replace(prior, metadata={METADATA_KEY: {"ct-views12": cal.to_dict()}}))
+    np.testing.assert_allclose(calibrated.outcomes[DIFFUSION].variance, 9.0 * plain.outcomes[DIFFUSION].variance,
+                               rtol=1e-4, atol=1e-3)
+    assert calibrated.provenance["sigma_units"] == "HU"
+    assert calibrated.provenance["sigma_calibration"]["scale"] == 3.0
+    ood = calibrated.provenance["out_of_domain"]
+    assert ood["intensity_score"] > 0.5 and ood["warning"].startswith("this scan looks unlike the head CT")
+    assert calibrated.report()["warnings"] == [ood["warning"]]
+    assert SIZE == hu.shape[-1]

@@ -15,10 +15,18 @@ The scales live in the prior file's metadata under ``sigma_calibration`` (a JSON
 keyed by task); :func:`lookup` finds the one for a run, and every front end applies it
 through :mod:`diffrecon.reconstruct`, which also records it in the output's provenance.
 
-**Out-of-domain score**: the mean calibrated σ over the object divided by the object's
-mean intensity (a relative spread, unit-free). On a scan like the prior's training data
-the samples agree; on another anatomy they do not. Its threshold per task is chosen on
-the calibration subjects only (:data:`OOD_MARGIN` times the largest score seen there).
+**Out-of-domain scores**, each with a threshold per task chosen on the calibration subjects
+only (:data:`OOD_MARGIN` times the largest score seen there); the warning fires when any
+score is above its threshold:
+
+* ``sigma``: the mean calibrated σ over the object divided by the object's mean intensity
+  (a relative spread, unit-free): where the prior is unsure, the samples disagree;
+* ``intensity`` (CT only, where intensities are physical: HU): the mean absolute
+  difference between the reconstruction's intensity quantiles and those of the
+  calibration scans (a 1-Wasserstein distance, working domain). An abdomen has no air
+  around a skull and no bone ring; MR intensities depend on the sequence, so MRI has no
+  such score. Measured on the stent abdominal CT, the σ score alone went the wrong way
+  (the head prior was *more* confident on the smooth, air-free abdomen than on heads).
 
 **Hallucination map**: pixels where the reconstruction departs from a conservative,
 data-consistent estimate (the classical baseline) by more than ``k σ_cal``, or where
@@ -116,6 +124,20 @@ def ood_score(estimate_working: np.ndarray, std_calibrated_working: np.ndarray) 
     return float(np.mean(np.asarray(std_calibrated_working, np.float64)[mask]) / max(np.mean(est[mask]), 1e-12))
 
 
+#: quantile levels of the intensity score
+QUANTILES = tuple(float(q) for q in np.linspace(0.01, 0.99, 99))
+
+
+def intensity_quantiles(image_working: np.ndarray) -> list[float]:
+    """The image's intensity quantiles (working domain, magnitude)."""
+    return [float(v) for v in np.quantile(np.abs(np.asarray(image_working, np.float64)), QUANTILES)]
+
+
+def intensity_distance(image_working: np.ndarray, reference: list[float]) -> float:
+    """Mean absolute difference of the image's quantiles and ``reference`` (1-Wasserstein)."""
+    return float(np.mean(np.abs(np.asarray(intensity_quantiles(image_working)) - np.asarray(reference))))
+
+
 @dataclass
 class SigmaCalibration:
     """One task's split-conformal scale, and what it was fitted on."""
@@ -131,6 +153,9 @@ class SigmaCalibration:
     raw_coverage: float | None = None  # of ±2σ before scaling, on the calibration pixels
     ood_threshold: float | None = None  # ood_score above this: the scan looks unlike the training data
     ood_scores: list[float] = field(default_factory=list)  # per calibration slice
+    intensity_reference: list[float] | None = None  # pooled QUANTILES of the calibration scans (CT)
+    intensity_threshold: float | None = None
+    intensity_scores: list[float] = field(default_factory=list)  # per calibration slice
     fitted: str = ""  # date
     command: str = ""
 
@@ -218,6 +243,8 @@ def hallucination_map(recon: np.ndarray, baseline: np.ndarray, sigma: np.ndarray
     return flags, fraction
 
 
-__all__ = ["CURVE_LEVELS", "FLAG_K", "FLAG_SIGMA_FRACTION", "METADATA_KEY", "OOD_MARGIN", "SigmaCalibration",
-           "TARGET_COVERAGE", "calibrations", "conformal_quantile", "conformal_scale", "coverage_curve",
-           "hallucination_map", "lookup", "normalised_errors", "object_mask", "ood_score", "task_key"]
+__all__ = [
+    "CURVE_LEVELS", "FLAG_K", "FLAG_SIGMA_FRACTION", "METADATA_KEY", "OOD_MARGIN", "QUANTILES", "SigmaCalibration",
+    "TARGET_COVERAGE", "calibrations", "conformal_quantile", "conformal_scale", "coverage_curve", "hallucination_map",
+    "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "task_key",
+]

@@ -49,11 +49,11 @@ import torch
 from .. import datasets, modalities
 from ..diffusion.calibration import (
     METADATA_KEY, OOD_MARGIN, SAMPLER_FIELDS, SigmaCalibration, conformal_scale, coverage_curve,
-    CURVE_LEVELS,
+    CURVE_LEVELS, intensity_quantiles,
 )
 from ..diffusion.checkpoint import Prior, load_prior, read_metadata, tensor_bytes_digest, update_metadata
 from ..diffusion.options import DiffusionOptions
-from ..measurements import MeasurementSettings
+from ..measurements import MeasurementSettings, ProblemSource
 from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, default_prior_path, run_to_end
 
 #: task key -> (modality, settings, validation datasets, slices per dataset)
@@ -192,6 +192,22 @@ def sweep(args: argparse.Namespace) -> None:
             (out / f"sweep_{task}.json").write_text(json.dumps(report, indent=1))
 
 
+def intensity_calibration(task: str) -> tuple[list[float], list[float]]:
+    """CT's intensity score: the validation slices' pooled working-domain quantiles, and each
+    slice's distance to them (the threshold is :data:`OOD_MARGIN` times the largest)."""
+    modality, values, _, _ = TASKS[task]
+    per_slice = []
+    for _, volume, s in validation_cases(task):
+        source = ProblemSource(volume, MeasurementSettings(modality=modality, **values), slices=[s], simulate=True)
+        for problem in source.batches(1):
+            reference = source.working_reference_crop(problem.reference)[:, 0]
+            per_slice.append(intensity_quantiles(reference.abs().numpy() if reference.is_complex()
+                                                 else reference.numpy()))
+    pooled = [float(v) for v in np.mean(per_slice, axis=0)]
+    scores = [float(np.mean(np.abs(np.asarray(q) - np.asarray(pooled)))) for q in per_slice]
+    return pooled, scores
+
+
 def calibration_entry(task: str, summary: dict[str, Any], options: dict[str, Any], subjects: list[str],
                       prior_path: Path, command: str) -> dict[str, Any]:
     """The metadata entry of one task's scale (a :class:`SigmaCalibration` plus its figures)."""
@@ -203,6 +219,9 @@ def calibration_entry(task: str, summary: dict[str, Any], options: dict[str, Any
         ood_threshold=OOD_MARGIN * max(summary["ood_scores"]), ood_scores=summary["ood_scores"],
         fitted=datetime.date.today().isoformat(), command=command,
     )
+    if TASKS[task][0] == "ct":  # HU are physical: a head CT's intensity distribution is a domain check
+        cal.intensity_reference, cal.intensity_scores = intensity_calibration(task)
+        cal.intensity_threshold = OOD_MARGIN * max(cal.intensity_scores)
     return {**cal.to_dict(), "loo_coverage_mean": summary["loo_coverage_mean"], "spearman": summary["spearman"],
             "curve": {"nominal": list(CURVE_LEVELS), "observed": summary["curve_calibrated"]},
             "weights_sha256": tensor_bytes_digest(prior_path)}
