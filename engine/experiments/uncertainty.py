@@ -176,7 +176,8 @@ def sweep(args: argparse.Namespace) -> None:
         cases = validation_cases(task)
         names = args.settings.split(",") if args.settings else list(SETTINGS)
         report: dict[str, Any] = {"task": task, "prior": str(prior.path), "cases": [n for n, _, _ in cases],
-                                  "command": " ".join(shlex.quote(a) for a in sys.argv), "settings": {}}
+                                  "command": "python -m diffrecon.experiments.uncertainty "
+                                             + " ".join(shlex.quote(a) for a in sys.argv[1:]), "settings": {}}
         for name in names:
             options = _options(task, SETTINGS[name], args.seed, args.steps)
             rows = []
