@@ -432,7 +432,7 @@ class _Scores:
                         from .diffusion.uncertainty import calibration, ideal_coverage
 
                         obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
-                        outcome.calibration = calibration(ref, est, std_w, mask=obj)
+                        outcome.calibration = dict(calibration(ref, est, std_w, mask=obj))
                         outcome.normalised_errors = normalised_errors(ref, est, std_w, obj).astype(np.float32)
                         outcome.calibration["curve"] = {
                             "nominal": list(CURVE_LEVELS), "observed": coverage_curve(outcome.normalised_errors)}

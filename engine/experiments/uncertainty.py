@@ -201,6 +201,7 @@ def intensity_calibration(task: str) -> tuple[list[float], list[float]]:
     for _, volume, s in validation_cases(task):
         source = ProblemSource(volume, MeasurementSettings(modality=modality, **values), slices=[s], simulate=True)
         for problem in source.batches(1):
+            assert problem.reference is not None  # simulated: the scan is the reference
             reference = source.working_reference_crop(problem.reference)[:, 0]
             per_slice.append(intensity_quantiles(reference.abs().numpy() if reference.is_complex()
                                                  else reference.numpy()))
