@@ -272,6 +272,8 @@ def cost(args: argparse.Namespace) -> None:
     settings = MeasurementSettings(modality="mri", acceleration=4.0, seed=0)
     report: dict[str, Any] = {"size": args.size, "samples": args.samples, "threads": torch.get_num_threads()}
     for label, guidance in (("dds", "dds"), ("defaults", None)):
+        if label not in args.variants.split(","):
+            continue
         seconds: dict[int, list[float]] = {1: [], args.samples: []}
         for _ in range(args.repeats):
             for k in (1, args.samples):
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--model")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--json")
+    c.add_argument("--variants", default="dds,defaults", help="dds (sampling alone), defaults (the task's)")
     for name in ("sweep", "fit"):
         p = sub.add_parser(name)
         p.add_argument("--task", action="append", choices=list(TASKS), required=True)
