@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -77,6 +77,8 @@ class DiffusionSetup:
     prior: "Prior"
     options: "DiffusionOptions"
     baseline: str | None = None
+    #: apply the prior's split-conformal σ scale for the task (off only to fit one)
+    calibrate: bool = True
 
     def describe(self) -> dict[str, Any]:
         """The prior's file and metadata, for provenance (``"model"``) and reports."""
@@ -111,8 +113,11 @@ class MethodOutcome:
     metrics: dict[str, float] | None = None  # volume-level, working domain
     per_slice: list[dict[str, float]] | None = None
     variance: np.ndarray | None = None  # (n, H, W) in the input's units squared (diffusion, K > 1)
-    calibration: dict[str, float] | None = None  # against the reference, over the object
+    calibration: dict[str, Any] | None = None  # against the reference, over the object
     model: dict[str, Any] | None = None  # the prior a diffusion result came from
+    sigma_calibration: dict[str, Any] | None = None  # the conformal scale applied to σ (None: uncalibrated)
+    out_of_domain: dict[str, Any] | None = None  # score, threshold, warning (diffusion with a calibrated σ)
+    normalised_errors: np.ndarray | None = None  # |error| / σ over the object's pixels (with a reference)
 
     @property
     def seconds_per_slice(self) -> float:
@@ -131,9 +136,12 @@ class ReconRun:
     provenance: dict[str, Any] = field(default_factory=dict)  # ReconRequest.provenance() as run
 
     def report(self) -> dict[str, Any]:
-        """JSON-able summary: settings, per-method metrics and timings."""
+        """JSON-able summary: settings, per-method metrics and timings (and the out-of-domain
+        warning, when the diffusion method's σ says the scan is unlike the prior's data)."""
+        warning = (self.provenance.get("out_of_domain") or {}).get("warning")
         return {
             "diffrecon_version": __version__,
+            **({"warnings": [warning]} if warning else {}),
             "settings": self.settings,
             "slices": [int(s) for s in self.slices],
             "input_metrics": self.observed_metrics,
@@ -146,6 +154,8 @@ class ReconRun:
                     "per_slice": o.per_slice,
                     **({"calibration": o.calibration} if o.calibration is not None else {}),
                     **({"model": o.model} if o.model is not None else {}),
+                    **({"sigma_calibration": o.sigma_calibration} if o.sigma_calibration is not None else {}),
+                    **({"out_of_domain": o.out_of_domain} if o.out_of_domain is not None else {}),
                 }
                 for name, o in self.outcomes.items()
             },
@@ -278,6 +288,7 @@ class Reconstruction:
         self.request = request
         self.source = ProblemSource(request.volume, request.settings, slices=request.slices,
                                     simulate=request.simulate)
+        self.sigma_calibration, self.sigma_scale = _resolve_calibration(request)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -329,7 +340,7 @@ class Reconstruction:
                 if std is not None:
                     stds[m] = std
             yield SliceDone(problem.slices, images, stds)
-        yield Summary(scores.run(clock.seconds, request))
+        yield Summary(scores.run(clock.seconds, request, self.sigma_calibration))
 
     def _diffusion(self, problem: ReconProblem) -> Generator[ReconFrame, None, None]:
         """The diffusion method's frames on one batch (a hot start first solves its baseline)."""
@@ -342,8 +353,12 @@ class Reconstruction:
             with torch.inference_mode():
                 baseline = solve(setup.baseline, problem)
         frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline)
+        scale2 = self.sigma_scale**2
         try:
-            yield from frames
+            for frame in frames:
+                if frame.variance is not None and scale2 != 1.0:  # σ_cal = scale σ, in every frame shown
+                    frame = replace(frame, variance=frame.variance * scale2)
+                yield frame
         finally:
             frames.close()  # cancellation: the sampler stops between two steps
 
@@ -388,7 +403,8 @@ class _Scores:
         self.stds_w[method].append(self.source.working_reference_crop(variance.clamp_min(0).sqrt())[:, 0].float().numpy())
         return image, std
 
-    def run(self, seconds: dict[str, float], request: ReconRequest) -> ReconRun:
+    def run(self, seconds: dict[str, float], request: ReconRequest,
+            sigma_calibration: dict[str, Any] | None = None) -> ReconRun:
         source, diffusion = self.source, request.diffusion
         ref = np.concatenate(self.reference_w) if self.has_reference and self.reference_w else None
         outcomes = {}
@@ -408,19 +424,81 @@ class _Scores:
                     outcome.params["adaptation"] = self.adaptations
                 if self.stds[m]:
                     outcome.variance = np.square(np.concatenate(self.stds[m])).astype(np.float32)
+                    std_w = np.concatenate(self.stds_w[m])
+                    outcome.sigma_calibration = sigma_calibration
+                    outcome.out_of_domain = _out_of_domain(est, std_w, sigma_calibration, diffusion)
                     if ref is not None:
+                        from .diffusion.calibration import CURVE_LEVELS, coverage_curve, normalised_errors
                         from .diffusion.uncertainty import calibration, ideal_coverage
 
                         obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
-                        outcome.calibration = calibration(ref, est, np.concatenate(self.stds_w[m]), mask=obj)
-                        if not diffusion.options.symmetric:  # the yardstick assumes independent samples
+                        outcome.calibration = dict(calibration(ref, est, std_w, mask=obj))
+                        outcome.normalised_errors = normalised_errors(ref, est, std_w, obj).astype(np.float32)
+                        outcome.calibration["curve"] = {
+                            "nominal": list(CURVE_LEVELS), "observed": coverage_curve(outcome.normalised_errors)}
+                        # the yardstick assumes independent, unscaled samples
+                        if not diffusion.options.symmetric and sigma_calibration is None:
                             outcome.calibration["ideal_coverage_2sigma"] = ideal_coverage(diffusion.options.samples)
             outcomes[m] = outcome
         observed_metrics = evaluate(ref, np.concatenate(self.observed_w)) if ref is not None else None
         provenance = {**request.provenance(), "settings": source.settings.to_dict(),
                       "slices": [int(s) for s in source.slice_index]}
+        diffusion_outcome = outcomes.get(DIFFUSION)
+        if diffusion_outcome is not None and diffusion_outcome.variance is not None:
+            provenance["sigma_units"] = request.volume.units or "a.u."
+            provenance["sigma_calibration"] = sigma_calibration or {
+                "method": "none", "note": "no calibration of this prior for this task and sampler: σ is the raw "
+                                          "spread of the samples"}
+            if diffusion_outcome.out_of_domain is not None:
+                provenance["out_of_domain"] = diffusion_outcome.out_of_domain
         return ReconRun(source.slice_index, np.concatenate(self.observed), outcomes, observed_metrics,
                         source.settings.to_dict(), provenance)
+
+
+def _resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, float]:
+    """The prior's conformal σ scale for this task and sampler, as provenance, and the factor."""
+    setup = request.diffusion
+    if setup is None or DIFFUSION not in request.methods or not setup.calibrate:
+        return None, 1.0
+    from .diffusion.calibration import lookup, task_key
+
+    modality = request.settings.modality
+    cal, missing = lookup(setup.prior.metadata, modality, request.settings, setup.options)
+    if cal is None:
+        return None, 1.0
+    record = cal.provenance(extrapolated_from=missing)
+    record["applied_to"] = task_key(modality, request.settings)
+    record["ood_threshold"] = cal.ood_threshold
+    if cal.intensity_reference is not None and cal.intensity_threshold is not None:
+        record["intensity_reference"] = cal.intensity_reference
+        record["intensity_threshold"] = cal.intensity_threshold
+    return record, float(cal.scale)
+
+
+def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dict[str, Any] | None,
+                   diffusion: DiffusionSetup) -> dict[str, Any] | None:
+    """The out-of-domain score of a run and, above the calibrated threshold, the warning sentence."""
+    from .diffusion.calibration import intensity_distance, ood_score
+
+    cal = sigma_calibration or {}
+    score = ood_score(estimate, std)
+    threshold = cal.get("ood_threshold")
+    out: dict[str, Any] = {"score": score, "threshold": threshold, "warning": None}
+    fired = threshold is not None and np.isfinite(score) and score > float(threshold)
+    if cal.get("intensity_reference") is not None:
+        out["intensity_score"] = intensity_distance(estimate, cal["intensity_reference"])
+        out["intensity_threshold"] = cal.get("intensity_threshold")
+        fired = fired or out["intensity_score"] > float(cal["intensity_threshold"])
+    if fired:
+        out["warning"] = out_of_domain_sentence(diffusion.prior)
+    return out
+
+
+def out_of_domain_sentence(prior: "Prior") -> str:
+    """The one sentence a user sees when a scan looks unlike the prior's training data."""
+    anatomy = {"mri": "brain MRI", "ct": "head CT", "ultrasound": "ultrasound"}.get(prior.modality, prior.modality)
+    return (f"this scan looks unlike the {anatomy} the prior learned from (its posterior spread or its "
+            f"intensities are far from those of the calibration scans); trust the classical baseline more")
 
 
 def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], None] | None = None) -> ReconRun:

@@ -104,7 +104,13 @@ def test_quick_bench_writes_every_part_of_the_report(cli, tmp_path, tiny_prior_f
     md = (out / "results.md").read_text()
     assert "## 4x" in md and "## 8x" in md and "Bonferroni" in md and "## Steps ablation" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["ablation_steps.png", "grid_4x_scan_001.png", "grid_8x_scan_001.png"]
+    assert pngs == ["ablation_steps.png", "calibration_4x.png", "calibration_8x.png", "grid_4x_scan_001.png",
+                    "grid_8x_scan_001.png"]
+    # the calibration curve per task and diffusion method (issue 12): nominal against observed coverage
+    curve = results["calibration"]["4x"]["diffusion"]
+    assert len(curve["observed"]) == len(curve["nominal"]) and all(0 <= c <= 1 for c in curve["observed"])
+    assert curve["observed"] == sorted(curve["observed"])  # wider intervals never cover less
+    assert "Calibration curve (nominal → observed coverage)" in md and "| σ scale |" in md
     import matplotlib.image
 
     grid = matplotlib.image.imread(out / "grid_4x_scan_001.png")

@@ -131,8 +131,9 @@ class ControlPanel(QWidget):
         # One sample runs as a symmetric pair (+noise and -noise, SRDS): already a variance map, and
         # the fastest live view; more samples sharpen the uncertainty map at a proportional cost.
         self.samples = _spin(1, 16, 1)
-        self.samples.setToolTip("Posterior samples, each run with its mirrored-noise twin: the spread of "
-                                "the 2 x samples estimates is the uncertainty map")
+        self.samples.setToolTip("Posterior samples. 1: a mirrored-noise pair, the fastest uncertainty map; "
+                                "2 or more: independent stochastic samples (the setting whose σ calibrated best "
+                                "on validation scans), their spread scaled by the prior's conformal factor")
         self.scope = _combo([("slice", "Current slice"), ("volume", "Whole volume")], "slice")
         self.scope.setToolTip("Reconstruct only the slice on screen (fast), or every slice of the scan")
         dform.addRow("Model", self.model)

@@ -80,6 +80,7 @@ class JobSummary:
     metrics: dict[str, dict[str, float]]
     seconds: float
     slices: np.ndarray
+    uncertainty: dict | None = None  # sigma_units, sigma_calibration, out_of_domain (diffusion with K > 1)
 
 
 def _events(request: ReconRequest, cancelled: Cancelled) -> Iterator:
@@ -195,4 +196,7 @@ def diffusion_frames(volume: Volume, request: RunRequest,
         elif isinstance(event, Summary):
             outcome = event.run.outcomes[DIFFUSION]
             metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}
-            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(event.run.slices))
+            provenance = event.run.provenance
+            uncertainty = {k: provenance[k] for k in ("sigma_units", "sigma_calibration", "out_of_domain")
+                           if k in provenance}
+            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(event.run.slices), uncertainty or None)

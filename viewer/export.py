@@ -24,6 +24,8 @@ from .session import Session
 EXPORTS = {
     "recon": ("diffusion", "diffusion reconstruction"),
     "sigma": ("uncertainty", "per-pixel standard deviation over the posterior samples"),
+    "flags": ("flags", "hallucination map: 1 where the reconstruction departs from the baseline by more than "
+                       "k calibrated sigma or sigma is above its threshold"),
     "baseline": ("baseline", "classical baseline"),
     "input": ("input", "measured input image"),
 }
@@ -39,6 +41,7 @@ def _run_record(session: Session, command: str) -> dict:
         "command": command,
         "input": None if session.path is None else str(session.path),
         **{key: run.get(key) for key in ("settings", "simulate", "diffusion", "model", "slices")},
+        **{key: run[key] for key in ("sigma_units", "sigma_calibration", "out_of_domain") if key in run},
     }
 
 
@@ -47,7 +50,7 @@ def provenance(session: Session, layer: str) -> dict:
     return {
         **_run_record(session, "diffrecon view"),
         "output": EXPORTS[layer][1],
-        "method": {"recon": "diffusion", "sigma": "diffusion", "baseline": baseline}.get(layer, "input"),
+        "method": {"recon": "diffusion", "sigma": "diffusion", "flags": "diffusion", "baseline": baseline}.get(layer, "input"),
         "state": session.run.cancelled or ("complete" if session.run.finished else "running"),
         "slices_finished": sorted(session.run.slices_finished),  # every step done (a cancel keeps them)
     }
@@ -67,7 +70,7 @@ def export_volume(session: Session, layer: str, path: str | Path) -> list[Path]:
     slices = computed_slices(session, layer)
     geometry = session.volume.select_slices(slices)
     data = session.layers[layer].data[slices].astype(np.float32)
-    window = session.volume.window if layer != "sigma" else None
+    window = session.volume.window if layer not in ("sigma", "flags") else None
     out = geometry.derived(data, window=window)
     variance = None
     path = Path(path)

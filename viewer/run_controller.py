@@ -210,6 +210,8 @@ class RunController(QObject):
                 s.set_run_state(s.run_state.advanced(slices_done=done))
 
     def _merge_metrics(self, summary: JobSummary) -> None:
+        if summary.uncertainty:  # the σ calibration and the out-of-domain check go into exports
+            self.session.run.provenance.update(summary.uncertainty)
         self.session.update_metrics(summary.metrics)
 
     def _failed(self, kind: str, sentence: str) -> None:
@@ -254,7 +256,11 @@ class RunController(QObject):
                 parts.append(f"{frame.total_steps} steps in {frame.elapsed:.1f} s")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
-            self.status.emit(", ".join(parts) + ".", False)
+            warning = (self.session.run.provenance.get("out_of_domain") or {}).get("warning")
+            if warning:  # one sentence, first, in the status line's error colour
+                self.status.emit(f"Warning: {warning}. " + ", ".join(parts) + ".", True)
+            else:
+                self.status.emit(", ".join(parts) + ".", False)
         self.runFinished.emit(ok)
 
     def shutdown(self) -> None:

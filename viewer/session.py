@@ -27,7 +27,8 @@ LAYERS = {
     "recon": "diffusion estimate of the clean image (mean over samples)",
     "sample": "first sample's current noisy state x_t",
     "baseline": "classical baseline",
-    "sigma": "per-pixel standard deviation over the samples",
+    "sigma": "per-pixel standard deviation over the samples (calibrated when the prior carries a scale)",
+    "flags": "hallucination map: 1 where the reconstruction may be invented (viewer/hallucination.py)",
 }
 
 
@@ -158,8 +159,7 @@ class Session:
 
     def clear_results(self) -> None:
         """Forget the last run's outputs (a new run, or new measurement settings)."""
-        names = ("recon", "sample", "baseline", "sigma")
-        for name in names:
+        for name in ("recon", "sample", "baseline", "sigma", "flags"):
             self.layers[name].clear()
         self.metrics = {}
         self.run = RunRecord()

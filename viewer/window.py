@@ -15,6 +15,7 @@ from diffrecon.io.volume import Volume
 
 from .controls import ControlPanel
 from .display import PaneRenderer
+from .hallucination import HallucinationOverlay
 from .metrics_table import MetricsTable
 from .mpr import MprGrid, MprRenderer
 from .paths import default_sample
@@ -67,6 +68,7 @@ class MainWindow(QMainWindow):
         self.runner.inputsReady.connect(self._inputs_ready)
         self.loader = JobSlot(self._loaded, self._load_failed, lambda cancelled: None)
         self.commands = WindowActions(self)  # menus and toolbar (not "actions": QWidget.actions() exists)
+        self.hallucination = HallucinationOverlay(self)
         self.preset_box = QComboBox()
         self.preset_box.setToolTip("Window/level preset (right-drag in a pane to adjust)")
         self.preset_box.setPlaceholderText("custom")

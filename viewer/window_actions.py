@@ -39,7 +39,7 @@ class WindowActions:
         self.recent_menu = file_menu.addMenu("&Recent files")
         file_menu.addSeparator()
         self.export_actions = {}
-        for layer in ("recon", "sigma", "baseline", "input"):
+        for layer in ("recon", "sigma", "flags", "baseline", "input"):
             act = self._action(f"Export {EXPORTS[layer][0]}...", lambda _=False, name=layer: self.export_dialog(name))
             file_menu.addAction(act)
             self.export_actions[layer] = act

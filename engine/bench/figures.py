@@ -116,3 +116,28 @@ def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_calibration_plot(per_method: dict[str, dict[str, Any]], path: Path, *, title: str) -> Path:
+    """Nominal against observed coverage of ±z(p)σ intervals over the object's pixels, one line
+    per diffusion method (mean over slices); a calibrated σ lies on the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="#7f7f7f", linestyle="--", label="calibrated")
+    for method, entry in per_method.items():
+        scale = entry.get("scale")
+        label = f"{method} (σ x{scale:.2f})" if scale else f"{method} (σ uncalibrated)"
+        ax.plot(entry["nominal"], entry["observed"], marker="o", label=label)
+    ax.axvline(0.95, color="#d62728", alpha=0.3)
+    ax.set_xlim(0.45, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("nominal coverage (Gaussian ±z σ)")
+    ax.set_ylabel("observed coverage (object pixels)")
+    ax.set_title(f"σ calibration · {title}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

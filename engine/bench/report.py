@@ -94,12 +94,23 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {n} |")
         calibrated = {m: st for m, st in methods.items() if "coverage_2sigma" in st}
         if calibrated:
+            curves = results.get("calibration", {}).get(task, {})
             lines += ["", "Uncertainty calibration over the object (reference > 5 % of its peak): the fraction of "
-                          "pixels whose error lies within ±2σ, and the rank correlation of σ with |error|:", "",
-                      "| method | within ±2σ | Spearman(σ, abs error) |", "|---|---|---|"]
+                          "pixels whose error lies within ±2σ (σ as shown and written: scaled by the prior's "
+                          "split-conformal factor when it has one), the rank correlation of σ with |error|, and "
+                          "the out-of-domain warning (slices warned / scored, per data set):", "",
+                      "| method | within ±2σ | Spearman(σ, abs error) | σ scale | out-of-domain warning |",
+                      "|---|---|---|---|---|"]
             for m, st in calibrated.items():
                 rho = st.get("spearman_std_error", {}).get("mean", math.nan)
-                lines.append(f"| {m} | {st['coverage_2sigma']['mean']:.1%} | {rho:.2f} |")
+                entry = curves.get(m, {})
+                scale = entry.get("scale")
+                ood = ", ".join(f"{d} {v['warned']}/{v['slices']}" for d, v in entry.get("ood", {}).items()) or "–"
+                lines.append(f"| {m} | {st['coverage_2sigma']['mean']:.1%} | {rho:.2f} | "
+                             f"{'x%.2f' % scale if scale else 'uncalibrated'} | {ood} |")
+            if entry.get("observed"):
+                lines += ["", "Calibration curve (nominal → observed coverage): "
+                          + ", ".join(f"{n:.0%} → {o:.1%}" for n, o in zip(entry["nominal"], entry["observed"]))]
         comps = [c for c in results["comparisons"] if c["task"] == task]
         if comps:
             ref = comps[0]["reference"]

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
-from .figures import save_ablation_plot, save_grid
+from .figures import save_ablation_plot, save_calibration_plot, save_grid
 from .runner import INPUT, BenchData, BenchRun
 from .statistics import ablation_table, best_classical, paired_comparisons, summarise
 from .tasks import MethodSpec, Task
@@ -28,6 +30,9 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
     others = [m.label for m in methods if m.is_diffusion]
     comparisons = paired_comparisons(run.rows, summary, classical, others)
     figures = [save_grid(g, out / f"grid_{_slug(g.task)}_{_slug(g.data)}_{g.slice:03d}.png") for g in run.grids]
+    calibration = calibration_table(run.rows)
+    for task, per_method in calibration.items():
+        figures.append(save_calibration_plot(per_method, out / f"calibration_{_slug(task)}.png", title=task))
     table = ablation_table(run.ablation) if run.ablation else []
     if table:
         task = tasks[0].label
@@ -51,6 +56,7 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
         "per_slice": run.rows,
         "summary": summary,
         "comparisons": comparisons,
+        "calibration": calibration,
         "input_column": INPUT,
         "ablation": run.ablation,
         "ablation_table": table,
@@ -59,6 +65,35 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
         "figures": [str(f) for f in figures],
         "cases": [str(p) for p in run.case_dirs],
     }
+
+
+def calibration_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task and diffusion method: the calibration curve (nominal against observed coverage,
+    mean over slices), ±2σ coverage, Spearman, the σ scale applied and the out-of-domain
+    warnings per data set."""
+    from ..diffusion.calibration import CURVE_LEVELS
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if "coverage_curve" not in r:
+            continue
+        entry = out.setdefault(r["task"], {}).setdefault(r["method"], {
+            "nominal": list(CURVE_LEVELS), "curves": [], "coverage": [], "spearman": [], "scale": r.get("sigma_scale"),
+            "ood": {}})
+        entry["curves"].append(r["coverage_curve"])
+        entry["coverage"].append(r["coverage_2sigma"])
+        entry["spearman"].append(r["spearman_std_error"])
+        flagged = entry["ood"].setdefault(r["data"], {"slices": 0, "warned": 0, "scores": []})
+        flagged["slices"] += 1
+        flagged["warned"] += int(bool(r.get("ood_warning")))
+        flagged["scores"].append(r.get("ood_score"))
+    for per_method in out.values():
+        for entry in per_method.values():
+            entry["observed"] = [float(np.mean(c)) for c in zip(*entry.pop("curves"))]
+            entry["coverage_2sigma"] = float(np.mean(entry.pop("coverage")))
+            rhos = [x for x in entry.pop("spearman") if x is not None and np.isfinite(x)]
+            entry["spearman_std_error"] = float(np.mean(rhos)) if rhos else float("nan")
+    return out
 
 
 def model_description(prior) -> dict | None:

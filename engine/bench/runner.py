@@ -196,6 +196,13 @@ def _rows(task: Task, d: BenchData, s: int, first: ReconRun, outcomes, show_inpu
         if o.calibration is not None:
             row["coverage_2sigma"] = o.calibration.get("coverage_2sigma")
             row["spearman_std_error"] = o.calibration.get("spearman_std_error")
+            if "curve" in o.calibration:  # observed coverage at the nominal levels (the calibration curve)
+                row["coverage_curve"] = o.calibration["curve"]["observed"]
+        if o.variance is not None:
+            row["sigma_scale"] = (o.sigma_calibration or {}).get("scale")
+            if o.out_of_domain is not None:
+                row["ood_score"] = o.out_of_domain.get("score")
+                row["ood_warning"] = bool(o.out_of_domain.get("warning"))
         rows.append(row)
     return rows
 

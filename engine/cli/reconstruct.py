@@ -94,7 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
-                         "variance <out>_var (default 1, which with symmetric sampling is a pair)")
+                         "variance <out>_var (default 1, which with symmetric sampling is a pair); 2 or more "
+                         "switch to the stochastic sampler whose σ calibrated best on the validation subjects, "
+                         "and σ is scaled by the prior's split-conformal factor (README: Uncertainty)")
     df.add_argument("--symmetric", action=argparse.BooleanOptionalAction,
                     help="pair every sample with one started from the negated noise and average (SRDS); "
                          "default: the modality's (on for all)")
@@ -216,6 +218,9 @@ def _provenance(args: argparse.Namespace, result: ReconRun, method: str) -> dict
         "settings": result.settings,
         "slices": [int(s) for s in result.slices],
         "model": result.outcomes[method].model if method in result.outcomes else None,
+        # σ's units and the conformal scale applied to it, and the out-of-domain check (diffusion, K > 1)
+        **({k: result.provenance[k] for k in ("sigma_units", "sigma_calibration", "out_of_domain")
+            if k in result.provenance} if method == DIFFUSION else {}),
     }
 
 
@@ -246,6 +251,9 @@ def _write_outputs(args, volume, source, result: ReconRun, methods: list[str]) -
 
 
 def _print_summary(result: ReconRun) -> None:
+    warning = (result.provenance.get("out_of_domain") or {}).get("warning")
+    if warning:
+        print(f"diffrecon reconstruct: warning: {warning}", file=sys.stderr)
     if result.observed_metrics is None:
         return
     rows = [("input", result.observed_metrics, None)] + [
@@ -262,5 +270,7 @@ def _print_summary(result: ReconRun) -> None:
             c = o.calibration
             ideal = c.get("ideal_coverage_2sigma")
             honest = f" (an honest posterior: {ideal:.1%} with this many samples)" if ideal is not None else ""
-            print(f"{name}: {c['coverage_2sigma']:.1%} of object pixels within 2 std of the truth{honest}; rank "
+            scale = (o.sigma_calibration or {}).get("scale")
+            what = f"calibrated std (x{scale:.2f}, target 95 %)" if scale else "std (uncalibrated)"
+            print(f"{name}: {c['coverage_2sigma']:.1%} of object pixels within 2 {what} of the truth{honest}; rank "
                   f"correlation of std with |error| {c['spearman_std_error']:.2f}", file=sys.stderr)

@@ -363,6 +363,45 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return _decode(raw)
 
 
+def update_metadata(path: str | Path, updates: dict[str, Any]) -> Path:
+    """Set header metadata entries of a safetensors file in place, leaving every tensor's
+    bytes as they were (the tensor table and data are copied verbatim; only the
+    ``__metadata__`` object of the JSON header changes). Written beside and renamed.
+
+    safetensors' layout: an 8-byte little-endian header length, the JSON header (tensor
+    offsets are relative to the data that follows it, so a longer header moves nothing),
+    then the data buffer.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise DiffreconError(f"{path}: is not a safetensors file (too short)")
+    length = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiffreconError(f"{path}: is not a safetensors file (its header is not JSON)") from exc
+    meta = dict(header.get("__metadata__") or {})
+    meta.update(_encode(updates))
+    header["__metadata__"] = meta
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned, as safetensors writes it
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + length :])
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def tensor_bytes_digest(path: str | Path) -> str:
+    """SHA-256 of a safetensors file's data buffer (the tensors' bytes, not the header)."""
+    import hashlib
+
+    raw = Path(path).read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    return hashlib.sha256(raw[8 + length :]).hexdigest()
+
+
 def load_ema_weights(path: str | Path, ema_model: nn.Module) -> dict[str, Any]:
     """Load a prior file's weights into an existing network (used when resuming)."""
     tensors, meta = _read(Path(path))
