@@ -159,7 +159,8 @@ class Session:
 
     def clear_results(self) -> None:
         """Forget the last run's outputs (a new run, or new measurement settings)."""
-        for name in ("recon", "sample", "baseline", "sigma", "flags"):
+        names = ("recon", "sample", "baseline", "sigma", "flags")
+        for name in names:
             self.layers[name].clear()
         self.metrics = {}
         self.run = RunRecord()
