@@ -52,6 +52,7 @@ class ViewOptions:
     preset: str | None = None
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
+    device: str = "auto"  # --device: auto (CUDA when present), cpu, cuda
 
     @property
     def exits_after_run(self) -> bool:
@@ -170,13 +171,17 @@ def choose_qt_platform(scripted: bool, how_to_script: str) -> None:
 def run_viewer(options: ViewOptions) -> int:
     from .window import MainWindow
 
+    from diffrecon.runtime import resolve_device
+
     choose_platform(options)
+    device = resolve_device(options.device).type  # --device cuda without a GPU: one sentence, before any window
     reserve_a_core_for_the_gui(options.threads_chosen)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("diffrecon")
     app.setOrganizationName("diffrecon")
     dark_palette(app)
     window = MainWindow(QSettings("diffrecon", "viewer"))
+    window.runner.device = device
     window.resize(*options.size)
     window.show()
     outcome = {"code": 0}

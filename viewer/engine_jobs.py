@@ -40,8 +40,11 @@ class RunRequest:
     options: DiffusionOptions = field(default_factory=DiffusionOptions)
     model: Path | None = None
     batch_size: int = 4
+    device: str = "cpu"  # "cpu" or "cuda", resolved
 
     def provenance(self) -> dict:
+        from diffrecon.runtime import describe_device
+
         return {
             "settings": self.settings.to_dict(),
             "simulate": self.simulate,
@@ -49,6 +52,7 @@ class RunRequest:
             "baseline": self.baseline,
             "diffusion": self.options.to_dict(),
             "model": None if self.model is None else str(self.model),
+            "device": describe_device(self.device),
         }
 
 
@@ -132,7 +136,7 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
     start = time.perf_counter()
     methods = [request.baseline] if request.baseline else []
     run = ReconRequest(volume, request.settings, methods, simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size)
+                       batch_size=request.batch_size, device=request.device)
     if cancelled():
         return
     reference = None
@@ -178,7 +182,7 @@ def diffusion_frames(volume: Volume, request: RunRequest, cancelled: Cancelled) 
     yield JobPhase(f"loading the prior {request.model.stem}")
     hot_start_from = request.baseline or modalities.get(request.settings.modality).hot_start_baseline
     run = ReconRequest(volume, request.settings, [DIFFUSION], simulate=request.simulate, slices=list(request.slices),
-                       batch_size=request.batch_size, frames=True,
+                       batch_size=request.batch_size, frames=True, device=request.device,
                        diffusion=DiffusionSetup(cached_prior(request.model), request.options, hot_start_from))
     if cancelled():
         return

@@ -55,6 +55,7 @@ class RunController(QObject):
         self._ok = True
         self._closed = False
         self.last_stats: dict[str, float] = {}
+        self.device = "cpu"  # where runs compute (diffrecon view --device; run_viewer sets it)
 
     @property
     def running(self) -> bool:
@@ -114,6 +115,7 @@ class RunController(QObject):
                 settings=c.measurement_settings(), simulate=c.simulate.isChecked(),
                 slices=processing_order(s.n_slices, s.slice_index, c.whole_volume), baseline=c.baseline_method,
                 options=c.diffusion_options(), model=c.model_path, batch_size=4 if c.whole_volume else 1,
+                device=self.device,
             )
         except DiffreconError as exc:
             self.w.show_status(str(exc), error=True)

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..baselines import default_params, finish, solve_tv, warm_start
