@@ -41,6 +41,7 @@ from .errors import SettingsError
 from .io.volume import Volume
 from .measurements import MeasurementSettings, ProblemSource, ReconProblem
 from .metrics import evaluate, evaluate_slices
+from .runtime import describe_device
 
 if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is used
     from .diffusion.checkpoint import Prior
@@ -181,6 +182,7 @@ class ReconRequest:
     diffusion: DiffusionSetup | None = None
     batch_size: int = 8
     frames: bool = False
+    device: str = "cpu"  # where the methods run ("cpu", "cuda"; runtime.resolve_device resolves "auto")
 
     def __post_init__(self) -> None:
         self.methods = tuple(dict.fromkeys(self.methods))
@@ -199,6 +201,7 @@ class ReconRequest:
             "params": {m: dict(p) for m, p in self.params.items() if m in self.methods},
             "model": self.diffusion.describe() if self.diffusion is not None and DIFFUSION in self.methods else None,
             "threads": torch.get_num_threads(),
+            "device": describe_device(self.device),
         }
 
 
@@ -310,17 +313,19 @@ class Reconstruction:
         clock = _Stopwatch()
         started = time.perf_counter()
         total_steps, done_steps = self.total_steps(), 0
+        device = torch.device(request.device)
         for problem in source.batches(request.batch_size):
             observed = scores.add_problem(problem)
             reference = None if problem.reference is None else source.to_volume_units(problem.reference)
             yield MeasurementsReady(source, problem, observed, reference)
+            problem = _on_device(problem, device)  # events and scores get CPU tensors back
             images: dict[str, np.ndarray] = {}
             stds: dict[str, np.ndarray] = {}
             for m in methods:
                 since = time.perf_counter()
                 if m != DIFFUSION:
                     with torch.inference_mode():
-                        x = solve(m, problem, request.params.get(m))
+                        x = solve(m, problem, request.params.get(m)).cpu()
                     clock.add(m, since)
                     images[m], _ = scores.add(m, x)
                     yield BaselineReady(m, problem.slices, images[m], x, clock.seconds[m])
@@ -356,6 +361,8 @@ class Reconstruction:
         scale2 = self.sigma_scale**2
         try:
             for frame in frames:
+                if frame.x0.device.type != "cpu":
+                    frame = _frame_on_cpu(frame)
                 if frame.variance is not None and scale2 != 1.0:  # σ_cal = scale σ, in every frame shown
                     frame = replace(frame, variance=frame.variance * scale2)
                 yield frame
@@ -510,6 +517,24 @@ def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], Non
         elif isinstance(event, Summary):
             return event.run
     raise AssertionError("a reconstruction always ends with its summary")
+
+
+def _on_device(problem: ReconProblem, device: torch.device) -> ReconProblem:
+    """The problem's tensors on ``device`` (operators move their own tables on first use)."""
+    if problem.y.device == device:
+        return problem
+    from dataclasses import replace
+
+    reference = None if problem.reference is None else problem.reference.to(device)
+    return replace(problem, y=problem.y.to(device), observed=problem.observed.to(device), reference=reference)
+
+
+def _frame_on_cpu(frame: "ReconFrame") -> "ReconFrame":
+    """A GPU frame's images on the CPU, as every consumer of the events expects them."""
+    from dataclasses import replace
+
+    return replace(frame, x_t=frame.x_t.cpu(), x0=frame.x0.cpu(),
+                   variance=None if frame.variance is None else frame.variance.cpu())
 
 
 def _magnitude(x: torch.Tensor) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -81,16 +82,38 @@ def resolve_device(name: str | None = "auto"):
 
 
 def describe_device(device) -> dict:
-    """What outputs record about the device: its type, name and the network precision."""
+    """What outputs record about the device: its type, name and the network's precision
+    (bf16 autocast where bf16 is native, :func:`bf16_is_fast`; float32 elsewhere)."""
     import torch
 
     device = torch.device(device)
-    facts = {"device": device.type, "autocast": "bfloat16"}
+    facts = {"device": device.type, "autocast": "bfloat16" if bf16_is_fast(device.type) else "float32"}
     if device.type == "cuda":
         facts["device_name"] = torch.cuda.get_device_name(device)
     else:
         facts["threads"] = torch.get_num_threads()
     return facts
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_is_fast(device_type: str = "cpu") -> bool:
+    """Whether bf16 arithmetic is native on this device.
+
+    On a CPU without AVX-512 BF16 or AMX (e.g. an AVX2-only machine), oneDNN emulates bf16
+    and a UNet forward is about 25x *slower* than float32 (measured: 4.3 s float32 against
+    over 115 s bf16 for a batch of 16 at 64x64 on one AVX2 core). So bf16 is only used where
+    the hardware has it.
+    """
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def keep_freed_memory() -> bool:

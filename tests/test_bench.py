@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_one_sentence_error, make_phantom
 from scipy.stats import ttest_rel
 from tiny_priors import save_tiny_prior, train_tiny_prior
@@ -15,6 +16,7 @@ from diffrecon.bench import parse_methods, parse_settings, parse_steps
 from diffrecon.bench.statistics import paired_comparisons, summarise
 from diffrecon.errors import SettingsError
 from diffrecon.io import load_volume, save_volume
+from diffrecon.io.sidecar import sidecar_path
 from diffrecon.io.volume import Volume
 
 
@@ -121,6 +123,10 @@ def test_quick_bench_writes_every_part_of_the_report(cli, tmp_path, tiny_prior_f
                             "diffusion-ddim-projection.nii.gz"])
     truth = load_volume(case / "ground-truth.nii.gz").data
     assert truth.shape == (1, 24, 24) and np.allclose(truth[0], make_phantom(3, 24, 24)[1], atol=1e-5)
+    # where it ran (--device auto: the CPU on a machine without CUDA), in the results and every case file
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert results["environment"]["device"]["device"] == expected
+    assert json.loads(sidecar_path(case / "tv.nii.gz").read_text())["device"]["device"] == expected
 
     # same seed: the same scores, slice by slice
     again = cli(*args[:-1], tmp_path / "again")

@@ -54,11 +54,12 @@ def test_a_scripted_run_stays_open_until_asked_to_exit(tmp_path, mr_nifti, tiny_
 
 def test_exit_and_report_write_the_metrics(tmp_path, mr_nifti, tiny_prior):
     report = tmp_path / "runs" / "report.json"
-    result = subprocess.run(_view_args(mr_nifti, tiny_prior) + ["--exit", "--report", str(report)],
+    result = subprocess.run(_view_args(mr_nifti, tiny_prior) + ["--exit", "--report", str(report), "--device", "cpu"],
                             env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert str(report) in result.stdout
     data = json.loads(report.read_text())
+    assert data["device"]["device"] == "cpu" and data["device"]["autocast"] in ("float32", "bfloat16")
     assert data["completed"] is True and data["command"] == "diffrecon view --run"
     assert set(data["metrics"]) == {"input", "diffusion", "baseline"}
     assert data["diffusion"]["steps"] == 2 and data["model"].endswith("tiny-mri.safetensors")

@@ -54,6 +54,7 @@ class ViewOptions:
     preset: str | None = None
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
+    device: str = "auto"  # --device: auto (CUDA when present), cpu, cuda
 
     def choices(self) -> RunChoices:
         """The settings of the run, as the Qt-free request builder takes them."""
@@ -166,7 +167,10 @@ def choose_qt_platform(scripted: bool, how_to_script: str) -> None:
 def run_viewer(options: ViewOptions) -> int:
     from .window import MainWindow
 
+    from diffrecon.runtime import resolve_device
+
     choose_platform(options)
+    device = resolve_device(options.device).type  # --device cuda without a GPU: one sentence, before any window
     reserve_a_core_for_the_gui(options.threads_chosen)
     # Workers hand Python's GIL over every 1 ms instead of 5: a repaint of the panes (Python
     # calls between Qt's) waits less for it while the sampler and a baseline run.
@@ -176,6 +180,7 @@ def run_viewer(options: ViewOptions) -> int:
     app.setOrganizationName("diffrecon")
     dark_palette(app)
     window = MainWindow(QSettings("diffrecon", "viewer"))
+    window.runner.device = device
     window.resize(*options.size)
     window.show()
     outcome = {"code": 0}

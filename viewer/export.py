@@ -40,7 +40,7 @@ def _run_record(session: Session, command: str) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "input": None if session.path is None else str(session.path),
-        **{key: run.get(key) for key in ("settings", "simulate", "diffusion", "model", "slices")},
+        **{key: run.get(key) for key in ("settings", "simulate", "diffusion", "model", "slices", "device")},
         **{key: run[key] for key in ("sigma_units", "sigma_calibration", "out_of_domain") if key in run},
     }
 

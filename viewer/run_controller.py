@@ -11,6 +11,7 @@ cannot flood the event loop; the responsiveness meter runs while sampling.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -56,6 +57,7 @@ class RunController(QObject):
         self._ok = True
         self._closed = False
         self.last_stats: dict[str, float] = {}
+        self.device = "cpu"  # where runs compute (diffrecon view --device; run_viewer sets it)
 
     def attach(self, session: Session | None) -> None:
         """Work on this scan from now on (a newly opened one): the old scan's jobs stop."""
@@ -115,6 +117,8 @@ class RunController(QObject):
             self.status.emit("Open a scan first.", True)
             return False
         self.cancel(quiet=True, restarting=True)
+        if request.device != self.device:  # diffrecon view --device: every run computes there
+            request = replace(request, device=self.device)
         self.inputs.cancel()  # the run sends its own inputs; the preview resumes when it ends
         self._input_args = (request.settings, request.simulate)
         s.clear_results()

@@ -171,8 +171,11 @@ class RunRequest:
     options: DiffusionOptions = field(default_factory=DiffusionOptions)
     model: Path | None = None
     batch_size: int = 4
+    device: str = "cpu"  # "cpu" or "cuda", resolved (diffrecon view --device)
 
     def provenance(self) -> dict:
+        from diffrecon.runtime import describe_device
+
         return {
             "settings": self.settings.to_dict(),
             "simulate": self.simulate,
@@ -180,6 +183,7 @@ class RunRequest:
             "baseline": self.baseline,
             "diffusion": self.options.to_dict(),
             "model": None if self.model is None else str(self.model),
+            "device": describe_device(self.device),
         }
 
     @property
@@ -189,12 +193,12 @@ class RunRequest:
     def baseline_request(self, volume) -> ReconRequest:
         """The engine request of the baseline job (the measured input and the baseline, scored)."""
         return ReconRequest(volume, self.settings, [self.baseline] if self.baseline else [], simulate=self.simulate,
-                            slices=list(self.slices), batch_size=self.batch_size)
+                            slices=list(self.slices), batch_size=self.batch_size, device=self.device)
 
     def diffusion_request(self, volume, prior) -> ReconRequest:
         """The engine request of the diffusion job, streaming every sampling step."""
         return ReconRequest(volume, self.settings, [DIFFUSION], simulate=self.simulate, slices=list(self.slices),
-                            batch_size=self.batch_size, frames=True,
+                            batch_size=self.batch_size, frames=True, device=self.device,
                             diffusion=DiffusionSetup(prior, self.options, self.hot_start_baseline))
 
 

@@ -23,6 +23,7 @@ and an ultrasound B-mode result is re-referenced to its own brightest pixel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pywt
@@ -32,7 +33,7 @@ from ..errors import SettingsError
 from ..physics.base import LinearOperator
 from .defaults import default_params
 from .denoise import bm3d_denoise, median_denoise, rereference_bmode
-from .tv import tv_denoise, tv_reconstruct
+from .tv import tv_denoise, tv_reconstruct, tv_reconstruct_fista
 from .wavelet import l1_wavelet_reconstruct
 
 METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d")
@@ -47,7 +48,7 @@ METHODS_FOR_MODALITY: dict[str, tuple[str, ...]] = {
 PARAMETERS: dict[str, tuple[str, ...]] = {
     "zero-filled": (),
     "fbp": ("filter",),
-    "tv": ("lam", "iters"),
+    "tv": ("lam", "iters", "solver", "lam_start"),
     "l1-wavelet": ("lam", "iters", "levels", "wavelet"),
     "median": ("size",),
     "bm3d": ("sigma", "sigma_scale"),
@@ -101,7 +102,7 @@ def run_baseline(
         return finish(tv_denoise(y, lam, iters=iters), modality, y)
     x0 = warm_start(operator, y, modality, noise_level)
     if method == "tv":
-        return finish(tv_reconstruct(operator, y, lam, iters=iters, x0=x0), modality, y)
+        return finish(solve_tv(operator, y, modality, settings, x0=x0), modality, y)
     return finish(
         l1_wavelet_reconstruct(
             operator, y, lam, iters=iters, x0=x0, levels=settings.get("levels"), wavelet=settings.get("wavelet", "db4")
@@ -109,6 +110,30 @@ def run_baseline(
         modality,
         y,
     )
+
+
+TV_SOLVERS = ("pdhg", "fista")
+
+
+def solve_tv(
+    operator: LinearOperator,
+    y: torch.Tensor,
+    modality: str,
+    settings: dict[str, Any],
+    *,
+    x0: torch.Tensor | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """TV reconstruction with ``settings`` (``lam``, ``iters``, optionally ``solver`` and
+    ``lam_start``): PDHG by default, FISTA where the tuned defaults say so (CT, where the
+    attenuation is also kept non-negative). The one place run_baseline and the tuning meet."""
+    lam, iters = float(settings["lam"]), int(settings["iters"])
+    if settings.get("solver", "pdhg") == "fista":
+        return tv_reconstruct_fista(
+            operator, y, lam, iters=iters, x0=x0, nonnegative=modality == "ct",
+            lam_start=settings.get("lam_start"), callback=callback,
+        )
+    return tv_reconstruct(operator, y, lam, iters=iters, x0=x0, callback=callback)
 
 
 #: numeric parameters: (type, bound, whether the bound itself is allowed)
@@ -119,6 +144,7 @@ _NUMERIC: dict[str, tuple[type, float, bool]] = {
     "size": (int, 1, True),
     "sigma": (float, 0.0, True),  # 0: estimate it from the image
     "sigma_scale": (float, 0.0, False),
+    "lam_start": (float, 0.0, False),
 }
 
 
@@ -139,6 +165,8 @@ def _checked(method: str, params: dict[str, Any]) -> dict[str, Any]:
             limit = "at least" if inclusive else "above"
             raise SettingsError(f"{method}'s {key} must be {limit} {bound:g}; got {value!r}.")
         out[key] = number
+    if "solver" in params and params["solver"] not in TV_SOLVERS:
+        raise SettingsError(f"{method}'s solver must be one of {', '.join(TV_SOLVERS)}, not {params['solver']!r}.")
     if "wavelet" in params and not _is_orthogonal_wavelet(params["wavelet"]):
         raise SettingsError(
             f"{method}'s wavelet must be an orthogonal one such as db4, haar or sym8, not {params['wavelet']!r}."
@@ -174,4 +202,4 @@ def finish(x: torch.Tensor, modality: str, y: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["METHODS", "METHODS_FOR_MODALITY", "PARAMETERS", "default_params", "finish", "run_baseline", "warm_start"]
+__all__ = ["METHODS", "METHODS_FOR_MODALITY", "PARAMETERS", "default_params", "finish", "run_baseline", "solve_tv", "warm_start"]

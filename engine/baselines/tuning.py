@@ -37,9 +37,10 @@ from ..datasets import load_dataset, object_fraction, training_blocks
 from ..io.volume import Volume
 from ..measurements import MeasurementSettings, ProblemSource, ReconProblem
 from ..metrics import evaluate, format_table
-from . import METHODS_FOR_MODALITY, finish, warm_start
+from . import METHODS_FOR_MODALITY, finish, solve_tv, warm_start
+from .defaults import default_params
 from .denoise import bm3d_available, bm3d_denoise, median_denoise
-from .tv import tv_denoise, tv_reconstruct
+from .tv import tv_denoise
 from .wavelet import l1_wavelet_reconstruct
 
 DATASET_FOR = {"mri": "colin27", "ct": "cranium", "denoise": "colin27", "ultrasound": "colin27"}
@@ -93,37 +94,47 @@ IterativeRun = Callable[[float, int, Callable[[int, torch.Tensor], None]], torch
 
 
 def _iterative_rows(method: str, run: IterativeRun, lams: Iterable[float], iters: Iterable[int],
-                    extra: dict[str, Any], source: ProblemSource, problem: ReconProblem) -> list[dict[str, Any]]:
-    """One run per weight; the image is scored at every checkpoint in ``iters``."""
+                    extra: dict[str, Any], source: ProblemSource, problem: ReconProblem,
+                    *, run_per_checkpoint: bool = False) -> list[dict[str, Any]]:
+    """One run per weight; the image is scored at every checkpoint in ``iters``.
+
+    ``run_per_checkpoint``: one run per iteration count instead, for solvers whose schedule
+    depends on the count (FISTA's continuation), so an early iterate is not what that many
+    iterations give."""
     checkpoints = sorted({int(i) for i in iters})
     rows = []
     for lam in lams:
-        snapshots: dict[int, torch.Tensor] = {}
+        for ends in ([[c] for c in checkpoints] if run_per_checkpoint else [checkpoints]):
+            snapshots: dict[int, torch.Tensor] = {}
 
-        def keep(k: int, x: torch.Tensor, snapshots: dict[int, torch.Tensor] = snapshots) -> None:
-            if k + 1 in checkpoints:
-                snapshots[k + 1] = x.clone()
+            def keep(k: int, x: torch.Tensor, snapshots: dict[int, torch.Tensor] = snapshots,
+                     ends: list[int] = ends) -> None:
+                if k + 1 in ends:
+                    snapshots[k + 1] = x.clone()
 
-        start = time.perf_counter()
-        run(lam, checkpoints[-1], keep)
-        seconds = (time.perf_counter() - start) / problem.y.shape[0]
-        for it in checkpoints:
-            x = finish(snapshots[it], problem.modality, problem.y)
-            rows.append({"method": method, "lam": lam, "iters": it, **extra, **_score(source, problem, x),
-                         "seconds_per_slice": seconds * it / checkpoints[-1]})
+            start = time.perf_counter()
+            run(lam, ends[-1], keep)
+            seconds = (time.perf_counter() - start) / problem.y.shape[0]
+            for it in ends:
+                x = finish(snapshots[it], problem.modality, problem.y)
+                rows.append({"method": method, "lam": lam, "iters": it, **extra, **_score(source, problem, x),
+                             "seconds_per_slice": seconds * it / ends[-1]})
     return rows
 
 
 def tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, methods: Iterable[str],
          lams: Iterable[float] | None = None, iters: Iterable[int] = ITERS,
-         levels: Iterable[int] = (2, 3, 4)) -> list[dict[str, Any]]:
-    """Every grid point of every method, as rows of metrics."""
+         levels: Iterable[int] = (2, 3, 4), tv_solvers: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every grid point of every method, as rows of metrics. ``tv_solvers`` (``pdhg``, ``fista``)
+    default to the task's tuned solver, with its other settings (``lam_start``)."""
     with torch.no_grad():  # scoped: a library call must not switch autograd off for its caller
-        return _tune(modality, slices, settings, methods=methods, lams=lams, iters=iters, levels=levels)
+        return _tune(modality, slices, settings, methods=methods, lams=lams, iters=iters, levels=levels,
+                     tv_solvers=tv_solvers)
 
 
 def _tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, methods: Iterable[str],
-          lams: Iterable[float] | None, iters: Iterable[int], levels: Iterable[int]) -> list[dict[str, Any]]:
+          lams: Iterable[float] | None, iters: Iterable[int], levels: Iterable[int],
+          tv_solvers: Iterable[str] | None = None) -> list[dict[str, Any]]:
     source, problem = make_problem(modality, slices, settings)
     op, y, sigma = problem.operator, problem.y, problem.noise_level
     denoising = modality in ("denoise", "ultrasound")
@@ -151,8 +162,16 @@ def _tune(modality: str, slices: np.ndarray, settings: MeasurementSettings, *, m
             rows += _iterative_rows("tv", lambda lam, n, cb: tv_denoise(y, lam, iters=n, callback=cb),
                                     lams, iters, {}, source, problem)
         elif method == "tv":
-            rows += _iterative_rows("tv", lambda lam, n, cb: tv_reconstruct(op, y, lam, iters=n, x0=x0, callback=cb),
-                                    lams, iters, {}, source, problem)
+            tuned = default_params("tv", modality, op, sigma)
+            for solver in tv_solvers or [tuned.get("solver", "pdhg")]:
+                fixed = {k: v for k, v in tuned.items() if k not in ("lam", "iters")} | {"solver": solver}
+
+                def run_tv(lam: float, n: int, cb: Callable[[int, torch.Tensor], None],
+                           fixed: dict[str, Any] = fixed) -> torch.Tensor:
+                    return solve_tv(op, y, modality, {**fixed, "lam": lam, "iters": n}, x0=x0, callback=cb)
+
+                rows += _iterative_rows("tv", run_tv, lams, iters, {"solver": solver}, source, problem,
+                                        run_per_checkpoint=solver == "fista")
         elif method == "l1-wavelet":
             for level in levels:
                 rows += _iterative_rows(
@@ -196,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", help="comma-separated weights (default: a log grid)")
     p.add_argument("--iters", default=",".join(str(i) for i in ITERS), help="iteration checkpoints")
     p.add_argument("--levels", default="2,3,4", help="wavelet levels to try")
+    p.add_argument("--tv-solvers", help="comma-separated TV solvers to compare: pdhg, fista (default: the tuned one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -212,14 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         args.modality, slices, settings, methods=methods,
         lams=[float(v) for v in args.lams.split(",")] if args.lams else None,
         iters=[int(v) for v in args.iters.split(",")], levels=[int(v) for v in args.levels.split(",")],
+        tv_solvers=args.tv_solvers.split(",") if args.tv_solvers else None,
     )
-    columns = ("method", "filter", "size", "sigma_scale", "levels", "lam", "iters", "psnr", "ssim", "seconds_per_slice")
+    columns = ("method", "solver", "filter", "size", "sigma_scale", "levels", "lam", "iters", "psnr", "ssim", "seconds_per_slice")
     used = tuple(c for c in columns if any(c in r for r in rows))
     print(format_table(rows, used))
     print(f"\nchosen per method (fewest iterations within {PSNR_TOLERANCE_DB} dB of the best PSNR and "
           f"{SSIM_TOLERANCE} of the best SSIM):")
     for method, row in best_per_method(rows).items():
-        keys = ("filter", "size", "sigma_scale", "levels", "lam", "iters")
+        keys = ("solver", "filter", "size", "sigma_scale", "levels", "lam", "iters")
         settings_text = ", ".join(f"{k}={row[k]}" for k in keys if k in row)
         print(f"  {method:<11} {settings_text:<40} PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}")
     return 0

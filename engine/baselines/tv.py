@@ -15,6 +15,11 @@ power-iteration estimate of ``||A||`` (cached per operator and image shape), so 
 ``||K||² <= 1 + 8`` whatever the physics (an MRI operator has ``||A|| = 1``, a Radon
 transform hundreds) and the same step-size rule works for all (see :func:`_step_sizes`).
 
+CT uses :func:`tv_reconstruct_fista` instead: accelerated proximal gradient (FISTA) with the
+non-negativity of attenuation and a decreasing TV weight (continuation). On 60-view head
+CT it passes PDHG's 300-iteration PSNR in 100 iterations, each costing the same one
+``A`` and one ``Aᴴ`` (figures in :mod:`.defaults`).
+
 Denoising (``A = I``) uses the accelerated variant (Chambolle & Pock's Algorithm 2): the
 data term ``1/2 ||x - y||²`` is strongly convex, which gives O(1/k²) convergence.
 
@@ -165,6 +170,70 @@ def tv_reconstruct(
             x_next = x - tau * (operator.A_adjoint(p) / norm - divergence(q))
             x_bar = 2.0 * x_next - x
             x = x_next
+            if callback is not None:
+                callback(k, x)
+        return x
+
+
+def tv_reconstruct_fista(
+    operator: LinearOperator,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    iters: int = 100,
+    x0: torch.Tensor | None = None,
+    nonnegative: bool = False,
+    lam_start: float | None = None,
+    continuation: float = 0.8,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The same TV problem as :func:`tv_reconstruct` (plus ``x >= 0`` with ``nonnegative``) by FISTA.
+
+    Each iteration is a gradient step on the data term (step ``1/||A||²``, Beck & Teboulle
+    2009, with O'Donoghue & Candès' adaptive restart) and the prox of TV, evaluated
+    inexactly by one projected-gradient step on its dual (Chambolle 2004) from the previous
+    iteration's dual: the dual moves little between iterations, so one step suffices (more
+    inner steps changed the 60-view CT result by < 0.01 dB). ``lam_start`` (relative, like
+    ``lam``) begins with a larger TV weight that decays geometrically to ``lam`` over the
+    first ``continuation`` fraction of the iterations: early iterations then remove
+    streaks instead of fitting them (noiseless sparse-view CT: +1.5 dB at 100 iterations).
+    Each iteration applies ``A`` and ``Aᴴ`` once, as a PDHG iteration does.
+    """
+    if lam <= 0:
+        raise ValueError(f"the TV weight must be positive; got {lam}")
+    with torch.no_grad():
+        adjoint_y = operator.A_adjoint(y)
+        norm = operator_norm(operator, adjoint_y) * NORM_SAFETY
+        if norm == 0:
+            return torch.zeros_like(adjoint_y)
+        y_n = y / norm  # A' = A/norm has ||A'|| <= 1: the gradient step is 1
+        weight = lam * regularization_scale(operator, y).flatten() / norm**2
+        boost = max(1.0, (lam_start or lam) / lam)
+        ramp = max(1, round(continuation * iters))
+
+        x = adjoint_y / norm**2 if x0 is None else x0.to(adjoint_y.dtype).clone()
+        if nonnegative:
+            x = x.clamp_min(0.0)
+        z, t = x.clone(), 1.0
+        q = torch.zeros_like(gradient(x))  # the TV prox's dual, carried over iterations
+
+        def prox(v: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+            nonlocal q
+            inner = v + divergence(q)
+            q = _project_to_ball(q + gradient(inner.clamp_min(0.0) if nonnegative else inner) / GRADIENT_NORM_SQUARED,
+                                 radius)
+            out = v + divergence(q)
+            return out.clamp_min(0.0) if nonnegative else out
+
+        for k in range(iters):
+            step = operator.A_adjoint(operator.A(z) / norm - y_n) / norm
+            radius = weight * boost ** max(0.0, 1.0 - k / ramp)
+            x_next = prox(z - step, radius)
+            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+            if float(((z - x_next).conj() * (x_next - x)).real.sum()) > 0:  # momentum points uphill: restart
+                t_next = t = 1.0
+            z = x_next + ((t - 1.0) / t_next) * (x_next - x)
+            x, t = x_next, t_next
             if callback is not None:
                 callback(k, x)
         return x

@@ -23,7 +23,8 @@ from .tasks import MethodSpec, Task
 
 
 def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], methods: list[MethodSpec], prior, *,
-                  out: Path, seed: int, samples: int, quick: bool, command: str | None = None) -> dict[str, Any]:
+                  out: Path, seed: int, samples: int, quick: bool, command: str | None = None,
+                  device: str = "cpu") -> dict[str, Any]:
     """The results dictionary; the figures are written under ``out`` and listed in it."""
     summary = summarise(run.rows)
     classical = [m.label for m in methods if not m.is_diffusion]
@@ -52,7 +53,7 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
                   "slices_text": _ranges(d.slices),
                   "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
         "model": model_description(prior),
-        "environment": environment(),
+        "environment": environment(device),
         "per_slice": run.rows,
         "summary": summary,
         "comparisons": comparisons,
@@ -109,13 +110,15 @@ def model_description(prior) -> dict | None:
             "file_megabytes": round(path.stat().st_size / 1e6, 2) if path.is_file() else None}
 
 
-def environment() -> dict:
-    """What the timings ran on."""
+def environment(device: str = "cpu") -> dict:
+    """What the timings ran on (the device with the network's precision, :func:`describe_device`)."""
     import torch
+
+    from ..runtime import describe_device
 
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "device": describe_device(device)}
 
 
 def _slug(text: str) -> str:

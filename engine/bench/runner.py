@@ -130,13 +130,14 @@ def run_bench(
     ablation_slices: int = 2,
     quick: bool = False,
     progress: Callable[[str], object] | None = None,
+    device: str = "cpu",
 ) -> BenchRun:
     """Score ``methods`` on every task x data x slice; ``progress(label)`` after each slice.
 
     ``grid_slices`` slices of each task (from the first data set) keep their images for
     the PNG grids. ``ablation_steps`` reruns the first diffusion method of the first task
     at each step count, on the first ``ablation_slices`` slices of the first data set
-    (1000 steps cost 40x the 25 of the main run).
+    (1000 steps cost 40x the 25 of the main run). Every method runs on ``device``.
     """
     modality = tasks[0].modality
     setups = _diffusion_setups(methods, prior, modality, seed, samples, quick)
@@ -151,12 +152,12 @@ def run_bench(
             for s_index, s in enumerate(d.slices):
                 outcomes: dict[str, tuple[ReconRun, str]] = {}
                 if classical:
-                    result = run_to_end(_one_slice(d, settings, s, classical))
+                    result = run_to_end(_one_slice(d, settings, s, classical, device=device))
                     for m in methods:
                         if not m.is_diffusion:
                             outcomes[m.label] = (result, m.base)
                 for label, setup in setups.items():
-                    outcomes[label] = (run_to_end(_one_slice(d, settings, s, [DIFFUSION], setup)), DIFFUSION)
+                    outcomes[label] = (run_to_end(_one_slice(d, settings, s, [DIFFUSION], setup, device=device)), DIFFUSION)
                 first = next(iter(outcomes.values()))[0]
                 rows = _rows(task, d, s, first, outcomes, show_input)
                 run.rows += rows
@@ -171,14 +172,15 @@ def run_bench(
                     progress(f"{task.label} {d.label}:{s}")
     if ablation_steps:
         run.ablation = _ablation(data[0], tasks[0], methods, setups, ablation_steps, seed, quick, progress,
-                                 slices=data[0].slices[: max(1, ablation_slices)])
+                                 slices=data[0].slices[: max(1, ablation_slices)], device=device)
     return run
 
 
 def _one_slice(d: BenchData, settings: MeasurementSettings, s: int, methods: list[str],
-               diffusion: DiffusionSetup | None = None) -> ReconRequest:
+               diffusion: DiffusionSetup | None = None, *, device: str = "cpu") -> ReconRequest:
     """The run of ``methods`` on slice ``s`` of ``d``, simulated."""
-    return ReconRequest(d.volume, settings, methods, simulate=True, slices=[s], diffusion=diffusion, batch_size=1)
+    return ReconRequest(d.volume, settings, methods, simulate=True, slices=[s], diffusion=diffusion, batch_size=1,
+                        device=device)
 
 
 def input_is_a_method(modality: str, methods: list[MethodSpec]) -> bool:
@@ -238,7 +240,8 @@ def _write_case(cases_dir: Path, task: Task, d: BenchData, s: int, images: Slice
     """One folder per case: ground truth, input and every method as single-slice NIfTI."""
     folder = cases_dir / case_name(task, d, s)
     one = d.volume.select_slices([s])
-    provenance_base = {"task": task.label, "data": d.label, "slice": int(s)}
+    device = next(iter(outcomes.values()))[0].provenance.get("device") if outcomes else None
+    provenance_base = {"task": task.label, "data": d.label, "slice": int(s), "device": device}
     save_volume(one.derived(images.ground_truth[None]), folder / f"{GROUND_TRUTH}.nii.gz",
                 provenance={**provenance_base, "method": GROUND_TRUTH})
     for label, image in images.images.items():
@@ -253,7 +256,7 @@ def _write_case(cases_dir: Path, task: Task, d: BenchData, s: int, images: Slice
 
 
 def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick, progress, *,
-              slices: list[int]) -> list[dict[str, Any]]:
+              slices: list[int], device: str = "cpu") -> list[dict[str, Any]]:
     """PSNR and seconds against the number of sampling steps (first diffusion method, first task)."""
     from dataclasses import replace
 
@@ -268,7 +271,7 @@ def _ablation(d: BenchData, task: Task, methods, setups, steps_list, seed, quick
     for n in steps_list:
         variant = DiffusionSetup(setup.prior, replace(setup.options, steps=n), setup.baseline)
         for s in slices:
-            o = run_to_end(_one_slice(d, settings, s, [DIFFUSION], variant)).outcomes[DIFFUSION]
+            o = run_to_end(_one_slice(d, settings, s, [DIFFUSION], variant, device=device)).outcomes[DIFFUSION]
             out.append({"task": task.label, "data": d.label, "slice": int(s), "method": label, "steps": n,
                         **_metrics(o.metrics), "seconds": round(o.seconds, 4)})
             if progress is not None:

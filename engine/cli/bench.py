@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffreconError
-from .choices import MODALITIES
+from .choices import DEVICES, MODALITIES
 
 
 def default_data(modality: str) -> list[str]:
@@ -65,6 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="two slices, 3 diffusion steps: checks that the whole report is produced, in seconds; "
                         "its figures mean nothing (diffusion with 3 steps scores below its own input)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(run=run)
 
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     ablation_steps = parse_steps(args.ablation)
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")
+    from ..runtime import resolve_device
+
+    device = resolve_device(args.device)
     prior = _prior(args, modality, any(m.is_diffusion for m in methods))
     if args.slices_per_subject < 1:
         raise SettingsError("--slices-per-subject must be at least 1")
@@ -130,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
                          grid_slices=1 if args.quick else args.grid_slices,
                          cases_dir=None if args.no_cases else out / "cases", ablation_steps=ablation_steps,
                          ablation_slices=ablation_slices,
-                         quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
+                         quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update()),
+                         device=device.type)
 
     results = build_results(run_, data, tasks, methods, prior, out=out, seed=args.seed, samples=args.samples,
-                            quick=args.quick, command=getattr(args, "command_line", None))
+                            quick=args.quick, command=getattr(args, "command_line", None), device=device.type)
     json_path, md_path = write_results(out, results)
     _print_summary(results["summary"])
     if args.quick:  # repeated under the table, where the eye lands

@@ -20,11 +20,12 @@ from .. import __version__
 from ..errors import DiffreconError, SettingsError, VolumeReadError
 from ..io import load_volume, save_volume
 from ..io.loader import file_suffix
-from ..runtime import thread_settings
+from ..runtime import resolve_device, thread_settings
 from ..slices import slice_indices
 from .choices import (
     ADAPT_PARAMETERS,
     CLASSICAL_METHODS,
+    DEVICES,
     DIFFUSION,
     GUIDANCE,
     MASK_KINDS,
@@ -59,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for masks and noise (default 0)")
     p.add_argument("--series", help="which DICOM series, when a folder holds several")
     p.add_argument("--batch-size", type=int, default=8, help="slices solved together (default 8)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
     mri = p.add_argument_group("MRI")
     mri.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor, 2-12 (default 4)")
     mri.add_argument("--mask", choices=MASK_KINDS, default="random", help="sampling pattern (default random)")
@@ -143,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
     selection = slice_indices(args.slices, volume.n_slices)
     if args.batch_size < 1:
         raise SettingsError("--batch-size must be at least 1")
+    device = resolve_device(args.device)
     diffusion = _diffusion_setup(args, modality) if DIFFUSION in methods else None
     run = Reconstruction(ReconRequest(volume, settings, methods, simulate=args.simulate, slices=selection,
-                                      diffusion=diffusion, batch_size=args.batch_size))
+                                      diffusion=diffusion, batch_size=args.batch_size, device=device.type))
 
     from tqdm import tqdm
 
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         report = result.report()
         report["input"] = str(args.path)
         report.setdefault("threads", thread_settings())  # results reproduce bit for bit at one thread count
+        report["device"] = result.provenance["device"]
         report["outputs"] = [str(p) for p in written]
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -218,6 +223,7 @@ def _provenance(args: argparse.Namespace, result: ReconRun, method: str) -> dict
         "settings": result.settings,
         "slices": [int(s) for s in result.slices],
         "model": result.outcomes[method].model if method in result.outcomes else None,
+        "device": result.provenance.get("device"),
         # σ's units and the conformal scale applied to it, and the out-of-domain check (diffusion, K > 1)
         **({k: result.provenance[k] for k in ("sigma_units", "sigma_calibration", "out_of_domain")
             if k in result.provenance} if method == DIFFUSION else {}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .choices import GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
+from .choices import DEVICES, GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", type=int, help="slice to show and reconstruct (default: the middle one)")
     p.add_argument("--whole-volume", action="store_true", help="reconstruct every slice, not only the one shown")
     p.add_argument("--seed", type=int, help="seed for masks, noise and sampling (default 0)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where runs compute: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
     mri = p.add_argument_group("MRI")
     mri.add_argument("--acceleration", type=float, help="undersampling factor, 2-12 (default 4)")
     mri.add_argument("--mask", choices=MASK_KINDS, help="sampling pattern (default random)")
@@ -75,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask, views=args.views, dose=args.dose, noise_sigma=args.noise_sigma, steps=args.steps,
         samples=args.samples, sampler=args.sampler, guidance=args.guidance, seed=args.seed, slice=args.slice,
         model=args.model, baseline=args.baseline, whole_volume=args.whole_volume, layout=args.layout,
-        error_maps=args.error_maps, preset=args.preset, threads_chosen=args.threads is not None,
+        error_maps=args.error_maps, preset=args.preset, threads_chosen=args.threads is not None, device=args.device,
     )
     return run_viewer(options)

@@ -144,12 +144,15 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     schedule = prior.schedule
     own = _own_generator(options.seed)
 
+    device = y.device  # the problem's: the network, noise and sampler follow it
+
     def fresh_noise(item_shape: tuple[int, ...]) -> torch.Tensor:
-        """Standard normal noise; with ``symmetric`` the second half is the first half negated."""
+        """Standard normal noise; with ``symmetric`` the second half is the first half negated.
+        Drawn on the CPU on every device, so a seed gives the same starting noise on a GPU."""
         if not options.symmetric:
-            return torch.randn(item_shape, generator=own)
+            return torch.randn(item_shape, generator=own).to(device)
         half = torch.randn((item_shape[0] // 2, *item_shape[1:]), generator=own)
-        return torch.cat([half, -half])
+        return torch.cat([half, -half]).to(device)
 
     adaptation, tv_lam = None, 0.0
     if options.guidance == "dds-tv":
@@ -176,6 +179,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             x_init = mean * clean + std * x_init
 
     model: torch.nn.Module = prior.model
+    model.to(device=device)
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if options.adapt_steps > 0:
         from .scan_adaptation import ScanAdaptedModel, measurement_residual
@@ -193,7 +197,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
     sampler = make_sampler(options, schedule)
-    frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init,
+    frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init, device=device,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
     total = sampler.n_steps
     start = time.perf_counter()

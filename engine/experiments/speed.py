@@ -181,7 +181,7 @@ def _prior(modality: str, device: torch.device):
 
 
 def diffusion(device: torch.device, steps: int = 25, repeats: int = 1) -> dict[str, Any]:
-    from ..diffusion.frames import DiffusionOptions
+    from ..diffusion.options import DiffusionOptions
     from ..diffusion.reconstruction import reconstruct_to_end
     from .diffusion import CountingModel, forward_seconds
 
@@ -230,7 +230,7 @@ def _net_forward(prior, device: torch.device) -> None:
 
 def volumes(device: torch.device, slices: int, batch: int, steps: int = 25) -> dict[str, Any]:
     """Seconds per slice: ``slices`` MRI slices in network batches of ``batch`` vs one slice."""
-    from ..diffusion.frames import DiffusionOptions
+    from ..diffusion.options import DiffusionOptions
     from ..diffusion.reconstruction import reconstruct_to_end
 
     prior = _prior("mri", device)
@@ -247,7 +247,7 @@ def volumes(device: torch.device, slices: int, batch: int, steps: int = 25) -> d
         reconstruct_to_end(_to_device(_mri_problem(count), device), prior, options)
         done += count
     batched = (time.perf_counter() - start) / slices
-    return {"slices": slices, "batch": batch, "one_slice_s": single, "per_slice_in_volume_s": batched,
+    return {"slices": slices, "batch": batch, "steps": steps, "one_slice_s": single, "per_slice_in_volume_s": batched,
             "volume_over_single": batched / single}
 
 
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["tv"] = total_variation(device, repeats=1 if args.quick else args.repeats)
     _print_tv(report["tv"])
     if args.volume_slices:
-        report["volume"] = volumes(device, args.volume_slices, args.batch, args.steps)
+        report["volume"] = volumes(device, args.volume_slices, args.batch, args.volume_steps or args.steps)
         _print_volume(report["volume"])
     report["machine"]["load_average_after"] = os.getloadavg()[0]
     m = report["machine"]
@@ -332,7 +332,8 @@ def _print_tv(t: dict[str, Any]) -> None:
 
 
 def _print_volume(v: dict[str, Any]) -> None:
-    print(f"volume: {v['slices']} slices in batches of {v['batch']}: {v['per_slice_in_volume_s']:.2f} s/slice "
+    print(f"volume ({v['steps']} steps): {v['slices']} slices in batches of {v['batch']}: "
+          f"{v['per_slice_in_volume_s']:.2f} s/slice "
           f"against {v['one_slice_s']:.2f} s for one slice alone (x{v['volume_over_single']:.2f})")
 
 
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each diffusion and TV (median)")
     p.add_argument("--volume-slices", type=int, default=0, help="slices of the whole-volume figure (0: skip)")
     p.add_argument("--batch", type=int, default=8, help="slices per network batch for the volume figure")
+    p.add_argument("--volume-steps", type=int,
+                   help="sampling steps of the volume figure (default --steps; its ratio does not depend on them)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
