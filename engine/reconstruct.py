@@ -57,7 +57,7 @@ CALIBRATION_OBJECT_FRACTION = 0.05
 def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = None) -> torch.Tensor:
     """One method on one batch: a working-domain image ``(B, 1, H, W)``."""
     return run_baseline(method, problem.operator, problem.y, modality=problem.modality, params=params,
-                        noise_level=problem.noise_level)
+                        noise_level=problem.noise_level, slices=problem.slices)
 
 
 def default_prior_path(modality: str) -> Path:
@@ -299,6 +299,7 @@ class Reconstruction:
         clock = _Stopwatch()
         started = time.perf_counter()
         total_steps, done_steps = self.total_steps(), 0
+        finished: dict[int, torch.Tensor] = {}  # diffusion results by slice: the next batches' neighbours
         for problem in source.batches(request.batch_size):
             observed = scores.add_problem(problem)
             reference = None if problem.reference is None else source.to_volume_units(problem.reference)
@@ -315,7 +316,7 @@ class Reconstruction:
                     yield BaselineReady(m, problem.slices, images[m], x, clock.seconds[m])
                     continue
                 last = None
-                for last in self._diffusion(problem):
+                for last in self._diffusion(problem, finished):
                     clock.add(m, since)
                     done_steps += 1
                     if request.frames:
@@ -323,6 +324,7 @@ class Reconstruction:
                                              time.perf_counter() - started)
                     since = time.perf_counter()
                 assert last is not None  # at least one step always runs
+                finished.update({int(s): last.x0[i].detach() for i, s in enumerate(problem.slices)})
                 if last.adaptation is not None:  # what dds-tv chose for this batch, and why
                     scores.adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
                 images[m], std = scores.add(m, last.x0.detach(), None if last.variance is None else last.variance.detach())
@@ -331,8 +333,10 @@ class Reconstruction:
             yield SliceDone(problem.slices, images, stds)
         yield Summary(scores.run(clock.seconds, request))
 
-    def _diffusion(self, problem: ReconProblem) -> Generator[ReconFrame, None, None]:
-        """The diffusion method's frames on one batch (a hot start first solves its baseline)."""
+    def _diffusion(self, problem: ReconProblem, finished: dict[int, torch.Tensor] | None = None
+                   ) -> Generator[ReconFrame, None, None]:
+        """The diffusion method's frames on one batch (a hot start first solves its baseline);
+        ``finished``: earlier batches' results, which a 3D-consistent run ties this batch to."""
         from .diffusion.reconstruction import stream_reconstruction
 
         setup = self.request.diffusion
@@ -341,7 +345,7 @@ class Reconstruction:
         if setup.options.hot_start and setup.baseline is not None:
             with torch.inference_mode():
                 baseline = solve(setup.baseline, problem)
-        frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline)
+        frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline, neighbours=finished)
         try:
             yield from frames
         finally:

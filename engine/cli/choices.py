@@ -10,6 +10,6 @@ NOISE_MODELS = ("gaussian", "poisson", "gamma", "correlated")  # diffrecon.measu
 MASK_KINDS = ("random", "equispaced", "gaussian2d", "poisson")  # diffrecon.physics.masks.MASK_KINDS
 SAMPLERS = ("ddim", "ddpm", "sde")  # diffrecon.diffusion.samplers.SAMPLERS
 GUIDANCE = ("projection", "dds", "dds-tv", "dps")  # diffrecon.diffusion.guidance.GUIDANCE
-CLASSICAL_METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d")  # diffrecon.baselines.METHODS
+CLASSICAL_METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d", "tv-3d")  # diffrecon.baselines.METHODS
 DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
 DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES
