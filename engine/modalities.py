@@ -58,6 +58,10 @@ class Modality:
 
 
 _SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}
+#: 3D-consistent reconstruction (TV along the slice axis in the data-consistency step), as a
+#: multiple of the TV baseline's tuned weight, chosen on validation subjects
+#: (heudiconv-axasc35, cranium's held-out slab): resources/results/volume/README.md
+THROUGH_PLANE = {"mri": 1.0, "ct": 1.0}
 
 REGISTRY: dict[str, Modality] = {
     m.name: m
@@ -65,10 +69,12 @@ REGISTRY: dict[str, Modality] = {
         # MRI: dds-tv with its weight and TV blend chosen per scan (measured on the validation
         # subjects dipy-t1 and heudiconv-axasc35: resources/results/diffusion-defaults.md).
         Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv"}, "mri-brain.safetensors", ("mri",),
+                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"]},
+                 "mri-brain.safetensors", ("mri",),
                  input_method="zero-filled"),
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10}, "ct-head.safetensors", ("ct",)),
+                 {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10, "through_plane": THROUGH_PLANE["ct"]},
+                 "ct-head.safetensors", ("ct",)),
         # A = I: "projection" is measurement mixing
         Modality("denoise", BUILDERS["denoise"], "noisy", "colin27", "sigma=0.05,sigma=0.1,sigma=0.2",
                  {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("mri", "ct")),
