@@ -47,6 +47,7 @@ class ViewOptions:
     model: Path | None = None
     baseline: str | None = None
     whole_volume: bool = False
+    independent_slices: bool = False  # no through-plane term in whole-volume runs
     layout: str | None = None
     error_maps: bool = False
     preset: str | None = None
@@ -128,6 +129,7 @@ def apply_options(window, o: ViewOptions) -> None:
         c.set_model(Path(o.model))
     if o.whole_volume:
         c.scope.setCurrentIndex(c.scope.findData("volume"))
+    c.independent_slices = o.independent_slices
     if o.slice is not None:
         n = window.session.n_slices
         if not -n <= o.slice < n:
