@@ -11,7 +11,6 @@ import pytest
 import torch
 from diffrecon.baselines import run_baseline
 from diffrecon.diffusion.options import DiffusionOptions
-from diffrecon.diffusion.reconstruction import reconstruct_to_end
 from diffrecon.io import load_volume
 from diffrecon.io.volume import Volume
 from diffrecon.measurements import MeasurementSettings, ProblemSource

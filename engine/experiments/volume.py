@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated through-plane weights for diffusion (default: 0 and the modality's)")
     p.add_argument("--model", help="prior (default: the modality's)")
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", help="diffusion guidance (default: the modality's)")
+    p.add_argument("--tv-weight", help="dds-tv's in-plane TV weight, a number or auto (default: the modality's); "
+                                       "a number also skips the hold-out blend with TV, so the prior's own result is scored")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -114,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         for w in weights:
             label = "diffusion-3d" if w > 0 else "diffusion-independent"
             label += f"@{w:g}" if len(weights) > 2 or (w > 0 and w != default_w) else ""
-            setup = diffusion_setup(prior, args.modality, steps=args.steps, seed=args.seed, through_plane=w)
+            tv_weight = None if args.tv_weight in (None, "auto") else float(args.tv_weight)
+            setup = diffusion_setup(prior, args.modality, steps=args.steps, seed=args.seed, through_plane=w,
+                                    guidance=args.guidance, tv_weight=tv_weight)
             start = time.perf_counter()
             run = run_to_end(ReconRequest(volume, settings, [DIFFUSION], simulate=True, slices=slices,
                                           diffusion=setup, batch_size=args.batch_size))
