@@ -61,7 +61,7 @@ _SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}
 #: 3D-consistent reconstruction (TV along the slice axis in the data-consistency step), as a
 #: multiple of the TV baseline's tuned weight, chosen on validation subjects
 #: (heudiconv-axasc35, cranium's held-out slab): resources/results/volume/README.md
-THROUGH_PLANE = {"mri": 1.0, "ct": 1.0}
+THROUGH_PLANE = {"mri": 1.0, "ct": 4.0}
 
 REGISTRY: dict[str, Modality] = {
     m.name: m

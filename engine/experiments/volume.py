@@ -145,12 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (args.out / "results.md").write_text(f"`{results['command']}`\n\n{table}\n")
-    sagittal_figure(reference, volumes, volume.spacing, args.out / "sagittal.png")
+    # CT in a soft-tissue window (W400 L40; the scores' HU + 1000), MRI 0 to the 99.5th percentile
+    window = (1000.0 - 160.0, 1000.0 + 240.0) if args.modality == "ct" else None
+    sagittal_figure(reference, volumes, volume.spacing, args.out / "sagittal.png", window)
     return 0
 
 
-def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spacing, path: Path) -> None:
-    """The middle sagittal reformat (slices running down) of the truth and every method."""
+def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spacing, path: Path,
+                    window: tuple[float, float] | None = None) -> None:
+    """The middle sagittal reformat (slices running down, one row per image) of the truth and
+    every method, at the voxels' aspect ratio, in one window (``window``, else 0 to the 99.5th
+    percentile of the truth)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -158,15 +163,17 @@ def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spaci
 
     column = reference.shape[2] // 2
     images = {"ground truth": reference, **volumes}
-    hi = float(np.percentile(reference, 99.5))
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.6), squeeze=False)
+    lo, hi = window if window is not None else (0.0, float(np.percentile(reference, 99.5)))
     aspect = float(spacing[0]) / float(spacing[1])
-    for ax, (name, vol) in zip(axes[0], images.items()):
-        ax.imshow(vol[:, :, column], cmap="gray", vmin=0.0, vmax=hi, aspect=aspect, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
+    s, h = reference.shape[:2]
+    row_height = 7.0 * s * aspect / h
+    fig, axes = plt.subplots(len(images), 1, figsize=(7.0, (row_height + 0.3) * len(images)), squeeze=False)
+    for ax, (name, vol) in zip(axes[:, 0], images.items()):
+        ax.imshow(vol[:, :, column], cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=8, loc="left")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
