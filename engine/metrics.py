@@ -112,6 +112,39 @@ def evaluate(reference: Any, estimate: Any) -> dict[str, float]:
     }
 
 
+def through_plane_metrics(reference: Any, estimate: Any) -> dict[str, float]:
+    """How well a volume ``(slices, rows, cols)`` holds together across slices.
+
+    * ``coronal_*`` / ``sagittal_*``: PSNR and SSIM of the reformats (the images at each
+      row / column, slices running down), averaged over those images, with the volume's
+      data range. Volume-wide PSNR is the same in every plane (the same voxels), so the
+      PSNR here is the mean of the per-image figures; SSIM sees the through-plane
+      structure (stripes) directly.
+    * ``slice_diff_*``: PSNR and SSIM of the slice-to-slice difference image
+      ``v[s + 1] - v[s]`` against the reference's (the volume's data range again), and
+      ``slice_diff_nrmse``, ``||D_z est - D_z ref|| / ||D_z ref||``: what independent
+      slices get wrong even where each slice alone looks right.
+    """
+    ref, est = _as_volumes(reference, estimate)
+    if ref.shape[0] < 2:
+        raise ValueError("through-plane metrics need at least two slices")
+    peak = _data_range(ref)
+    out: dict[str, float] = {}
+    for plane, axes in (("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):
+        r, e = np.ascontiguousarray(ref.transpose(axes)), np.ascontiguousarray(est.transpose(axes))
+        mse = np.mean((r - e) ** 2, axis=(1, 2))
+        psnrs = 10.0 * np.log10(peak**2 / np.maximum(mse, 1e-30))
+        out[f"{plane}_psnr"] = float(np.mean(psnrs))
+        out[f"{plane}_ssim"] = float(np.mean(_ssim_per_slice(r, e, peak))) if min(r.shape[1:]) >= SSIM_WIN_SIZE \
+            else float("nan")
+    d_ref, d_est = np.diff(ref, axis=0), np.diff(est, axis=0)
+    mse = float(np.mean((d_ref - d_est) ** 2))
+    out["slice_diff_psnr"] = float("inf") if mse == 0 else float(10.0 * np.log10(peak**2 / mse))
+    out["slice_diff_ssim"] = float(np.mean(_ssim_per_slice(d_ref, d_est, peak)))
+    out["slice_diff_nrmse"] = float(np.sqrt(np.sum((d_ref - d_est) ** 2) / max(np.sum(d_ref**2), 1e-30)))
+    return out
+
+
 def evaluate_slices(reference: Any, estimate: Any) -> list[dict[str, float]]:
     """One row of metrics per slice (``slice`` index included), all with the volume's data range.
 

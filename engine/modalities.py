@@ -66,6 +66,10 @@ class Modality:
 
 _SYMMETRIC_DDIM = {"sampler": "ddim", "eta": 0.0, "symmetric": True}
 _STOCHASTIC_DDIM = {"sampler": "ddim", "eta": 1.0, "symmetric": False}
+#: 3D-consistent reconstruction (TV along the slice axis in the data-consistency step), as a
+#: multiple of the TV baseline's tuned weight, chosen on validation subjects
+#: (heudiconv-axasc35, cranium's held-out slab): resources/results/volume/README.md
+THROUGH_PLANE = {"mri": 1.0, "ct": 4.0}
 
 REGISTRY: dict[str, Modality] = {
     m.name: m
@@ -77,12 +81,14 @@ REGISTRY: dict[str, Modality] = {
         # against 0.26 for symmetric pairs and 0.19 for the SDE, all calibrated to ~94-95 % by their
         # conformal scale; PSNR of the mean within 0.05 dB): resources/results/uncertainty/.
         Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv"}, "mri-brain.safetensors", ("mri",),
+                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"]},
+                 "mri-brain.safetensors", ("mri",),
                  input_method="zero-filled", uncertainty_defaults=_STOCHASTIC_DDIM),
         # CT keeps symmetric DDIM pairs for uncertainty too: the only setting the shared CPU measured
         # on the validation slab in time (Spearman 0.37, held-out coverage 95 % after its scale).
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10}, "ct-head.safetensors", ("ct",)),
+                 {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10, "through_plane": THROUGH_PLANE["ct"]},
+                 "ct-head.safetensors", ("ct",)),
         # A = I: "projection" is measurement mixing
         Modality("denoise", BUILDERS["denoise"], "noisy", "colin27", "sigma=0.05,sigma=0.1,sigma=0.2",
                  {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("mri", "ct")),

@@ -58,7 +58,7 @@ CALIBRATION_OBJECT_FRACTION = 0.05
 def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = None) -> torch.Tensor:
     """One method on one batch: a working-domain image ``(B, 1, H, W)``."""
     return run_baseline(method, problem.operator, problem.y, modality=problem.modality, params=params,
-                        noise_level=problem.noise_level)
+                        noise_level=problem.noise_level, slices=problem.slices)
 
 
 def default_prior_path(modality: str) -> Path:
@@ -314,6 +314,7 @@ class Reconstruction:
         started = time.perf_counter()
         total_steps, done_steps = self.total_steps(), 0
         device = torch.device(request.device)
+        finished: dict[int, torch.Tensor] = {}  # diffusion results by slice: the next batches' neighbours
         for problem in source.batches(request.batch_size):
             observed = scores.add_problem(problem)
             reference = None if problem.reference is None else source.to_volume_units(problem.reference)
@@ -331,7 +332,7 @@ class Reconstruction:
                     yield BaselineReady(m, problem.slices, images[m], x, clock.seconds[m])
                     continue
                 last = None
-                for last in self._diffusion(problem):
+                for last in self._diffusion(problem, finished):
                     clock.add(m, since)
                     done_steps += 1
                     if request.frames:
@@ -339,6 +340,7 @@ class Reconstruction:
                                              time.perf_counter() - started)
                     since = time.perf_counter()
                 assert last is not None  # at least one step always runs
+                finished.update({int(s): last.x0[i].detach() for i, s in enumerate(problem.slices)})
                 if last.adaptation is not None:  # what dds-tv chose for this batch, and why
                     scores.adaptations.append({"slices": [int(i) for i in problem.slices], **last.adaptation})
                 images[m], std = scores.add(m, last.x0.detach(), None if last.variance is None else last.variance.detach())
@@ -347,8 +349,10 @@ class Reconstruction:
             yield SliceDone(problem.slices, images, stds)
         yield Summary(scores.run(clock.seconds, request, self.sigma_calibration))
 
-    def _diffusion(self, problem: ReconProblem) -> Generator[ReconFrame, None, None]:
-        """The diffusion method's frames on one batch (a hot start first solves its baseline)."""
+    def _diffusion(self, problem: ReconProblem, finished: dict[int, torch.Tensor] | None = None
+                   ) -> Generator[ReconFrame, None, None]:
+        """The diffusion method's frames on one batch (a hot start first solves its baseline);
+        ``finished``: earlier batches' results, which a 3D-consistent run ties this batch to."""
         from .diffusion.reconstruction import stream_reconstruction
 
         setup = self.request.diffusion
@@ -357,7 +361,7 @@ class Reconstruction:
         if setup.options.hot_start and setup.baseline is not None:
             with torch.inference_mode():
                 baseline = solve(setup.baseline, problem)
-        frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline)
+        frames = stream_reconstruction(problem, setup.prior, setup.options, baseline=baseline, neighbours=finished)
         scale2 = self.sigma_scale**2
         try:
             for frame in frames:

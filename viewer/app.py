@@ -49,6 +49,7 @@ class ViewOptions:
     model: Path | None = None
     baseline: str | None = None
     whole_volume: bool = False
+    independent_slices: bool = False  # no through-plane term in whole-volume runs
     layout: str | None = None
     error_maps: bool = False
     preset: str | None = None
@@ -62,7 +63,7 @@ class ViewOptions:
             modality=self.modality, acceleration=self.acceleration, mask=self.mask, views=self.views, dose=self.dose,
             noise_sigma=self.noise_sigma, steps=self.steps, samples=self.samples, sampler=self.sampler,
             guidance=self.guidance, seed=self.seed, model=self.model, baseline=self.baseline,
-            whole_volume=self.whole_volume)
+            whole_volume=self.whole_volume, independent_slices=self.independent_slices)
 
     @property
     def exits_after_run(self) -> bool:
@@ -120,6 +121,7 @@ def apply_options(window, o: ViewOptions) -> RunRequest:
     the run as a request built from the scan and the options (not read back from the
     settings panel, which is set to show it). Returns the request; a choice that does not
     apply is one sentence."""
+    window.controls.independent_slices = o.independent_slices  # later runs from the panel keep it
     if o.slice is not None:
         n = window.session.n_slices
         if not -n <= o.slice < n:

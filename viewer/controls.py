@@ -307,7 +307,8 @@ class ControlPanel(QWidget):
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
         return modalities.get(self.task).diffusion_options(
             sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
-            samples=int(self.samples.value()), seed=int(self.seed.value()))
+            samples=int(self.samples.value()), seed=int(self.seed.value()),
+            through_plane=0.0 if getattr(self, "independent_slices", False) else None)
 
     @property
     def baseline_method(self) -> str | None:

@@ -220,6 +220,7 @@ class RunChoices:
     model: Path | None = None
     baseline: str | None = None  # "none": no baseline
     whole_volume: bool = False
+    independent_slices: bool = False  # whole-volume runs without the through-plane term
 
 
 def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=None) -> tuple[str, RunRequest]:
@@ -250,7 +251,7 @@ def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=
     options = modalities.get(task).diffusion_options(
         sampler=c.sampler or measured.get("sampler", "ddim"), guidance=c.guidance or measured.get("guidance", "dds"),
         steps=25 if c.steps is None else int(c.steps), samples=1 if c.samples is None else int(c.samples),
-        seed=settings.seed)
+        seed=settings.seed, through_plane=0.0 if c.independent_slices else None)
     model = Path(c.model) if c.model is not None else (default_model(task) if default_model else None)
     request = RunRequest(settings=settings, simulate=simulate,
                          slices=processing_order(volume.n_slices, slice_index, c.whole_volume), baseline=baseline,

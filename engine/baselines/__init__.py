@@ -10,6 +10,7 @@ method          what it solves                                         modalitie
 zero-filled     ``A†y`` (single coil: inverse FFT of zero-filled k)    mri
 fbp             filtered back-projection                               ct
 tv              ``min 1/2||Ax - y||² + lam TV(x)`` (:mod:`.tv`)        all
+tv-3d           the same with the batch as one volume: 3D TV           mri, ct
 l1-wavelet      ``min 1/2||Ax - y||² + lam ||Wx||_1`` (:mod:`.wavelet`)  mri, ct
 median          median filter (:mod:`.denoise`)                        denoise, ultrasound
 bm3d            BM3D, optional package (:mod:`.denoise`)               denoise, ultrasound
@@ -33,14 +34,14 @@ from ..errors import SettingsError
 from ..physics.base import LinearOperator
 from .defaults import default_params
 from .denoise import bm3d_denoise, median_denoise, rereference_bmode
-from .tv import tv_denoise, tv_reconstruct, tv_reconstruct_fista
+from .tv import tv3d_reconstruct, tv_denoise, tv_reconstruct, tv_reconstruct_fista
 from .wavelet import l1_wavelet_reconstruct
 
-METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d")
+METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d", "tv-3d")
 MODALITIES = ("mri", "ct", "denoise", "ultrasound")
 METHODS_FOR_MODALITY: dict[str, tuple[str, ...]] = {
-    "mri": ("zero-filled", "tv", "l1-wavelet"),
-    "ct": ("fbp", "tv", "l1-wavelet"),
+    "mri": ("zero-filled", "tv", "l1-wavelet", "tv-3d"),
+    "ct": ("fbp", "tv", "l1-wavelet", "tv-3d"),
     "denoise": ("median", "tv", "bm3d"),
     "ultrasound": ("median", "tv", "bm3d"),
 }
@@ -49,6 +50,7 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
     "zero-filled": (),
     "fbp": ("filter",),
     "tv": ("lam", "iters", "solver", "lam_start"),
+    "tv-3d": ("lam", "iters"),
     "l1-wavelet": ("lam", "iters", "levels", "wavelet"),
     "median": ("size",),
     "bm3d": ("sigma", "sigma_scale"),
@@ -63,6 +65,7 @@ def run_baseline(
     modality: str,
     params: dict[str, Any] | None = None,
     noise_level: float = 0.0,
+    slices: Any = None,
 ) -> torch.Tensor:
     """Reconstruct (or denoise) the batch ``y`` with a classical ``method``.
 
@@ -70,7 +73,8 @@ def run_baseline(
     ``noise_level`` is the measurement noise std in ``y``'s units (0 = noiseless or
     unknown), which picks the defaults (CT dose, denoising strength) and BM3D's sigma.
     Raises :class:`~diffrecon.errors.SettingsError` for a method that does not apply to
-    the modality or an unknown parameter.
+    the modality or an unknown parameter. ``slices``: the volume's slice index of each
+    batch item (``tv-3d`` couples only neighbouring slices; None: the batch is consecutive).
     """
     if modality not in METHODS_FOR_MODALITY:
         raise SettingsError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
@@ -103,6 +107,9 @@ def run_baseline(
     x0 = warm_start(operator, y, modality, noise_level)
     if method == "tv":
         return finish(solve_tv(operator, y, modality, settings, x0=x0), modality, y)
+    if method == "tv-3d":
+        index = range(y.shape[0]) if slices is None else slices
+        return finish(tv3d_reconstruct(operator, y, lam, index, iters=iters, x0=x0), modality, y)
     return finish(
         l1_wavelet_reconstruct(
             operator, y, lam, iters=iters, x0=x0, levels=settings.get("levels"), wavelet=settings.get("wavelet", "db4")

@@ -139,7 +139,13 @@ def default_params(
 ) -> dict[str, Any]:
     """A copy of the tuned parameters of ``method`` for this problem (``{}`` when it has none)."""
     task = task_for(modality, operator, noise_level)
-    params = dict(DEFAULTS.get(task, {}).get(method, {}))
+    table = DEFAULTS.get(task, {})
+    # 3D TV takes 2D TV's tuned weight: the same relative unit, one more direction.
+    params = dict(table.get(method, table.get("tv", {}) if method == "tv-3d" else {}))
+    if method == "tv-3d" and params.pop("solver", "pdhg") == "fista":
+        # 3D TV runs PDHG, which needs the 300 iterations 2D TV had before FISTA (comments above).
+        params.pop("lam_start", None)
+        params["iters"] = 300
     if modality == "denoise" and method == "tv" and noise_level > 0:
         # The optimal TV weight is proportional to the noise level: interpolate.
         params["lam"] = params["lam"] * noise_level / _nearest_sigma(noise_level)

@@ -115,7 +115,9 @@ def parse_methods(text: str | None, modality: str, *, have_prior: bool) -> list[
     from ..baselines.denoise import bm3d_available
 
     if not text:
-        names = [m for m in modalities.get(modality).baselines if m != "bm3d" or bm3d_available()]
+        # tv-3d only by name: bench's slices are spread over the volume, where it is plain TV
+        names = [m for m in modalities.get(modality).baselines
+                 if (m != "bm3d" or bm3d_available()) and m != "tv-3d"]
         text = ",".join(names + ([DIFFUSION] if have_prior else []))
     specs: list[MethodSpec] = []
     for token in (t.strip() for t in text.split(",")):

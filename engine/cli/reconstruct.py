@@ -107,6 +107,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="start at --hot-start-t from the TV reconstruction instead of noise (fewer steps)")
     df.add_argument("--hot-start-t", type=float, default=0.4, help="where the hot start enters, in (0, 1] (default 0.4)")
     df.add_argument("--eta", type=float, help="DDIM stochasticity, 0 (deterministic) to 1 (default: the modality's)")
+    df.add_argument("--through-plane", type=float, metavar="W",
+                    help="3D-consistent volumes: TV along the slice axis in the data-consistency step (dds, dds-tv), "
+                         "W times the TV baseline's tuned weight; batches are tied to the slices next to them "
+                         "(default: the modality's, on for MRI and CT)")
+    df.add_argument("--independent-slices", action="store_true",
+                    help="reconstruct every slice on its own (no through-plane term; same as --through-plane 0)")
     p.set_defaults(run=run)
 
 
@@ -192,7 +198,8 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
                            samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
-                           adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters)
+                           adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
+                           through_plane=0.0 if args.independent_slices else args.through_plane)
 
 
 def _tv_weight(text: str | None) -> float | str | None:

@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=MODALITIES, help="task (default: from the scan)")
     p.add_argument("--slice", type=int, help="slice to show and reconstruct (default: the middle one)")
     p.add_argument("--whole-volume", action="store_true", help="reconstruct every slice, not only the one shown")
+    p.add_argument("--independent-slices", action="store_true",
+                   help="with --whole-volume: reconstruct each slice on its own (no through-plane TV term)")
     p.add_argument("--seed", type=int, help="seed for masks, noise and sampling (default 0)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where runs compute: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         modality=args.modality, acceleration=args.acceleration,
         mask=args.mask, views=args.views, dose=args.dose, noise_sigma=args.noise_sigma, steps=args.steps,
         samples=args.samples, sampler=args.sampler, guidance=args.guidance, seed=args.seed, slice=args.slice,
-        model=args.model, baseline=args.baseline, whole_volume=args.whole_volume, layout=args.layout,
-        error_maps=args.error_maps, preset=args.preset, threads_chosen=args.threads is not None, device=args.device,
+        model=args.model, baseline=args.baseline, whole_volume=args.whole_volume,
+        independent_slices=args.independent_slices, layout=args.layout, error_maps=args.error_maps,
+        preset=args.preset, threads_chosen=args.threads is not None, device=args.device,
     )
     return run_viewer(options)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -170,26 +171,92 @@ class DDSGuidance(Guidance):
         return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
 
 
-class DDSTVGuidance(Guidance):
-    """DDS with a total-variation term: a few CG steps on
-    ``(AᴴA + lam_abs ∇ᴴ W ∇) x = Aᴴ y`` from ``x0_hat``, ``W = 1 / max(|∇ x0_hat|, eps)``.
+@dataclass
+class ThroughPlane:
+    """The through-plane (slice-axis) TV term of a batch of slices (3D-consistent reconstruction).
 
-    This is TV's lagged-diffusivity (IRLS) quadratic model at the network's current
-    estimate, so the step minimises ``1/2 ||A x - y||² + lam_abs TV(x)`` to first order near
-    ``x0_hat`` (DiffusionMBIR, Chung et al. 2023, adds TV to the data-consistency step with
-    ADMM; this keeps DDS's one CG solve). The weight is relative like the TV baseline's:
-    ``lam_abs = lam · max|Aᴴy|``. A weight of 0 is plain DDS (:func:`make_guidance` gives
-    :class:`DDSGuidance` then).
+    ``lam``: the relative weight (a multiple of ``max|Aᴴy|`` over the batch, as the TV
+    baseline's); ``pairs``: :func:`~diffrecon.baselines.tv.slice_pairs` of the batch;
+    ``fixed``: finished neighbours outside the batch, ``(item, image)`` with ``image`` the
+    working-domain ``(1, 1, H, W)`` result of the slice next to batch item ``item`` (so a
+    volume reconstructed batch by batch has no seam where two batches meet).
     """
 
-    def __init__(self, *args, iters: int = 5, lam: float):
+    lam: float
+    pairs: torch.Tensor
+    fixed: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.lam > 0 and (bool(self.pairs.sum() > 0) or bool(self.fixed))
+
+
+def _one_system(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, x0: torch.Tensor,
+                iters: int) -> torch.Tensor:
+    """CG on a system that couples the batch items (the slices of one volume): one step size
+    for the whole batch, not one per item as :func:`conjugate_gradient` takes for a batch."""
+    shape = rhs.shape
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(1, *shape)
+
+    out = conjugate_gradient(lambda v: flat(apply(v.reshape(shape))), flat(rhs), x0=flat(x0), iters=iters)
+    return out.reshape(shape)
+
+
+class DDSTVGuidance(Guidance):
+    """DDS with total-variation terms: a few CG steps on
+    ``(AᴴA + lam_abs ∇ᴴ W ∇ + lam_z D_zᴴ W_z D_z) x = Aᴴ y`` from ``x0_hat``, with
+    ``W = 1 / max(|∇ x0_hat|, eps)`` (in-plane) and ``W_z = 1 / max(|D_z x0_hat|, eps)``
+    (``D_z``: the difference to the neighbouring slice).
+
+    This is TV's lagged-diffusivity (IRLS) quadratic model at the network's current
+    estimate, so the step minimises ``1/2 ||A x - y||² + lam_abs TV(x) + lam_z TV_z(x)`` to
+    first order near ``x0_hat`` (DiffusionMBIR, Chung et al. 2023, adds TV along the slice
+    axis to the data-consistency step with ADMM, so that 2D priors give 3D-consistent
+    volumes; this keeps DDS's one CG solve). The in-plane weight is relative like the TV
+    baseline's: ``lam_abs = lam · max|Aᴴy|``; either term may be off (``lam = 0`` and no
+    ``through_plane`` is plain DDS: :func:`make_guidance` gives :class:`DDSGuidance` then).
+
+    With the through-plane term the slices of a batch form one system (one CG over the
+    batch). With measurement noise, fitting the data by CG would fit the noise (DDS stops
+    at the discrepancy instead): then the step is DDS's own CGLS, followed by the
+    through-plane term as a proximal step, ``argmin 1/2 ||x - x_dc||² + lam_z TV_z(x)``.
+    """
+
+    def __init__(self, *args, iters: int = 5, lam: float, through_plane: ThroughPlane | None = None):
         super().__init__(*args)
         from ..baselines.tv import regularization_scale
 
-        self.iters = iters
+        self.iters, self.lam = iters, float(lam)
+        self.through_plane = through_plane if through_plane is not None and through_plane.active else None
         with torch.no_grad():  # once per problem, not per sampling step
             self.rhs = self.operator.A_adjoint(self.y)
-            self.lam_abs = float(lam) * regularization_scale(self.operator, self.y).float()  # (B, 1, 1, 1)
+            scale = regularization_scale(self.operator, self.y).float()  # (B, 1, 1, 1)
+            self.lam_abs = self.lam * scale
+            self.lam_z = 0.0 if self.through_plane is None else self.through_plane.lam * float(scale.mean())
+
+    def _through_plane_system(self, w: torch.Tensor, eps: torch.Tensor, lam_z: float):
+        """``(apply, rhs_extra)`` of the IRLS through-plane term (weight ``lam_z``) at ``w``."""
+        from ..baselines.tv import gradient_z, gradient_z_adjoint
+
+        tp = self.through_plane
+        assert tp is not None
+        pairs = tp.pairs.to(w.device)
+        weight_z = 1.0 / torch.maximum(gradient_z(w, pairs).abs(), eps)
+        diagonal = torch.zeros(w.shape[0], 1, *w.shape[2:], device=w.device)
+        extra = torch.zeros_like(w)
+        for item, image in tp.fixed:
+            image = image.to(w.dtype)
+            wf = 1.0 / torch.maximum((w[item] - image[0]).abs(), eps)
+            diagonal[item] += wf
+            extra[item] += wf * image[0]
+        items = w.shape[0]
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            return lam_z * (gradient_z_adjoint(weight_z * gradient_z(v, pairs), pairs, items) + diagonal * v)
+
+        return apply, lam_z * extra
 
     def correct_x0(self, x0: torch.Tensor) -> torch.Tensor:
         from ..baselines.tv import _gradient_magnitude, divergence, gradient
@@ -197,14 +264,30 @@ class DDSTVGuidance(Guidance):
         def solve(w: torch.Tensor) -> torch.Tensor:
             lam = self.lam_abs.to(w.real.dtype)
             peak = w.abs().flatten(1).amax(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1, 1)
-            # eps keeps flat regions from dominating: below 1 % of the peak per pixel, TV is quadratic.
-            wgt = 1.0 / torch.maximum(_gradient_magnitude(gradient(w)), 0.01 * peak)  # (B, 1, 1, H, W)
-
-            def normal(v: torch.Tensor) -> torch.Tensor:
-                return self.operator.normal(v) - lam * divergence(wgt * gradient(v))
-
+            terms: list[Callable[[torch.Tensor], torch.Tensor]] = []
             rhs = self.rhs if w.is_complex() else self.rhs.to(w.dtype)
-            return conjugate_gradient(normal, rhs, x0=w, iters=self.iters)
+            if self.lam > 0:
+                # eps keeps flat regions from dominating: below 1 % of the peak per pixel, TV is quadratic.
+                wgt = 1.0 / torch.maximum(_gradient_magnitude(gradient(w)), 0.01 * peak)  # (B, 1, 1, H, W)
+                terms.append(lambda v: -lam * divergence(wgt * gradient(v)))
+
+            def in_plane(v: torch.Tensor) -> torch.Tensor:
+                return self.operator.normal(v) + sum(t(v) for t in terms)
+
+            if self.through_plane is None:
+                return conjugate_gradient(in_plane, rhs, x0=w, iters=self.iters)
+            eps = 0.01 * peak.max()
+            if self.noise_level > 0:  # data step first (DDS's stops at the noise), then the slice-axis prox
+                if terms:
+                    w = conjugate_gradient(in_plane, rhs, x0=w, iters=self.iters)
+                else:
+                    w = self.operator.least_squares(w, self.y, self.noise_level, iters=self.iters)
+                # the prox's data term is the image itself: its weight's unit is the image's peak
+                assert self.through_plane is not None
+                z_term, z_rhs = self._through_plane_system(w, eps, self.through_plane.lam * float(peak.max()))
+                return _one_system(lambda v: v + z_term(v), w + z_rhs, w, self.iters)
+            z_term, z_rhs = self._through_plane_system(w, eps, self.lam_z)
+            return _one_system(lambda v: in_plane(v) + z_term(v), rhs + z_rhs, w, self.iters)
 
         return self.domain.to_model(_per_problem(solve, self.domain.from_model(x0), self.batch))
 
@@ -266,9 +349,10 @@ class MixingGuidance(Guidance):
 
 def make_guidance(name: str, operator: LinearOperator, y: torch.Tensor, noise_level: float, domain: ModelDomain,
                   *, schedule=None, noise=None, cg_iters: int = 5, dps_scale: float = 1.0,
-                  tv_weight: float = 0.0) -> Guidance:
+                  tv_weight: float = 0.0, through_plane: ThroughPlane | None = None) -> Guidance:
     """The hook for ``name`` (one of :data:`GUIDANCE`) on this problem; ``tv_weight`` is
-    ``dds-tv``'s relative TV weight."""
+    ``dds-tv``'s relative TV weight; ``through_plane`` adds the slice-axis TV term to
+    ``dds`` and ``dds-tv`` (3D-consistent reconstruction)."""
     if name == "dps":
         return DPSGuidance(operator, y, noise_level, domain, scale=dps_scale)
     if name not in GUIDANCE:
@@ -279,6 +363,8 @@ def make_guidance(name: str, operator: LinearOperator, y: torch.Tensor, noise_le
         return MixingGuidance(operator, y, noise_level, domain, schedule=schedule, noise=noise)
     if name == "projection":
         return ProjectionGuidance(operator, y, noise_level, domain)
-    if name == "dds-tv" and tv_weight > 0:
-        return DDSTVGuidance(operator, y, noise_level, domain, iters=cg_iters, lam=tv_weight)
+    in_plane = tv_weight if name == "dds-tv" else 0.0
+    if in_plane > 0 or (through_plane is not None and through_plane.active):
+        return DDSTVGuidance(operator, y, noise_level, domain, iters=cg_iters, lam=in_plane,
+                             through_plane=through_plane)
     return DDSGuidance(operator, y, noise_level, domain, iters=cg_iters)

@@ -35,6 +35,9 @@ class DiffusionOptions:
     adapt_steps: int = 0
     adapt_parameters: str = "norm"
     adapt_lr: float = 1e-3
+    # 3D-consistent reconstruction: TV along the slice axis in the data-consistency step (dds and
+    # dds-tv), a multiple of the TV baseline's tuned weight for the task; 0 = independent slices
+    through_plane: float = 0.0
     symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
     seed: int = 0
 
@@ -53,6 +56,8 @@ class DiffusionOptions:
             raise SettingsError(f"the hot-start time must be in (0, 1]; got {self.hot_start_t}")
         if self.tv_weight != "auto" and not (isinstance(self.tv_weight, (int, float)) and self.tv_weight >= 0):
             raise SettingsError(f"the TV weight must be 'auto' or a number >= 0; got {self.tv_weight!r}")
+        if not (isinstance(self.through_plane, (int, float)) and self.through_plane >= 0):
+            raise SettingsError(f"the through-plane weight must be a number >= 0; got {self.through_plane!r}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
 

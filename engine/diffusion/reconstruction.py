@@ -32,14 +32,14 @@ with nothing left behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ..measurements import ReconProblem
 from .checkpoint import Prior
-from .guidance import Guidance, ModelDomain, make_guidance
+from .guidance import Guidance, ModelDomain, ThroughPlane, make_guidance
 from .options import DiffusionOptions
 from .samplers import SAMPLERS, Sampler
 from .schedules import NoiseSchedule
@@ -125,11 +125,38 @@ def _summarise(samples: torch.Tensor, n_samples: int, batch: int) -> tuple[torch
     return mean, spread.sum(dim=0) / (n_samples - 1)
 
 
+def through_plane_term(problem: ReconProblem, options: DiffusionOptions,
+                       neighbours: Mapping[int, torch.Tensor] | None = None) -> tuple[ThroughPlane | None, dict | None]:
+    """The slice-axis TV term of ``options.through_plane`` for this batch, and its record.
+
+    ``neighbours``: finished results (working domain, ``(1, H, W)`` or ``(1, 1, H, W)``) by
+    slice index; a batch slice whose neighbour is among them is tied to it.
+    """
+    if options.through_plane <= 0:
+        return None, None
+    from ..baselines.tv import slice_pairs
+    from .adaptation import tv_weight_absolute
+
+    lam = tv_weight_absolute(problem, float(options.through_plane))
+    pairs = slice_pairs(problem.slices, problem.y)
+    inside = {int(s) for s in problem.slices}
+    fixed = []
+    for item, index in enumerate(int(s) for s in problem.slices):
+        for other in (index - 1, index + 1):
+            if other not in inside and neighbours is not None and other in neighbours:
+                fixed.append((item, neighbours[other].reshape(1, 1, *neighbours[other].shape[-2:])))
+    record = {"through_plane": float(options.through_plane), "through_plane_lam": lam,
+              "slice_pairs": int(pairs.sum()), "fixed_neighbours": len(fixed)}
+    return ThroughPlane(lam, pairs, fixed), record
+
+
 def stream_reconstruction(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
-                          baseline: torch.Tensor | None = None) -> Generator[ReconFrame, None, None]:
+                          baseline: torch.Tensor | None = None,
+                          neighbours: Mapping[int, torch.Tensor] | None = None) -> Generator[ReconFrame, None, None]:
     """Reconstruct ``problem`` with ``prior``; yield a :class:`ReconFrame` after every step.
 
     ``baseline``: a working-domain ``(B, 1, H, W)`` classical estimate for the hot start.
+    ``neighbours``: finished slices next to this batch (see :func:`through_plane_term`).
     The last frame (``frame.done``) holds the result: ``x0`` the posterior mean over the
     samples, ``variance`` their per-pixel variance (None for a single sample).
     """
@@ -163,12 +190,15 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             multiple, adaptation = choose_tv_weight(problem, prior, options)
         tv_lam = tv_weight_absolute(problem, float(multiple))
         adaptation = {**(adaptation or {}), "tv_weight": float(multiple), "tv_lam": tv_lam}
+    through_plane, z_record = through_plane_term(problem, options, neighbours)
+    if z_record is not None:
+        adaptation = {**(adaptation or {}), **z_record}
 
     with torch.inference_mode(False):  # tensors the DPS graph may use must not be inference tensors
         y = y.clone()
         guidance: Guidance = make_guidance(
             options.guidance, operator, y, problem.noise_level, domain, schedule=schedule, noise=fresh_noise,
-            cg_iters=options.cg_iters, dps_scale=options.dps_scale, tv_weight=tv_lam,
+            cg_iters=options.cg_iters, dps_scale=options.dps_scale, tv_weight=tv_lam, through_plane=through_plane,
         )
         x_init = fresh_noise(shape)
         if options.hot_start:
@@ -225,9 +255,11 @@ def _full_data_tv(problem: ReconProblem, baseline: torch.Tensor | None, options:
         return baseline
     from ..baselines import run_baseline
 
+    # 3D-consistent runs blend with 3D TV: 2D TV's slices would bring the stripes back.
+    method = "tv-3d" if options.through_plane > 0 and problem.modality in ("mri", "ct") else "tv"
     with torch.inference_mode():
-        return run_baseline("tv", problem.operator, problem.y, modality=problem.modality,
-                            noise_level=problem.noise_level)
+        return run_baseline(method, problem.operator, problem.y, modality=problem.modality,
+                            noise_level=problem.noise_level, slices=problem.slices)
 
 
 def blend_with_baseline(frame: ReconFrame, baseline: torch.Tensor, weight: float) -> ReconFrame:
@@ -251,4 +283,5 @@ def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOp
     return last
 
 
-__all__ = ["CLIP_X0", "ReconFrame", "make_sampler", "reconstruct_to_end", "stream_reconstruction"]
+__all__ = ["CLIP_X0", "ReconFrame", "make_sampler", "reconstruct_to_end", "stream_reconstruction",
+           "through_plane_term"]
