@@ -78,9 +78,11 @@ REGISTRY: dict[str, Modality] = {
                  "sigma=0.05,sigma=0.1,noise=poisson,noise=correlated",
                  {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START}, "mri-brain.safetensors",
                  ("mri", "ct")),
-        # no prior to measure with yet: copies denoising
-        Modality("ultrasound", BUILDERS["ultrasound"], "B-mode", "colin27", "looks=1",
-                 {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("ultrasound",)),
+        # log-speckle is additive in the B-mode domain: denoised from its level like denoising,
+        # with the echo prior (one subject: resources/models/us-echo.md)
+        Modality("ultrasound", BUILDERS["ultrasound"], "B-mode", "echo", "looks=1",
+                 {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START, "noise_start_scale": 1.0},
+                 "us-echo.safetensors", ("ultrasound",)),
     )
 }
 assert tuple(REGISTRY) == MODALITIES  # one list of modalities

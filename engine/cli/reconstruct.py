@@ -75,7 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
-    df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    df.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: the modality's: 25; 1 from the noise level for denoise and ultrasound)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
                          "variance <out>_var (default 1, which with symmetric sampling is a pair)")
