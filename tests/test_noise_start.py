@@ -123,10 +123,12 @@ def test_noise_start_is_reproducible_and_reached_through_stream_reconstruction(t
     assert not torch.equal(a.x0, c.x0)  # the fill noise follows the seed
 
 
-def test_denoise_has_a_default_prior():
+def test_denoise_and_ultrasound_have_default_priors():
+    from diffrecon.diffusion.checkpoint import read_metadata
     from diffrecon.reconstruct import default_prior_path
 
     assert default_prior_path("denoise").exists()
+    assert read_metadata(default_prior_path("ultrasound")).get("modality") == "ultrasound"
 
 
 def test_measured_denoising_estimates_the_noise():
