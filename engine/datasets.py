@@ -126,12 +126,26 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
                 licence="imageio: BSD-2-Clause",
                 notes="values are HU clipped to 0-2000 and quantised in 62.5 HU steps (fat and air both read 0); "
                       "no spacing is stored: 1 mm isotropic is assumed"),
-    # ---- ultrasound (for a future prior; not read by any shipped one)
-    DatasetInfo("echo", role="train", subject="octave-dicom-echo", reader="dicom-frames", modality="US",
-                anatomy="heart", candidates=("{data}/octave-dicom/US-PAL-8-10x-echo.dcm",),
+    # ---- ultrasound: one real subject (frames 7-9 of its cine held out), plus B-mode-like
+    # images simulated from the brain and head training subjects
+    DatasetInfo("echo", role="train", subject="octave-dicom-echo", reader="echo-bmode", modality="US",
+                anatomy="heart", candidates=("{data}/octave-dicom/US-PAL-8-10x-echo.dcm",
+                                             "/usr/share/octave/packages/dicom/imdata/US-PAL-8-10x-echo.dcm"),
+                held_out_z_mm=(7.0, 10.0),  # frames 7, 8, 9 (the frame axis is read as 1 mm)
                 provenance="echocardiography cine (10 palette-colour frames, 430x600) from Debian package "
                            "octave-dicom (imdata/US-PAL-8-10x-echo.dcm)", licence="octave-dicom: GPL-3+",
-                notes="colour Doppler overlay and annotations must be masked out before training"),
+                notes="one subject: frames 0-6 train, 7-9 are held out (the same heart a few beats apart); "
+                      "colour Doppler pixels, the sector outline and the annotations outside the imaging sector "
+                      "are set to 0 (the display floor: blood, where Doppler flow is drawn, is anechoic)"),
+    DatasetInfo("bmode-sim", role="train", subject="simulated from colin-holmes and invesalius-promed-0051",
+                reader="bmode-sim", modality="US", anatomy="brain and head (simulated ultrasound)",
+                candidates=("/usr/share/mricron/templates/ch2.nii.gz",
+                            "/usr/share/doc/invesalius-examples/examples/Cranium.inv3"),
+                provenance="B-mode-like images simulated from the training blocks of colin27 and cranium: "
+                           "scatterers with the slice as reflectivity, an anisotropic point-spread function, the "
+                           "envelope log-compressed to 50 dB in a 76-degree sector (engine/datasets.py, "
+                           "_read_bmode_sim)", licence="as colin27 and cranium",
+                notes="not ultrasound of anyone: anatomy of two training subjects rendered with speckle"),
 )}
 
 
@@ -268,6 +282,90 @@ def _read_dicom_frames(paths: list[Path]) -> list[Volume]:
     return [Volume(data=data, spacing=(1.0, 1.0, 1.0), source_path=p, source_format="dicom")]
 
 
+ECHO_SECTOR_HALF_ANGLE_DEG = 38.0  # wide enough for the fan, narrow enough to miss the side markers
+ECHO_SECTOR_RADIUS_PX = 380.0
+
+
+def echo_bmode_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of a palette-colour echo cine ``(frames, H, W, 3)`` that show B-mode echoes:
+    grey (R = G = B, so no Doppler colour or outline, dilated by one pixel) and inside the
+    imaging sector (apex at the top centre), which leaves the text, ECG trace and colour
+    bar out."""
+    from scipy import ndimage
+
+    colour = (rgb.max(axis=-1) - rgb.min(axis=-1)) >= 8 * 257
+    colour = ndimage.binary_dilation(colour, structure=np.ones((1, 3, 3), bool))
+    h, w = rgb.shape[1:3]
+    yy, xx = np.mgrid[:h, :w]
+    angle = np.degrees(np.arctan2(xx - w / 2, yy + 5))
+    sector = (np.abs(angle) < ECHO_SECTOR_HALF_ANGLE_DEG) & (np.hypot(xx - w / 2, yy + 5) < ECHO_SECTOR_RADIUS_PX)
+    return ~colour & sector[None]
+
+
+def _read_echo_bmode(paths: list[Path]) -> list[Volume]:
+    """The octave-dicom echo cine as grey B-mode display values, everything else 0 (:func:`echo_bmode_mask`)."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    p = paths[0]
+    ds = pydicom.dcmread(p)
+    rgb = apply_color_lut(ds.pixel_array, ds)
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 257.0
+    data = np.where(echo_bmode_mask(rgb), grey, 0.0).astype(np.float32)
+    return [Volume(data=data, spacing=(1.0, 1.0, 1.0), source_path=p, source_format="dicom")]
+
+
+def simulate_bmode_like(reflectivity: np.ndarray, rng: np.random.Generator, dynamic_range_db: float = 50.0
+                        ) -> np.ndarray:
+    """A B-mode-like display image in [0, 1] of a 2D ``reflectivity`` map (>= 0).
+
+    Scatterers: circular complex Gaussian amplitudes times the reflectivity, blurred by a
+    Gaussian point-spread function that is longer laterally (1.6 px) than axially (0.7 px),
+    as a transducer's is; the envelope is log-compressed against its 99.9th percentile,
+    with a depth gain ramp, and only a 76-degree sector (apex at the top) is kept.
+    """
+    from scipy import ndimage
+
+    h, w = reflectivity.shape
+    scatter = (rng.standard_normal((h, w)) + 1j * rng.standard_normal((h, w))) * reflectivity
+    blur = lambda a: ndimage.gaussian_filter(a, sigma=(0.7, 1.6))  # noqa: E731
+    envelope = np.abs(blur(scatter.real) + 1j * blur(scatter.imag))
+    envelope *= np.linspace(1.0, 0.6, h)[:, None]  # imperfect time-gain compensation
+    ref = float(np.percentile(envelope, 99.9)) or 1.0
+    db = 20.0 * np.log10(np.maximum(envelope, 1e-12) / ref)
+    bmode = np.clip(1.0 + db / dynamic_range_db, 0.0, 1.0)
+    yy, xx = np.mgrid[:h, :w]
+    angle = np.degrees(np.arctan2(xx - w / 2, yy + 2))
+    return np.where(np.abs(angle) < ECHO_SECTOR_HALF_ANGLE_DEG, bmode, 0.0).astype(np.float32)
+
+
+def _read_bmode_sim(paths: list[Path]) -> list[Volume]:
+    """B-mode-like images from the *training* blocks of colin27 and cranium (never a held-out
+    slab): every 6th axial slice, reflectivity from the normalised intensity (plus a faint
+    tissue floor so that soft tissue scatters), seeded so the data set is fixed."""
+    rng = np.random.default_rng(2026)
+    images = []
+    for name in ("colin27", "cranium"):
+        vol = load_dataset(name)
+        for block in training_blocks(vol, name):
+            for img in block[::6]:
+                if vol.units == "HU":
+                    refl = np.clip((img + 1000.0) / 2000.0, 0.0, None)
+                else:
+                    refl = np.abs(img) / max(float(np.percentile(np.abs(vol.data), 99.5)), 1e-6)
+                if np.mean(refl > 0.1) < 0.2:
+                    continue
+                tissue = refl > 0.05
+                refl = np.where(tissue, 0.15 + refl, 0.0)
+                images.append(simulate_bmode_like(refl, rng))
+    shape = (max(i.shape[0] for i in images), max(i.shape[1] for i in images))
+    stack = np.zeros((len(images),) + shape, np.float32)
+    for k, img in enumerate(images):
+        stack[k, : img.shape[0], : img.shape[1]] = img
+    # 10 mm "slices": independent images, so training cuts no coronal or sagittal crops across them
+    return [Volume(data=stack, spacing=(10.0, 1.0, 1.0), source_path=paths[0], source_format="simulated")]
+
+
 def _read_invesalius_paths(paths: list[Path]) -> list[Volume]:
     return [read_invesalius(paths[0])]
 
@@ -280,6 +378,8 @@ _READERS = {
     "npy-slice": _read_npy_slice,
     "stent-npz": _read_stent,
     "dicom-frames": _read_dicom_frames,
+    "echo-bmode": _read_echo_bmode,
+    "bmode-sim": _read_bmode_sim,
     "invesalius": _read_invesalius_paths,
 }
 

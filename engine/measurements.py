@@ -117,6 +117,8 @@ class ReconProblem:
     reference: torch.Tensor | None  # (B, 1, H, W) real ground truth, when known
     noise_level: float  # std of the measurement noise in y's units (0 = noiseless)
     slices: np.ndarray  # indices of these slices in the volume
+    # denoising: the noise model and its parameters (diffusion.noise_start.NoiseModel fields)
+    noise: dict | None = None
 
 
 def _percentile_scale(values: np.ndarray) -> float:
@@ -320,19 +322,36 @@ class DenoiseMeasurements(ModalityMeasurements):
     def problem(self, idx: np.ndarray) -> ReconProblem:
         img = torch.from_numpy(np.ascontiguousarray(np.abs(self.volume.data[idx]))).float()[:, None] / self._scale
         op = IdentityOperator()
-        if not self.simulate:
-            return ReconProblem("denoise", op, img, img, None, _estimate_sigma(img), idx)
+        if not self.simulate:  # the file's own noise: white Gaussian of the estimated std
+            sigma = _estimate_sigma(img)
+            return ReconProblem("denoise", op, img, img, None, sigma, idx,
+                                {"kind": "gaussian", "sigma": sigma, "estimated": True})
         model = self._noise_model()
         y = torch.cat([model.sample(img[i : i + 1], _slice_generator(self.settings.seed, s)) for i, s in enumerate(idx)])
-        sigma = float((y - img).std()) if self.settings.noise != "gaussian" else self.settings.noise_sigma
-        return ReconProblem("denoise", op, y, y, img, sigma, idx)
+        s = self.settings
+        sigma = float((y - img).std()) if s.noise != "gaussian" else s.noise_sigma
+        noise = {"gaussian": {"sigma": s.noise_sigma}, "correlated": {"sigma": s.noise_sigma,
+                                                                       "correlation_px": s.correlation_px},
+                 "poisson": {"peak": s.noise_peak}, "gamma": {"looks": s.looks}}[s.noise]
+        return ReconProblem("denoise", op, y, y, img, sigma, idx, {"kind": s.noise, **noise})
 
     def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
         return (x * self._scale).numpy().astype(np.float32)
 
 
 class UltrasoundMeasurements(DenoiseMeasurements):
-    """Ultrasound: despeckling in the log-compressed B-mode domain."""
+    """Ultrasound: despeckling in the log-compressed B-mode domain.
+
+    Simulated: the scan is the reflectivity (envelope) ``R``; the speckled image and the
+    clean reference are log-compressed against one reference, the brightest ``R`` over the
+    chosen slices (a fixed scanner gain), with log-unbiased speckle
+    (:mod:`.physics.ultrasound`): the speckle is zero-mean noise in the working domain, so
+    no result needs re-referencing.
+    """
+
+    def __init__(self, volume: Volume, settings: MeasurementSettings, slice_index: np.ndarray, simulate: bool):
+        super().__init__(volume, settings, slice_index, simulate)
+        self._reference = float(np.abs(volume.data[slice_index]).max()) / self._scale or 1.0
 
     def problem(self, idx: np.ndarray) -> ReconProblem:
         from .physics.ultrasound import log_compress, simulate_bmode
@@ -342,20 +361,25 @@ class UltrasoundMeasurements(DenoiseMeasurements):
         op = IdentityOperator()
         if not self.simulate:
             bmode = env.clamp(0.0, 1.0)
-            return ReconProblem("ultrasound", op, bmode, bmode, None, _estimate_sigma(bmode), idx)
+            sigma = _estimate_sigma(bmode)
+            return ReconProblem("ultrasound", op, bmode, bmode, None, sigma, idx,
+                                {"kind": "gaussian", "sigma": sigma, "estimated": True})
         y = torch.cat([
             simulate_bmode(env[i : i + 1], looks=s.looks, dynamic_range_db=s.dynamic_range_db,
-                           seed=s.seed * 1_000_003 + int(sl))
+                           seed=s.seed * 1_000_003 + int(sl), reference=self._reference)
             for i, sl in enumerate(idx)
         ])
-        reference = log_compress(env, dynamic_range_db=s.dynamic_range_db)
-        return ReconProblem("ultrasound", op, y, y, reference, float((y - reference).std()), idx)
+        reference = log_compress(env, dynamic_range_db=s.dynamic_range_db, reference=self._reference)
+        # log-speckle is zero-mean, additive and nearly stationary: its std in display units
+        sigma = _log_speckle_std(s.looks, s.dynamic_range_db)
+        return ReconProblem("ultrasound", op, y, y, reference, sigma, idx, {"kind": "gaussian", "sigma": sigma})
 
     def to_volume_units(self, x: torch.Tensor) -> np.ndarray:
         if self.simulate:
             from .physics.ultrasound import log_decompress
 
-            x = log_decompress(x.clamp(0.0, 1.0), dynamic_range_db=self.settings.dynamic_range_db)
+            x = log_decompress(x.clamp(0.0, 1.0), dynamic_range_db=self.settings.dynamic_range_db,
+                               reference=self._reference)
         return (x * self._scale).numpy().astype(np.float32)
 
 
@@ -418,6 +442,12 @@ class ProblemSource:
             base = estimate.abs().float() if estimate.is_complex() else estimate.float()
             return self.to_volume_units(base + std) - self.to_volume_units(base)
         return self.to_volume_units(std) - self.to_volume_units(torch.zeros_like(std))
+
+
+def _log_speckle_std(looks: float, dynamic_range_db: float) -> float:
+    """Std of ``20 log10 sqrt(G) / DR``, ``G ~ Gamma(L, 1/L)``: ``10 sqrt(trigamma(L)) / (ln 10 DR)``."""
+    trigamma = float(torch.special.polygamma(1, torch.tensor(float(looks), dtype=torch.float64)))
+    return 10.0 * math.sqrt(trigamma) / (math.log(10.0) * dynamic_range_db)
 
 
 def _center_crop(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

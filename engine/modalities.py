@@ -70,6 +70,7 @@ _STOCHASTIC_DDIM = {"sampler": "ddim", "eta": 1.0, "symmetric": False}
 #: multiple of the TV baseline's tuned weight, chosen on validation subjects
 #: (heudiconv-axasc35, cranium's held-out slab): resources/results/volume/README.md
 THROUGH_PLANE = {"mri": 1.0, "ct": 4.0}
+_NOISE_START = {"noise_start": True, "noise_start_scale": 0.9, "steps": 1, "ensemble": 4, "wiener": True}
 
 REGISTRY: dict[str, Modality] = {
     m.name: m
@@ -89,12 +90,22 @@ REGISTRY: dict[str, Modality] = {
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
                  {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10, "through_plane": THROUGH_PLANE["ct"]},
                  "ct-head.safetensors", ("ct",)),
-        # A = I: "projection" is measurement mixing
-        Modality("denoise", BUILDERS["denoise"], "noisy", "colin27", "sigma=0.05,sigma=0.1,sigma=0.2",
-                 {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("mri", "ct")),
-        # no prior to measure with yet: copies denoising
-        Modality("ultrasound", BUILDERS["ultrasound"], "B-mode", "colin27", "looks=1",
-                 {**_SYMMETRIC_DDIM, "guidance": "projection"}, None, ("ultrasound",)),
+        # A = I: start at the noise level (diffusion.noise_start), symmetric pairs x 4 flips, one
+        # step, Wiener refinement: 8 network evaluations (chosen on the validation subjects:
+        # resources/results/denoise-test/tuning.md). The MRI prior is the default: it has seen
+        # the most anatomy and contrasts (its 2 channels read a real image as real + 0j).
+        Modality("denoise", BUILDERS["denoise"], "noisy", "colin27",
+                 "sigma=0.05,sigma=0.1,noise=poisson,noise=correlated",
+                 {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START}, "mri-brain.safetensors",
+                 ("mri", "ct")),
+        # log-speckle is additive in the B-mode domain: denoised from its level like denoising,
+        # with the echo prior (one subject: resources/models/us-echo.md). It enters 1.5x above
+        # the log-speckle std (skewed, heavier than Gaussian): chosen on B-mode-like images
+        # simulated from the MRI validation subjects (x1.0 34.61 dB, x1.5 37.27, x2 36.70, x3
+        # 35.73; TV 37.28), never on the echo frames.
+        Modality("ultrasound", BUILDERS["ultrasound"], "B-mode", "echo", "looks=1",
+                 {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START, "noise_start_scale": 1.5},
+                 "us-echo.safetensors", ("ultrasound",)),
     )
 }
 assert tuple(REGISTRY) == MODALITIES  # one list of modalities

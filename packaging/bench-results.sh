@@ -38,11 +38,21 @@ ct_test() {  # the CT test subject (an abdomen under the head prior), 3 slices
     --methods fbp,tv,diffusion,diffusion:ddim/dds-tv/25 --slices-per-subject 3 \
     --grid-slices 1 --no-cases --out $out/ct-test
 }
+denoise_test() {  # every MRI test subject, 3 slices each, against BM3D (pip install bm3d) and TV
+  $DIFFRECON --threads 1 bench --modality denoise --settings sigma=0.05,sigma=0.1,noise=poisson,noise=correlated \
+    --methods tv,bm3d,diffusion --slices-per-subject 3 --grid-slices 1 --no-cases --out $out/denoise-test
+}
+ultrasound_echo() {  # the held-out frames 7-9 of the one echo subject the ultrasound prior trained on
+  $DIFFRECON --threads 1 bench echo --modality ultrasound --settings looks=1 \
+    --methods median,tv,bm3d,diffusion --grid-slices 1 --no-cases --out $out/ultrasound-echo
+}
 case "${1:-all}" in
-  test) mri_test & ct_test; wait ;;
+  test) mri_test & ct_test; wait; denoise_test ;;
+  denoise-test) denoise_test ;;
+  ultrasound) ultrasound_echo ;;
   mri) mri; mri_fast ;;
   ct) ct ;;
   denoise) denoise_and_ultrasound ;;
   all) (mri; mri_fast; denoise_and_ultrasound) & ct; wait ;;
-  *) echo "usage: $0 [test|mri|ct|denoise|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [test|mri|ct|denoise|denoise-test|ultrasound|all]" >&2; exit 2 ;;
 esac

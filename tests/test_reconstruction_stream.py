@@ -245,6 +245,8 @@ def test_cli_names_a_missing_prior_in_one_sentence(cli, tmp_path, phantom_file, 
                               mentions="does not exist")
     monkeypatch.setitem(reconstruct.DEFAULT_PRIORS, "mri", "not-trained-yet.safetensors")
     assert_one_sentence_error(cli(*args, "--modality", "mri"), mentions="not-trained-yet.safetensors")
+    # denoising has a default prior since issue #18; a modality without one still says so
+    monkeypatch.delitem(reconstruct.DEFAULT_PRIORS, "denoise")
     assert_one_sentence_error(cli(*args, "--modality", "denoise"), mentions="no default diffusion prior")
 
 

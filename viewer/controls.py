@@ -239,6 +239,8 @@ class ControlPanel(QWidget):
         measured = modalities.get(task).diffusion_defaults  # each task's sampler and guidance, chosen on validation slices
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
         self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
+        # denoising and ultrasound start at the noise level: one step (8 network evaluations)
+        self.steps.setValue(int(measured.get("steps", 25)))
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()

@@ -33,7 +33,7 @@ import torch
 from ..errors import SettingsError
 from ..physics.base import LinearOperator
 from .defaults import default_params
-from .denoise import bm3d_denoise, median_denoise, rereference_bmode
+from .denoise import bm3d_denoise, median_denoise
 from .tv import tv3d_reconstruct, tv_denoise, tv_reconstruct, tv_reconstruct_fista
 from .wavelet import l1_wavelet_reconstruct
 
@@ -200,12 +200,11 @@ def warm_start(
 
 def finish(x: torch.Tensor, modality: str, y: torch.Tensor) -> torch.Tensor:
     """Modality conventions every result obeys: CT attenuation is not negative (clipping
-    only lowers the error); an ultrasound B-mode image is referenced to its own brightest
-    pixel (see :func:`~diffrecon.baselines.denoise.rereference_bmode`)."""
+    only lowers the error); B-mode display values lie in [0, 1]."""
     if modality == "ct":
         return x.clamp_min(0.0)
     if modality == "ultrasound":
-        return rereference_bmode(x, y)
+        return x.clamp(0.0, 1.0)
     return x
 
 

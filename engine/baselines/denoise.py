@@ -19,14 +19,11 @@ which is the noise these denoisers assume. The baselines therefore denoise the B
 image directly, in the log-compressed domain, never the linear envelope (where the
 noise grows with the signal and a median or TV would smear bright structures).
 
-A B-mode image is referenced to its brightest echo (0 dB -> 1.0), and the clean image a
-result is compared with is referenced to its *own* maximum. The speckled input is not:
-its reference is the brightest speckle peak, several dB above the clean maximum, and
-the log of speckle has a negative mean (-2.5 dB for one look), so the whole input sits
-about 0.1 (5 dB at 50 dB range) below the clean image. :func:`rereference_bmode` shifts
-a denoised image so that its own brightest pixel is 1 again, as the display convention
-requires (pixels at the display floor in the input stay there). On colin27 training
-slices this is worth ~12 dB PSNR for every denoiser (median 5x5: 16.9 -> 28.0 dB).
+The speckled image and the clean one are log-compressed against one reference (the scanner's
+gain), with speckle whose log is zero-mean (:mod:`diffrecon.physics.ultrasound`), so a denoised
+B-mode image needs no shift afterwards. (Until 2026-12 each image was referenced to its own
+maximum, the speckled one to its brightest speckle peak, which put the input ~0.1 below the
+clean image and needed a ``rereference_bmode`` shift of every result.)
 """
 
 from __future__ import annotations
@@ -43,7 +40,6 @@ __all__ = [
     "bm3d_denoise",
     "estimate_noise_sigma",
     "median_denoise",
-    "rereference_bmode",
     "tv_denoise",
 ]
 
@@ -99,13 +95,3 @@ def bm3d_denoise(y: torch.Tensor, sigma: float | None = None, *, sigma_scale: fl
         sigma = estimate_noise_sigma(y)
     psd = float(sigma) * float(sigma_scale)
     return _per_slice(y, lambda image: np.asarray(bm3d.bm3d(image.astype(np.float64), sigma_psd=psd), image.dtype))
-
-
-def rereference_bmode(denoised: torch.Tensor, bmode: torch.Tensor) -> torch.Tensor:
-    """Shift denoised B-mode images (values in [0, 1], 1 = 0 dB) so each one's maximum is 1.
-
-    A shift in display units is a gain in dB. Pixels at the display floor (0) in the
-    measured ``bmode`` had no echo above the dynamic range and are left alone.
-    """
-    peak = denoised.flatten(1).amax(dim=1).view(-1, *([1] * (denoised.dim() - 1)))
-    return torch.where(bmode > 0, (denoised + (1.0 - peak)).clamp(0.0, 1.0), denoised)

@@ -94,7 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--adapt-parameters", choices=ADAPT_PARAMETERS, default="norm",
                     help="what adaptation tunes: norm (GroupNorm scales and shifts) or lora (rank-4 updates of "
                          "every 3x3 convolution) (default norm)")
-    df.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    df.add_argument("--steps", type=int, default=None,
+                    help="sampling steps (default: the modality's: 25; 1 from the noise level for denoise and ultrasound)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
                          "variance <out>_var (default 1, which with symmetric sampling is a pair); 2 or more "

@@ -40,6 +40,7 @@ from ..datasets import (
     validation_slices,
 )
 from ..errors import DiffreconError, SettingsError
+from ..physics.ultrasound import bmode_working_image
 from .augment import Augmentation, add_noise, draw_geometry, remap_intensity, resampled_crop, window_half_extent
 
 # CLI name -> Volume.modality
@@ -139,6 +140,8 @@ def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float
             raise SettingsError(f"dataset '{item}' is {info.modality}, not {code}; it cannot train a {modality} prior")
         sources = []
         for k, vol in enumerate(load_dataset_volumes(item)):
+            if modality == "ultrasound":  # train where the task works: the log-compressed B-mode
+                vol.data = bmode_working_image(vol.data)
             scale = norm.volume_scale(vol.data)
             name = item if k == 0 else f"{item}#{k}"
             if info.role == "validation":
@@ -161,6 +164,8 @@ def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float
     vol = load_volume(Path(item))
     if vol.modality not in ("OT", code):
         raise SettingsError(f"{item} is a {vol.modality} scan, not {code}; it cannot train a {modality} prior")
+    if modality == "ultrasound":
+        vol.data = bmode_working_image(vol.data)
     if not 0 < val_fraction < 1:
         raise SettingsError(f"--val-fraction must be between 0 and 1; got {val_fraction}")
     n = vol.n_slices

@@ -39,6 +39,11 @@ class DiffusionOptions:
     # dds-tv), a multiple of the TV baseline's tuned weight for the task; 0 = independent slices
     through_plane: float = 0.0
     symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
+    # denoising (A = I): start at the step matching the noise level (see .noise_start)
+    noise_start: bool = False
+    noise_start_scale: float = 1.0  # start where the model's sigma_t = this x the noise std
+    ensemble: int = 1  # noise start: flips/transposes of the image denoised and averaged (1-8)
+    wiener: bool = False  # noise start: empirical Wiener refinement with the estimate as pilot
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +63,9 @@ class DiffusionOptions:
             raise SettingsError(f"the TV weight must be 'auto' or a number >= 0; got {self.tv_weight!r}")
         if not (isinstance(self.through_plane, (int, float)) and self.through_plane >= 0):
             raise SettingsError(f"the through-plane weight must be a number >= 0; got {self.through_plane!r}")
+        if not 0.0 < self.noise_start_scale <= 10.0 or not 1 <= self.ensemble <= 8:
+            raise SettingsError(f"noise_start_scale must be in (0, 10] and ensemble in 1..8; got "
+                                f"{self.noise_start_scale} and {self.ensemble}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
 

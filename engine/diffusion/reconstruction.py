@@ -161,6 +161,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     samples, ``variance`` their per-pixel variance (None for a single sample).
     """
     options.validate()  # a caller may have changed a field since it was made
+    if options.noise_start and problem.operator.is_identity and problem.noise_level > 0:
+        from .noise_start import stream_noise_start
+
+        yield from stream_noise_start(problem, prior, options)
+        return
     operator, y = problem.operator, problem.y
     complex_working = operator.image_dtype.is_complex
     domain = ModelDomain(prior.normalisation, prior.channels, problem.modality, complex_working)

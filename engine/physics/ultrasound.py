@@ -16,12 +16,23 @@ which for ``L = 1`` is a Rayleigh envelope with ``E[A^2] = R^2``, whose speckle 
 Display (log compression, as scanners do): ``d = 20 log10(A / A_ref)`` dB, clipped to the
 dynamic range ``[-DR, 0]`` dB and mapped to ``[0, 1]``: ``b = 1 + d / DR``. ``A_ref`` is each
 image's maximum unless given. :func:`log_decompress` inverts it (up to the clipping).
+
+**One reference for the clean and the speckled image.** A scanner's gain does not
+depend on the speckle: the speckled B-mode and the clean one it is compared with must
+be log-compressed against the *same* ``A_ref``. And the log of speckle is biased
+(``E[ln G] = digamma(L) - ln L``: -2.5 dB for one look), so a denoiser that removes the
+zero-mean fluctuation in the display domain would land below the clean image.
+:func:`simulate_bmode` with a ``reference`` therefore draws speckle of unit *geometric*
+mean (:func:`log_unbiased_speckle`: its log is zero-mean, a gain of 2.5 dB at one look),
+and compresses against that reference; the clean image is ``log_compress(R,
+reference=A_ref)``. Denoised B-mode then needs no re-referencing afterwards.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import SettingsError
@@ -36,6 +47,15 @@ def speckle(envelope: torch.Tensor, looks: float = 1.0, generator: torch.Generat
         raise SettingsError(f"The number of looks must be positive; got {looks}.")
     intensity_factor = standard_gamma(float(looks), tuple(envelope.shape), generator, envelope) / looks
     return envelope * intensity_factor.sqrt()
+
+
+def log_unbiased_speckle(envelope: torch.Tensor, looks: float = 1.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`speckle` scaled so that ``E[ln(A / R)] = 0``: divided by
+    ``exp((digamma(L) - ln L) / 2)``, the geometric mean of ``sqrt(G)``."""
+    log_mean = 0.5 * (float(torch.special.digamma(torch.tensor(float(looks), dtype=torch.float64)))
+                      - math.log(looks))
+    return speckle(envelope, looks, generator) * math.exp(-log_mean)
 
 
 def log_compress(
@@ -66,13 +86,31 @@ def log_decompress(
 
 
 def simulate_bmode(
-    envelope: torch.Tensor, looks: float = 1.0, dynamic_range_db: float = 60.0, seed: int | None = 0
+    envelope: torch.Tensor, looks: float = 1.0, dynamic_range_db: float = 60.0, seed: int | None = 0,
+    reference: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """A B-mode image in [0, 1] of the reflectivity ``envelope`` ``(B, C, H, W)``: speckle,
-    then log compression against each image's brightest speckled value."""
+    """A B-mode image in [0, 1] of the reflectivity ``envelope`` ``(B, C, H, W)``.
+
+    With ``reference`` (the scanner's gain: the clean image is ``log_compress(envelope,
+    reference=reference)``): log-unbiased speckle compressed against it (module
+    docstring). Without: plain speckle against each image's brightest speckled value (a
+    self-referenced display, several dB off the clean image's own reference)."""
     generator = torch.Generator(device=envelope.device)
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(int(seed))
-    return log_compress(speckle(envelope, looks, generator), dynamic_range_db)
+    if reference is None:
+        return log_compress(speckle(envelope, looks, generator), dynamic_range_db)
+    return log_compress(log_unbiased_speckle(envelope, looks, generator), dynamic_range_db, reference)
+
+
+def bmode_working_image(display: np.ndarray, dynamic_range_db: float = 50.0) -> np.ndarray:
+    """What the simulated-ultrasound task works on, for a whole volume of display values:
+    ``log_compress`` against the volume's maximum (:class:`UltrasoundMeasurements` uses
+    the maximum over the chosen slices). Ultrasound priors train on this."""
+    import numpy as np
+
+    data = np.abs(np.asarray(display, np.float32))
+    peak = float(data.max()) or 1.0
+    return log_compress(torch.from_numpy(data), dynamic_range_db, peak).numpy()
