@@ -35,7 +35,6 @@ import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +45,6 @@ from .checkpoint import Prior
 from .guidance import ModelDomain
 from .options import DiffusionOptions
 from .unet import autocast_context
-
-if TYPE_CHECKING:
-    from .reconstruction import ReconFrame
 
 WIENER_PATCH = 4  # 4x4 DCT, every pixel a patch corner: best of 4/8/16 and strides 1/2/4 on validation
 
@@ -195,7 +191,7 @@ def wiener_refine(y: torch.Tensor, pilot: torch.Tensor, variance: torch.Tensor, 
 
 
 def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOptions
-                       ) -> Generator[ReconFrame, None, None]:
+                       ) -> Generator["ReconFrame", None, None]:  # noqa: F821
     """Denoise ``problem`` (``A = I``) from its matched noise level (module docstring); yield a
     :class:`~.reconstruction.ReconFrame` after every step, the last one refined."""
     from .reconstruction import ReconFrame
