@@ -228,12 +228,15 @@ def test_cli_diffusion_writes_mean_variance_report_and_model_provenance(cli, tmp
     assert mean.data.shape == variance.data.shape == (2, 16, 16)
     assert np.isfinite(variance.data).all() and (variance.data >= 0).all() and variance.data.max() > 0
     figures = json.loads(report.read_text())["methods"]["diffusion"]
-    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error", "ideal_coverage_2sigma"}
+    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error", "ideal_coverage_2sigma", "curve"}
+    assert len(figures["calibration"]["curve"]["observed"]) == len(figures["calibration"]["curve"]["nominal"])
     assert 0.0 <= figures["calibration"]["coverage_2sigma"] <= 1.0
     assert figures["params"]["samples"] == 2 and figures["params"]["guidance"] == "projection"
     assert not figures["params"]["symmetric"]
     provenance = json.loads(next(tmp_path.glob("recon*.json")).read_text())
     assert provenance["model"]["path"] == str(saved_prior) and provenance["model"]["step"] == 30
+    # σ's units and calibration are recorded (this prior carries no scale: said so)
+    assert provenance["sigma_calibration"]["method"] == "none" and "sigma_units" in provenance
 
 
 def test_cli_names_a_missing_prior_in_one_sentence(cli, tmp_path, phantom_file, monkeypatch):
