@@ -228,7 +228,8 @@ def test_cli_diffusion_writes_mean_variance_report_and_model_provenance(cli, tmp
     assert mean.data.shape == variance.data.shape == (2, 16, 16)
     assert np.isfinite(variance.data).all() and (variance.data >= 0).all() and variance.data.max() > 0
     figures = json.loads(report.read_text())["methods"]["diffusion"]
-    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error", "ideal_coverage_2sigma"}
+    # (the calibration curve, observed coverage at nominal levels, came with the uncertainty work)
+    assert set(figures["calibration"]) == {"coverage_2sigma", "spearman_std_error", "ideal_coverage_2sigma", "curve"}
     assert 0.0 <= figures["calibration"]["coverage_2sigma"] <= 1.0
     assert figures["params"]["samples"] == 2 and figures["params"]["guidance"] == "projection"
     assert not figures["params"]["symmetric"]
