@@ -30,7 +30,7 @@ denoise_and_ultrasound() {
 }
 mri_test() {  # every MRI test subject, 3 slices each
   $DIFFRECON --threads 1 bench --modality mri --settings 4x,8x \
-    --methods zero-filled,tv,l1-wavelet,diffusion,diffusion:ddim/dds-tv/25 --slices-per-subject 3 \
+    --methods zero-filled,tv,l1-wavelet,diffusion:ddim/dds/25,diffusion --slices-per-subject 3 \
     --grid-slices 1 --no-cases --out $out/mri-test
 }
 ct_test() {  # the CT test subject (an abdomen under the head prior), 3 slices
