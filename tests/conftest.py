@@ -61,12 +61,40 @@ def assert_one_sentence_error(result: CliResult, *, mentions: str | None = None)
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tests use small tensors: one thread is fastest, and leaves the other core free."""
+    with torch_threads(1):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch threads, then restore the setting."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mri_prior():
+    """A tiny complex-MR (2-channel) prior, trained once per test module (module fixtures
+    run before the per-test thread setting, so this one sets it itself)."""
+    from tiny_priors import train_tiny_prior
+
+    with torch_threads(1):
+        return train_tiny_prior(2)
+
+
+@pytest.fixture(scope="module")
+def ct_prior():
+    """A tiny CT (1-channel, HU-normalised) prior, trained once per test module."""
+    from tiny_priors import train_tiny_prior
+
+    with torch_threads(1):
+        return train_tiny_prior(1)
 
 
 @pytest.fixture

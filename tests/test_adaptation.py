@@ -18,13 +18,7 @@ from diffrecon.modalities import get as modality
 from diffrecon.measurements import ReconProblem
 from diffrecon.metrics import psnr
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
-from tiny_priors import SIZE, disks, train_tiny_prior
-
-
-@pytest.fixture(scope="module")
-def mri_prior():
-    torch.set_num_threads(1)
-    return train_tiny_prior(2)
+from tiny_priors import SIZE, disks
 
 
 def mri_problem(seed: int = 10, acceleration: float = 3.0) -> ReconProblem:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import assert_one_sentence_error, make_phantom
 from scipy.stats import ttest_rel
-from tiny_priors import save_tiny_prior, train_tiny_prior
+from tiny_priors import save_tiny_prior
 
 from diffrecon.bench import parse_methods, parse_settings, parse_steps
 from diffrecon.bench.statistics import paired_comparisons, summarise
@@ -71,8 +71,8 @@ def test_paired_comparisons_match_scipy_and_bonferroni_over_all_of_them():
 
 
 @pytest.fixture(scope="module")
-def tiny_prior_file(tmp_path_factory):
-    return save_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny.safetensors", train_tiny_prior(2))
+def tiny_prior_file(tmp_path_factory, mri_prior):
+    return save_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny.safetensors", mri_prior)
 
 
 @pytest.fixture

@@ -23,12 +23,7 @@ from diffrecon.measurements import MeasurementSettings, ProblemSource
 from diffrecon.physics.noise import CorrelatedGaussianNoise
 from diffrecon.physics.ultrasound import log_compress, simulate_bmode
 
-from tiny_priors import SIZE, disks, train_tiny_prior
-
-
-@pytest.fixture(scope="module")
-def tiny_mri_prior():
-    return train_tiny_prior(2)
+from tiny_priors import SIZE, disks
 
 
 def _disk_volume(n: int = 2) -> Volume:
@@ -84,12 +79,12 @@ def test_wiener_with_a_good_pilot_beats_the_noisy_image():
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "poisson", "gamma", "correlated"])
-def test_noise_start_denoises_within_ten_network_evaluations(tiny_mri_prior, noise):
+def test_noise_start_denoises_within_ten_network_evaluations(mri_prior, noise):
     vol = _disk_volume()
     settings = MeasurementSettings("denoise", noise=noise, noise_sigma=0.1, noise_peak=30.0, looks=8.0)
     problem = ProblemSource(vol, settings, simulate=True).problem(np.arange(2))
     calls = []
-    model = tiny_mri_prior.model
+    model = mri_prior.model
     original_forward = model.forward
 
     def counting(x, t):
@@ -99,7 +94,7 @@ def test_noise_start_denoises_within_ten_network_evaluations(tiny_mri_prior, noi
     model.forward = counting
     try:
         options = modalities.get("denoise").diffusion_options()
-        frames = list(stream_noise_start(problem, tiny_mri_prior, options))
+        frames = list(stream_noise_start(problem, mri_prior, options))
     finally:
         del model.forward
     assert options.noise_start and options.symmetric
@@ -112,14 +107,14 @@ def test_noise_start_denoises_within_ten_network_evaluations(tiny_mri_prior, noi
     assert err < float((problem.y - problem.reference).square().mean())  # it denoises
 
 
-def test_noise_start_is_reproducible_and_reached_through_stream_reconstruction(tiny_mri_prior):
+def test_noise_start_is_reproducible_and_reached_through_stream_reconstruction(mri_prior):
     vol = _disk_volume(1)
     problem = ProblemSource(vol, MeasurementSettings("denoise", noise_sigma=0.1), simulate=True).problem(np.arange(1))
     options = modalities.get("denoise").diffusion_options(seed=3)
-    a = reconstruct_to_end(problem, tiny_mri_prior, options)
-    b = reconstruct_to_end(problem, tiny_mri_prior, options)
+    a = reconstruct_to_end(problem, mri_prior, options)
+    b = reconstruct_to_end(problem, mri_prior, options)
     assert torch.equal(a.x0, b.x0) and a.adaptation["start_step"] > 0
-    c = reconstruct_to_end(problem, tiny_mri_prior, modalities.get("denoise").diffusion_options(seed=4))
+    c = reconstruct_to_end(problem, mri_prior, modalities.get("denoise").diffusion_options(seed=4))
     assert not torch.equal(a.x0, c.x0)  # the fill noise follows the seed
 
 

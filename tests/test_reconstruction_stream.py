@@ -22,26 +22,7 @@ from diffrecon.diffusion.samplers import DDIMSampler, run_to_end
 from diffrecon.measurements import ReconProblem
 from diffrecon.physics import MRIOperator, ParallelBeamRadon, make_mask
 from diffrecon.physics.noise import IdentityOperator
-from tiny_priors import SIZE, disks, save_tiny_prior, train_tiny_prior
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared machine (4x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mri_prior(one_thread) -> Prior:
-    return train_tiny_prior(2)
-
-
-@pytest.fixture(scope="module")
-def ct_prior(one_thread) -> Prior:
-    return train_tiny_prior(1)
+from tiny_priors import SIZE, disks, save_tiny_prior
 
 
 def mri_problem(batch: int = 2) -> ReconProblem:

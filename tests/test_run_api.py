@@ -20,12 +20,7 @@ from diffrecon.reconstruct import (
     Summary,
     run_to_end,
 )
-from tiny_priors import SIZE, disks, train_tiny_prior
-
-
-@pytest.fixture(scope="module")
-def mri_prior():
-    return train_tiny_prior(2)
+from tiny_priors import SIZE, disks
 
 
 def disk_volume(n: int = 3) -> Volume:

@@ -12,13 +12,7 @@ from diffrecon.diffusion.scan_adaptation import ScanAdaptedModel, measurement_re
 from diffrecon.errors import SettingsError
 from diffrecon.measurements import ReconProblem
 from diffrecon.physics import MRIOperator, make_mask
-from tiny_priors import SIZE, disks, train_tiny_prior
-
-
-@pytest.fixture(scope="module")
-def mri_prior():
-    torch.set_num_threads(1)
-    return train_tiny_prior(2)
+from tiny_priors import SIZE, disks
 
 
 def mri_problem(seed: int = 3) -> ReconProblem:

@@ -150,7 +150,7 @@ def test_asking_for_uncertainty_switches_to_the_measured_stochastic_sampler():
     assert mri.diffusion_options(samples=8, eta=0.3).eta == 0.3  # an explicit choice still wins
 
 
-def test_run_api_scales_sigma_records_it_and_warns_on_unlike_intensities(tmp_path):
+def test_run_api_scales_sigma_records_it_and_warns_on_unlike_intensities(tmp_path, ct_prior):
     """A CT run with a prior carrying a scale of 3 and an intensity reference unlike the scan:
     σ is 3x the uncalibrated run's, provenance says so, and the out-of-domain sentence is in
     the report; without the calibration there is no warning."""
@@ -160,9 +160,9 @@ def test_run_api_scales_sigma_records_it_and_warns_on_unlike_intensities(tmp_pat
     from diffrecon.io.volume import Volume
     from diffrecon.measurements import MeasurementSettings
     from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
-    from tiny_priors import SIZE, disks, train_tiny_prior
+    from tiny_priors import SIZE, disks
 
-    prior = train_tiny_prior(1)
+    prior = ct_prior
     hu = (disks(2, torch.Generator().manual_seed(5), False)[:, 0].numpy() * 1400.0 - 300.0).astype(np.float32)
     volume = Volume(hu, (1.0, 1.0, 1.0), modality="CT", units="HU")
     settings = MeasurementSettings("ct", views=12, seed=0)

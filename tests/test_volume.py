@@ -27,20 +27,7 @@ from diffrecon.reconstruct import (
     ReconRequest,
     run_to_end,
 )
-from tiny_priors import save_tiny_prior, train_tiny_prior
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mri_prior(one_thread):
-    return train_tiny_prior(2)
+from tiny_priors import save_tiny_prior
 
 
 def ball_volume(slices: int = 8, size: int = 16) -> np.ndarray:
