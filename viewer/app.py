@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QTimer
@@ -27,29 +27,17 @@ from .state import RunChoices, RunRequest, request_for
 
 
 @dataclass
-class ViewOptions:
+class ViewOptions(RunChoices):
+    """The command line of ``diffrecon view``: the run's choices (:class:`RunChoices`) and how
+    the window shows them."""
+
     path: Path | None = None
     run: bool = False
     screenshot: Path | None = None
     window_screenshot: Path | None = None
     exit_after: bool = False  # close when the run ends (a screenshot implies it)
     report: Path | None = None  # JSON with the run's settings, metrics and timings
-    modality: str | None = None
-    acceleration: float | None = None
-    mask: str | None = None
-    views: int | None = None
-    dose: float | None = None
-    noise_sigma: float | None = None
-    steps: int | None = None
-    samples: int | None = None
-    sampler: str | None = None
-    guidance: str | None = None
-    seed: int | None = None
     slice: int | None = None
-    model: Path | None = None
-    baseline: str | None = None
-    whole_volume: bool = False
-    independent_slices: bool = False  # no through-plane term in whole-volume runs
     layout: str | None = None
     error_maps: bool = False
     preset: str | None = None
@@ -59,11 +47,7 @@ class ViewOptions:
 
     def choices(self) -> RunChoices:
         """The settings of the run, as the Qt-free request builder takes them."""
-        return RunChoices(
-            modality=self.modality, acceleration=self.acceleration, mask=self.mask, views=self.views, dose=self.dose,
-            noise_sigma=self.noise_sigma, steps=self.steps, samples=self.samples, sampler=self.sampler,
-            guidance=self.guidance, seed=self.seed, model=self.model, baseline=self.baseline,
-            whole_volume=self.whole_volume, independent_slices=self.independent_slices)
+        return RunChoices(**{f.name: getattr(self, f.name) for f in fields(RunChoices)})
 
     @property
     def exits_after_run(self) -> bool:
