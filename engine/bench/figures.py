@@ -28,6 +28,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path, **savefig: Any) -> Path:
+    """Write ``fig`` to ``path`` (its folder made if missing) at 100 dpi and free it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, **savefig)
+    _pyplot().close(fig)
+    return path
+
+
 def display_range(images: SliceImages) -> tuple[float, float]:
     """The window every image tile shares: CT's brain window, else 0 to the truth's 99.5th percentile."""
     if images.units == "HU":
@@ -80,10 +88,7 @@ def save_grid(images: SliceImages, path: Path, *, tile_inches: float = 2.4) -> P
     fig.suptitle(f"{images.task} · {images.data} slice {images.slice} · window {low:g}–{high:g}{unit} · "
                  f"|error| 0–{err_max:.3g}{unit}", color=TEXT, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, facecolor=BACKGROUND)
-    plt.close(fig)
-    return path
+    return _save(fig, path, facecolor=BACKGROUND)
 
 
 def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
@@ -112,10 +117,7 @@ def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_calibration_plot(per_method: dict[str, dict[str, Any]], path: Path, *, title: str) -> Path:
@@ -137,7 +139,4 @@ def save_calibration_plot(per_method: dict[str, dict[str, Any]], path: Path, *, 
     ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
