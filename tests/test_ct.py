@@ -179,3 +179,14 @@ def test_bad_dose_and_filter_raise_settings_error() -> None:
         op.fbp(torch.zeros(1, 1, 4, 16), "hamming-ish")
     with pytest.raises(SettingsError, match="16 x 16"):
         op.A(torch.zeros(1, 1, 16, 17))
+
+
+def test_the_system_matrix_does_not_depend_on_threads_or_blocks() -> None:
+    from diffrecon.physics.radon_matrix import build_adjoint_matrix
+
+    angles = np.linspace(0.0, 180.0, 13, endpoint=False)  # 13: the last block is short
+    one = build_adjoint_matrix(33, angles, 47, chunk_views=13, threads=1)
+    for chunk, threads in ((4, 2), (1, 3), (5, 1)):
+        other = build_adjoint_matrix(33, angles, 47, chunk_views=chunk, threads=threads)
+        assert other.shape == one.shape and other.has_sorted_indices
+        assert abs(other - one).max() == 0

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +106,29 @@ def _build_and_store(size: int, angles: np.ndarray, det_count: int) -> RadonMatr
     return matrices
 
 
-def build_adjoint_matrix(size: int, angles_deg: np.ndarray, det_count: int, chunk_views: int = 16) -> sp.csr_matrix:
-    """``Aᵀ`` (padded pixels x rays) in CSR form with float32 weights (module docstring)."""
-    n, d = int(size), int(det_count)
+def build_adjoint_matrix(size: int, angles_deg: np.ndarray, det_count: int, chunk_views: int = 4,
+                         threads: int | None = None) -> sp.csr_matrix:
+    """``Aᵀ`` (padded pixels x rays) in CSR form with float32 weights (module docstring).
+
+    Blocks of ``chunk_views`` views are built on ``threads`` threads (default: torch's
+    thread setting): NumPy and SciPy's sparse kernels release the GIL. Small blocks keep
+    each one's arrays in cache: 4 views took 0.6x the CPU time of 16 on this machine.
+    """
     theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    blocks = [theta[first : first + chunk_views] for first in range(0, theta.size, chunk_views)]
+    workers = max(1, min(len(blocks), threads if threads is not None else torch.get_num_threads()))
+    if workers == 1:
+        parts = [_adjoint_block(int(size), th, int(det_count)) for th in blocks]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda th: _adjoint_block(int(size), th, int(det_count)), blocks))
+    # The parts are column blocks (their views' rays): hstack appends each pixel's entries
+    # part after part, so every row stays sorted by ray.
+    return sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0]
+
+
+def _adjoint_block(n: int, th: np.ndarray, d: int) -> sp.csr_matrix:
+    """The rows of ``Aᵀ`` for the views ``th`` (radians): pixels x (views x bins)."""
     offsets = (np.arange(d) - d // 2).astype(np.float32)  # detector offset u and ray position v
     centre = float(n // 2)
     side = n + 2  # padded
@@ -116,54 +136,47 @@ def build_adjoint_matrix(size: int, angles_deg: np.ndarray, det_count: int, chun
     missed = pixels  # base column of samples that miss the image: 4 dummy columns after the image
     width = pixels + side + 2
     taps = np.array([0, 1, side, side + 1], dtype=np.int32)  # (r, c), (r, c+1), (r+1, c), (r+1, c+1)
-    parts = []
-    for first in range(0, theta.size, chunk_views):
-        th = theta[first : first + chunk_views]
-        cos, sin = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
-        u, v = offsets[None, :, None], offsets[None, None, :]
-        # The per-ray terms in float64, the per-sample sums in float32 (half the memory
-        # traffic; the weights still match scikit-image's to float32 rounding).
-        col = ((centre + u * cos).astype(np.float32) + v * sin.astype(np.float32))
-        row = ((centre - u * sin).astype(np.float32) + v * cos.astype(np.float32))
-        c0, r0 = np.floor(col), np.floor(row)
-        fc, fr = col - c0, row - r0
-        inside = (c0 >= -1) & (c0 < n) & (r0 >= -1) & (r0 < n)
-        r0 += 1
-        r0 *= side
-        r0 += c0
-        r0 += 1
-        base = np.where(inside, r0, missed).astype(np.int32)
-        del col, row, c0, r0, inside
-        keys = np.empty(base.shape + (4,), dtype=np.int32)
-        np.add(base[..., None], taps, out=keys)
-        gc, gr = 1 - fc, 1 - fr
-        weights = np.empty(base.shape + (4,), dtype=np.float32)
-        np.multiply(gr, gc, out=weights[..., 0])
-        np.multiply(gr, fc, out=weights[..., 1])
-        np.multiply(fr, gc, out=weights[..., 2])
-        np.multiply(fr, fc, out=weights[..., 3])
-        rays = th.size * d
-        raw = sp.csr_matrix(
-            (weights.ravel(), keys.ravel(), np.arange(0, 4 * d * rays + 1, 4 * d, dtype=np.int32)),
-            shape=(rays, width),
-        )
-        by_pixel = raw.tocsc()  # stable: each pixel's taps in (ray, sample) order
-        end = int(by_pixel.indptr[pixels])  # the dummy columns come last: cut them
-        ray_of, weight = by_pixel.indices[:end], by_pixel.data[:end]
-        first_of_group = np.ones(end, dtype=bool)
-        first_of_group[1:] = ray_of[1:] != ray_of[:-1]
-        pixel_starts = by_pixel.indptr[:pixels]
-        first_of_group[pixel_starts[pixel_starts < end]] = True  # a new pixel starts a new group
-        starts = np.flatnonzero(first_of_group)
-        merged = np.add.reduceat(weight, starts) if end else weight
-        indptr = np.searchsorted(starts, by_pixel.indptr[: pixels + 1])
-        part = sp.csr_matrix((merged, ray_of[starts], indptr), shape=(pixels, rays))
-        part.eliminate_zeros()  # axis-aligned views put exact zeros on the second tap
-        parts.append(part)
-    # The parts are column blocks (their views' rays): hstack appends each pixel's entries
-    # part after part, so every row stays sorted by ray.
-    adjoint = sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0]
-    return adjoint
+    cos, sin = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
+    u, v = offsets[None, :, None], offsets[None, None, :]
+    # The per-ray terms in float64, the per-sample sums in float32 (half the memory
+    # traffic; the weights still match scikit-image's to float32 rounding).
+    col = ((centre + u * cos).astype(np.float32) + v * sin.astype(np.float32))
+    row = ((centre - u * sin).astype(np.float32) + v * cos.astype(np.float32))
+    c0, r0 = np.floor(col), np.floor(row)
+    fc, fr = col - c0, row - r0
+    inside = (c0 >= -1) & (c0 < n) & (r0 >= -1) & (r0 < n)
+    r0 += 1
+    r0 *= side
+    r0 += c0
+    r0 += 1
+    base = np.where(inside, r0, missed).astype(np.int32)
+    del col, row, c0, r0, inside
+    keys = np.empty(base.shape + (4,), dtype=np.int32)
+    np.add(base[..., None], taps, out=keys)
+    gc, gr = 1 - fc, 1 - fr
+    weights = np.empty(base.shape + (4,), dtype=np.float32)
+    np.multiply(gr, gc, out=weights[..., 0])
+    np.multiply(gr, fc, out=weights[..., 1])
+    np.multiply(fr, gc, out=weights[..., 2])
+    np.multiply(fr, fc, out=weights[..., 3])
+    rays = th.size * d
+    raw = sp.csr_matrix(
+        (weights.ravel(), keys.ravel(), np.arange(0, 4 * d * rays + 1, 4 * d, dtype=np.int32)),
+        shape=(rays, width),
+    )
+    by_pixel = raw.tocsc()  # stable: each pixel's taps in (ray, sample) order
+    end = int(by_pixel.indptr[pixels])  # the dummy columns come last: cut them
+    ray_of, weight = by_pixel.indices[:end], by_pixel.data[:end]
+    first_of_group = np.ones(end, dtype=bool)
+    first_of_group[1:] = ray_of[1:] != ray_of[:-1]
+    pixel_starts = by_pixel.indptr[:pixels]
+    first_of_group[pixel_starts[pixel_starts < end]] = True  # a new pixel starts a new group
+    starts = np.flatnonzero(first_of_group)
+    merged = np.add.reduceat(weight, starts) if end else weight
+    indptr = np.searchsorted(starts, by_pixel.indptr[: pixels + 1])
+    part = sp.csr_matrix((merged, ray_of[starts], indptr), shape=(pixels, rays))
+    part.eliminate_zeros()  # axis-aligned views put exact zeros on the second tap
+    return part
 
 
 # --------------------------------------------------------------------------- disk cache
