@@ -25,7 +25,8 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         code = main(sys.argv[1:])
     except SystemExit as exc:
         code = int(exc.code or 0)
-print(json.dumps({"code": code, "torch": "torch" in sys.modules, "out": out.getvalue()}))
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "pydicom": "pydicom" in sys.modules,
+                  "out": out.getvalue()}))
 """
 
 
@@ -51,6 +52,18 @@ def test_help_and_info_never_import_torch(tmp_path) -> None:
     info = _run("info", path, env_threads="1")  # a thread setting must not pull torch in either
     assert info["code"] == 0 and "3 x 32 x 40" in info["out"]
     assert not info["torch"]
+    assert not info["pydicom"]  # nibabel would import all of it for NIfTI's DICOM extensions
+
+
+def test_info_on_dicom_still_reads_it_after_nibabel(tmp_path) -> None:
+    """``info`` keeps pydicom out of nibabel's import; a DICOM file then loads it in full."""
+    from diffrecon.io import Volume, save_volume
+
+    vol = Volume(np.random.default_rng(1).random((2, 24, 20), dtype=np.float32) * 100, spacing=(2.0, 1.0, 1.0),
+                 modality="CT", units="HU")
+    save_volume(vol, tmp_path / "series")
+    info = _run("info", tmp_path / "series")
+    assert info["code"] == 0 and "dicom" in info["out"] and "2 x 24 x 20" in info["out"] and info["pydicom"]
 
 
 def test_study_status_and_report_never_import_torch(study, tmp_path) -> None:
