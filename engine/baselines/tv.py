@@ -128,6 +128,26 @@ def _project_to_ball(q: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return q / (_gradient_magnitude(q) / radius).clamp_min(1.0)
 
 
+def _normalised(operator: LinearOperator, y: torch.Tensor, lam: float,
+                x0: torch.Tensor | None) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(norm, y / norm, weight, x)``: the problem both TV solvers solve, and where they start.
+
+    They work with ``A' = A / norm``, ``y' = y / norm``: ``1/2||A'x - y'||²`` is
+    ``1/2||Ax - y||² / norm²``, so the TV weight becomes ``lam · max|Aᴴy| / norm²``. ``x``
+    is ``x0``, or ``Aᴴy / ||A||²``, the first gradient step from zero (for a single-coil MRI
+    operator, the zero-filled image). ``norm == 0`` (no data): ``x`` is zero, the answer.
+    """
+    if lam <= 0:
+        raise ValueError(f"the TV weight must be positive; got {lam}")
+    adjoint_y = operator.A_adjoint(y)
+    norm = operator_norm(operator, adjoint_y) * NORM_SAFETY
+    if norm == 0:
+        return 0.0, y, torch.zeros(0), torch.zeros_like(adjoint_y)
+    weight = lam * regularization_scale(operator, y).flatten() / norm**2
+    x = adjoint_y / norm**2 if x0 is None else x0.to(adjoint_y.dtype).clone()
+    return norm, y / norm, weight, x
+
+
 def tv_reconstruct(
     operator: LinearOperator,
     y: torch.Tensor,
@@ -145,20 +165,11 @@ def tv_reconstruct(
     after every iteration (for objective histories). Each iteration applies ``A`` and
     ``Aᴴ`` once.
     """
-    if lam <= 0:
-        raise ValueError(f"the TV weight must be positive; got {lam}")
     with torch.no_grad():
-        adjoint_y = operator.A_adjoint(y)
-        norm = operator_norm(operator, adjoint_y) * NORM_SAFETY
+        norm, y_n, weight, x = _normalised(operator, y, lam, x0)
         if norm == 0:
-            return torch.zeros_like(adjoint_y)
-        # Work with  A' = A/norm, y' = y/norm:  1/2||A'x - y'||² = (1/norm²) · 1/2||Ax - y||²,
-        # so the TV weight becomes lam_abs / norm².
-        y_n = y / norm
-        weight = lam * regularization_scale(operator, y).flatten() / norm**2
+            return x
         tau, sigma_data, sigma_tv = _step_sizes(lam)
-
-        x = adjoint_y / norm**2 if x0 is None else x0.to(adjoint_y.dtype).clone()
         x_bar = x.clone()
         p = torch.zeros_like(y_n)  # dual of the data term
         q = torch.zeros_like(gradient(x))  # dual of TV
@@ -199,19 +210,12 @@ def tv_reconstruct_fista(
     streaks instead of fitting them (noiseless sparse-view CT: +1.5 dB at 100 iterations).
     Each iteration applies ``A`` and ``Aᴴ`` once, as a PDHG iteration does.
     """
-    if lam <= 0:
-        raise ValueError(f"the TV weight must be positive; got {lam}")
     with torch.no_grad():
-        adjoint_y = operator.A_adjoint(y)
-        norm = operator_norm(operator, adjoint_y) * NORM_SAFETY
+        norm, y_n, weight, x = _normalised(operator, y, lam, x0)  # ||A/norm|| <= 1: the gradient step is 1
         if norm == 0:
-            return torch.zeros_like(adjoint_y)
-        y_n = y / norm  # A' = A/norm has ||A'|| <= 1: the gradient step is 1
-        weight = lam * regularization_scale(operator, y).flatten() / norm**2
+            return x
         boost = max(1.0, (lam_start or lam) / lam)
         ramp = max(1, round(continuation * iters))
-
-        x = adjoint_y / norm**2 if x0 is None else x0.to(adjoint_y.dtype).clone()
         if nonnegative:
             x = x.clamp_min(0.0)
         z, t = x.clone(), 1.0
