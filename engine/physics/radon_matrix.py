@@ -7,14 +7,16 @@ row and the zero outside then always has its four taps inside the padded grid, s
 needs a bounds test. The padding ring only ever meets zeros (``A`` pads, ``A_adjoint``
 crops), so the operator on the image is unchanged.
 
-Building (no loop over rays, all in NumPy/SciPy, in chunks of views to bound memory):
+Building (no loop over rays, all in NumPy/SciPy, in blocks of a few views built on
+torch's threads, joined by ``hstack``):
 
-1. every sample's four taps, in ray order (each ray exactly ``4 D`` of them; samples that
-   miss the image go to a dummy column): a CSR matrix that still has duplicates, since
-   neighbouring samples of a ray share pixels;
+1. the four taps of every sample that falls on the padded image (about half of a view's
+   samples miss a square image and are dropped here), in ray order: a CSR matrix that
+   still has duplicates, since neighbouring samples of a ray share pixels;
 2. a stable counting sort to pixel-major order (SciPy's ``tocsc``): each pixel's taps are
    then ordered by ray, so a ray's duplicates sit next to each other and merge in one
-   pass (``reduceat``). The result is already ``Aᵀ`` in CSR form, rows sorted;
+   pass (``sum_duplicates`` on indices already in order). The result is already ``Aᵀ``
+   in CSR form, rows sorted;
 3. ``A`` is its transpose (one more counting sort over the merged entries).
 
 Both are kept: torch's CPU sparse kernels are fast for ``CSR @ dense`` but not for a
@@ -133,8 +135,6 @@ def _adjoint_block(n: int, th: np.ndarray, d: int) -> sp.csr_matrix:
     centre = float(n // 2)
     side = n + 2  # padded
     pixels = side * side
-    missed = pixels  # base column of samples that miss the image: 4 dummy columns after the image
-    width = pixels + side + 2
     taps = np.array([0, 1, side, side + 1], dtype=np.int32)  # (r, c), (r, c+1), (r+1, c), (r+1, c+1)
     cos, sin = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
     u, v = offsets[None, :, None], offsets[None, None, :]
@@ -143,14 +143,18 @@ def _adjoint_block(n: int, th: np.ndarray, d: int) -> sp.csr_matrix:
     col = ((centre + u * cos).astype(np.float32) + v * sin.astype(np.float32))
     row = ((centre - u * sin).astype(np.float32) + v * cos.astype(np.float32))
     c0, r0 = np.floor(col), np.floor(row)
-    fc, fr = col - c0, row - r0
     inside = (c0 >= -1) & (c0 < n) & (r0 >= -1) & (r0 < n)
+    # About half of a view's samples miss a square image: drop them before the sort.
+    col, row, c0, r0 = col[inside], row[inside], c0[inside], r0[inside]
+    per_ray = inside.sum(axis=-1, dtype=np.int64).reshape(-1)
+    del inside
+    fc, fr = col - c0, row - r0
     r0 += 1
     r0 *= side
     r0 += c0
     r0 += 1
-    base = np.where(inside, r0, missed).astype(np.int32)
-    del col, row, c0, r0, inside
+    base = r0.astype(np.int32)
+    del col, row, c0, r0
     keys = np.empty(base.shape + (4,), dtype=np.int32)
     np.add(base[..., None], taps, out=keys)
     gc, gr = 1 - fc, 1 - fr
@@ -160,21 +164,15 @@ def _adjoint_block(n: int, th: np.ndarray, d: int) -> sp.csr_matrix:
     np.multiply(fr, gc, out=weights[..., 2])
     np.multiply(fr, fc, out=weights[..., 3])
     rays = th.size * d
-    raw = sp.csr_matrix(
-        (weights.ravel(), keys.ravel(), np.arange(0, 4 * d * rays + 1, 4 * d, dtype=np.int32)),
-        shape=(rays, width),
-    )
+    indptr = np.zeros(rays + 1, dtype=np.int64)
+    np.cumsum(4 * per_ray, out=indptr[1:])
+    raw = sp.csr_matrix((weights.ravel(), keys.ravel(), indptr), shape=(rays, pixels))
     by_pixel = raw.tocsc()  # stable: each pixel's taps in (ray, sample) order
-    end = int(by_pixel.indptr[pixels])  # the dummy columns come last: cut them
-    ray_of, weight = by_pixel.indices[:end], by_pixel.data[:end]
-    first_of_group = np.ones(end, dtype=bool)
-    first_of_group[1:] = ray_of[1:] != ray_of[:-1]
-    pixel_starts = by_pixel.indptr[:pixels]
-    first_of_group[pixel_starts[pixel_starts < end]] = True  # a new pixel starts a new group
-    starts = np.flatnonzero(first_of_group)
-    merged = np.add.reduceat(weight, starts) if end else weight
-    indptr = np.searchsorted(starts, by_pixel.indptr[: pixels + 1])
-    part = sp.csr_matrix((merged, ray_of[starts], indptr), shape=(pixels, rays))
+    # The same arrays read as CSR are Aᵀ with duplicates: a ray's taps on one pixel sit next
+    # to each other, so one pass merges them (no sort: the indices are already in order).
+    part = sp.csr_matrix((by_pixel.data, by_pixel.indices, by_pixel.indptr), shape=(pixels, rays))
+    part.has_sorted_indices = True
+    part.sum_duplicates()
     part.eliminate_zeros()  # axis-aligned views put exact zeros on the second tap
     return part
 
