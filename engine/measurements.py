@@ -117,7 +117,7 @@ class ReconProblem:
     reference: torch.Tensor | None  # (B, 1, H, W) real ground truth, when known
     noise_level: float  # std of the measurement noise in y's units (0 = noiseless)
     slices: np.ndarray  # indices of these slices in the volume
-    # denoising: the noise model and its parameters (diffusion.noise_start.NoiseModel fields)
+    # denoising: the noise model and its parameters (physics.noise.NoiseModel fields)
     noise: dict | None = None
 
 

@@ -55,7 +55,7 @@ DEFAULT_PRIORS = {name: m.default_prior for name, m in modalities.REGISTRY.items
 def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = None) -> torch.Tensor:
     """One method on one batch: a working-domain image ``(B, 1, H, W)``."""
     return run_baseline(method, problem.operator, problem.y, modality=problem.modality, params=params,
-                        noise_level=problem.noise_level, slices=problem.slices)
+                        noise_level=problem.noise_level, slices=problem.slices, noise=problem.noise)
 
 
 def default_prior_path(modality: str) -> Path:

@@ -32,6 +32,7 @@ import torch
 
 from ..errors import SettingsError
 from ..physics.base import LinearOperator
+from ..physics.noise import STABILISED_NOISE, NoiseModel
 from .defaults import default_params
 from .denoise import bm3d_denoise, median_denoise
 from .tv import tv3d_reconstruct, tv_denoise, tv_reconstruct, tv_reconstruct_fista
@@ -66,6 +67,7 @@ def run_baseline(
     params: dict[str, Any] | None = None,
     noise_level: float = 0.0,
     slices: Any = None,
+    noise: dict | None = None,
 ) -> torch.Tensor:
     """Reconstruct (or denoise) the batch ``y`` with a classical ``method``.
 
@@ -75,6 +77,8 @@ def run_baseline(
     Raises :class:`~diffrecon.errors.SettingsError` for a method that does not apply to
     the modality or an unknown parameter. ``slices``: the volume's slice index of each
     batch item (``tv-3d`` couples only neighbouring slices; None: the batch is consecutive).
+    ``noise``: the problem's noise model (:class:`~diffrecon.physics.noise.NoiseModel`
+    fields), so that BM3D denoises Poisson and Gamma noise in their stabilised domain.
     """
     if modality not in METHODS_FOR_MODALITY:
         raise SettingsError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
@@ -97,8 +101,11 @@ def run_baseline(
     if method == "median":
         return finish(median_denoise(y, size=int(settings.get("size", 3))), modality, y)
     if method == "bm3d":
-        sigma = settings.get("sigma", noise_level if noise_level > 0 else None)
-        return finish(bm3d_denoise(y, sigma, sigma_scale=float(settings.get("sigma_scale", 1.0))), modality, y)
+        model = NoiseModel.of(noise, noise_level) if noise else None
+        stabilised = model is not None and model.kind in STABILISED_NOISE
+        sigma = settings.get("sigma", None if stabilised else (noise_level if noise_level > 0 else None))
+        return finish(bm3d_denoise(y, sigma, sigma_scale=float(settings.get("sigma_scale", 1.0)), noise=model),
+                      modality, y)
 
     lam, iters = float(settings["lam"]), int(settings["iters"])
     # The denoising "operator" is the identity: TV has a faster dedicated solver.

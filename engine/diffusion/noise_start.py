@@ -12,7 +12,7 @@ actually there, in 1-5 network evaluations instead of 25+. One run:
    Gamma speckle through a log transform with its bias removed.
 2. **Matched start**: the grid step with ``sigma_k >= scale * sigma`` (``scale``:
    ``options.noise_start_scale``, chosen on the validation subjects; correlated noise
-   enters 3x higher, :attr:`NoiseModel.start_factor`). Noise is added
+   enters 3x higher, :func:`start_factor`). Noise is added
    where the state lacks it so that every channel carries exactly ``sigma_k``: in the
    image channel ``sqrt(sigma_k^2 - sigma^2)`` (none when ``scale <= 1``), and in the
    imaginary channel of a two-channel (complex MRI) prior all of ``sigma_k``; without
@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import SettingsError
+from ..physics.noise import NoiseModel
 from ..measurements import ReconProblem
 from .checkpoint import Prior
 from .guidance import ModelDomain
@@ -53,70 +53,14 @@ if TYPE_CHECKING:  # reconstruction imports this module: the frame type only for
 WIENER_PATCH = 4  # 4x4 DCT, every pixel a patch corner: best of 4/8/16 and strides 1/2/4 on validation
 
 
-@dataclass(frozen=True)
-class NoiseModel:
-    """The noise of a denoising problem, in the working domain (see :mod:`..measurements`)."""
-
-    kind: str = "gaussian"  # gaussian | correlated | poisson | gamma
-    sigma: float = 0.0  # gaussian/correlated: per-pixel std
-    correlation_px: float = 0.0  # correlated: Gaussian kernel std in pixels
-    peak: float = 0.0  # poisson: photons at intensity 1
-    looks: float = 1.0  # gamma
-    estimated: bool = False  # sigma came from the image (MAD), not from the settings
-
-    @property
-    def start_factor(self) -> float:
-        """How much higher than its per-pixel std correlated noise is entered: its energy sits
-        at low frequencies, where the prior reads it as stronger noise (validation subjects,
-        correlation 1.5 px, sigma 0.1: x1 28.0 dB, x2 28.9, x2.5 29.1, x3 29.2)."""
-        return CORRELATED_START_FACTOR if self.kind == "correlated" else 1.0
-
-    @classmethod
-    def of(cls, problem: ReconProblem) -> NoiseModel:
-        noise = problem.noise or {"kind": "gaussian", "sigma": problem.noise_level}
-        return cls(**noise)
-
-    # ---- variance-stabilising transforms: y -> z with white Gaussian noise of std stabilised_sigma
-    @property
-    def stabilised_sigma(self) -> float:
-        if self.kind == "poisson":
-            return 0.5 / math.sqrt(self.peak)
-        if self.kind == "gamma":
-            return math.sqrt(float(torch.special.polygamma(1, torch.tensor(float(self.looks), dtype=torch.float64))))
-        return self.sigma
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        if self.kind == "poisson":
-            return (y.clamp_min(0.0) + 3.0 / (8.0 * self.peak)).sqrt()
-        if self.kind == "gamma":
-            bias = float(torch.special.digamma(torch.tensor(float(self.looks), dtype=torch.float64))) - math.log(
-                self.looks)
-            return torch.log(y.clamp_min(GAMMA_FLOOR)) - bias
-        return y
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        if self.kind == "poisson":  # Mäkinen & Foi 2011, closed-form exact unbiased inverse (counts)
-            d = (2.0 * math.sqrt(self.peak) * z).clamp_min(0.8)
-            r = math.sqrt(1.5)
-            counts = d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 0.125
-            return counts.clamp_min(0.0) / self.peak
-        if self.kind == "gamma":
-            return torch.exp(z)
-        return z
-
-    def describe(self) -> dict:
-        out = {"kind": self.kind, "sigma": self.sigma, "estimated": self.estimated}
-        if self.kind == "correlated":
-            out["correlation_px"] = self.correlation_px
-        if self.kind == "poisson":
-            out["peak"] = self.peak
-        if self.kind == "gamma":
-            out["looks"] = self.looks
-        return out
-
-
 CORRELATED_START_FACTOR = 3.0
-GAMMA_FLOOR = 1e-3  # log of a zero pixel (speckle of black background) is clamped here
+
+
+def start_factor(noise: NoiseModel) -> float:
+    """How much higher than its per-pixel std correlated noise is entered: its energy sits
+    at low frequencies, where the prior reads it as stronger noise (validation subjects,
+    correlation 1.5 px, sigma 0.1: x1 28.0 dB, x2 28.9, x2.5 29.1, x3 29.2)."""
+    return CORRELATED_START_FACTOR if noise.kind == "correlated" else 1.0
 
 
 def matched_step(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -202,7 +146,7 @@ def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOp
 
     if not problem.operator.is_identity:
         raise SettingsError("the noise-matched start is for denoising and ultrasound (no forward operator)")
-    noise = NoiseModel.of(problem)
+    noise = NoiseModel.of(problem.noise, problem.noise_level)
     sigma = noise.stabilised_sigma
     if sigma <= 0:
         raise SettingsError("the noise-matched start needs a noise level above 0")
@@ -210,7 +154,7 @@ def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOp
     schedule = prior.schedule
     abar = schedule.alphas_cumprod.double()
     sigma_model = sigma * domain.gain
-    k0 = matched_step(abar, options.noise_start_scale * noise.start_factor * sigma_model)
+    k0 = matched_step(abar, options.noise_start_scale * start_factor(noise) * sigma_model)
     steps = max(1, min(options.steps, k0 + 1))
     grid = torch.linspace(k0, 0, steps).round().long().tolist() if steps > 1 else [k0]
     sigma_k = math.sqrt(float((1 - abar[k0]) / abar[k0]))

@@ -12,11 +12,15 @@ one-line description for reports:
 * ``CorrelatedGaussianNoise(sigma, correlation_px)``: white noise convolved with a Gaussian
   kernel of std ``correlation_px`` pixels, normalised to unit energy so that the per-pixel
   std is exactly ``sigma`` (spatially correlated noise, as in DiffDenoise's synthetic set).
+
+:class:`NoiseModel` describes a problem's noise and its variance-stabilising transform,
+which the denoisers (diffusion from the noise level, BM3D) work in.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -173,3 +177,69 @@ class CorrelatedGaussianNoise:
 
     def describe(self) -> str:
         return f"correlated Gaussian noise, sigma {self.sigma:g}, correlation {self.correlation_px:g} px"
+
+
+#: noise kinds whose variance depends on the signal: denoisers work on their stabilised image
+STABILISED_NOISE = ("poisson", "gamma")
+GAMMA_FLOOR = 1e-3  # log of a zero pixel (speckle of black background) is clamped here
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The noise of a denoising problem, in the working domain (:mod:`diffrecon.measurements`),
+    and its variance-stabilising transform: ``forward(y)`` carries white Gaussian noise of
+    std ``stabilised_sigma`` (Anscombe for Poisson, a debiased log for Gamma speckle, the
+    identity otherwise); ``inverse`` maps a denoised ``forward(y)`` back (for Poisson,
+    Mäkinen & Foi's closed-form exact unbiased inverse). Diffusion denoising and BM3D
+    both denoise in the stabilised domain."""
+
+    kind: str = "gaussian"  # gaussian | correlated | poisson | gamma
+    sigma: float = 0.0  # gaussian/correlated: per-pixel std
+    correlation_px: float = 0.0  # correlated: Gaussian kernel std in pixels
+    peak: float = 0.0  # poisson: photons at intensity 1
+    looks: float = 1.0  # gamma
+    estimated: bool = False  # sigma came from the image (MAD), not from the settings
+
+    @classmethod
+    def of(cls, noise: dict | None, noise_level: float = 0.0) -> NoiseModel:
+        """From a problem's ``noise`` dict (:class:`~diffrecon.measurements.ReconProblem`);
+        without one, white Gaussian noise of std ``noise_level``."""
+        return cls(**(noise or {"kind": "gaussian", "sigma": noise_level}))
+
+    # ---- variance-stabilising transforms: y -> z with white Gaussian noise of std stabilised_sigma
+    @property
+    def stabilised_sigma(self) -> float:
+        if self.kind == "poisson":
+            return 0.5 / math.sqrt(self.peak)
+        if self.kind == "gamma":
+            return math.sqrt(float(torch.special.polygamma(1, torch.tensor(float(self.looks), dtype=torch.float64))))
+        return self.sigma
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "poisson":
+            return (y.clamp_min(0.0) + 3.0 / (8.0 * self.peak)).sqrt()
+        if self.kind == "gamma":
+            bias = float(torch.special.digamma(torch.tensor(float(self.looks), dtype=torch.float64))) - math.log(
+                self.looks)
+            return torch.log(y.clamp_min(GAMMA_FLOOR)) - bias
+        return y
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "poisson":  # Mäkinen & Foi 2011, closed-form exact unbiased inverse (counts)
+            d = (2.0 * math.sqrt(self.peak) * z).clamp_min(0.8)
+            r = math.sqrt(1.5)
+            counts = d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 0.125
+            return counts.clamp_min(0.0) / self.peak
+        if self.kind == "gamma":
+            return torch.exp(z)
+        return z
+
+    def describe(self) -> dict:
+        out = {"kind": self.kind, "sigma": self.sigma, "estimated": self.estimated}
+        if self.kind == "correlated":
+            out["correlation_px"] = self.correlation_px
+        if self.kind == "poisson":
+            out["peak"] = self.peak
+        if self.kind == "gamma":
+            out["looks"] = self.looks
+        return out
