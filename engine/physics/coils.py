@@ -7,7 +7,7 @@ singular vectors span the patches multi-coil data can have, i.e. define k-space 
 space this convolution is, at every pixel, a ``C x C`` matrix
 ``G(x) = (N / k^2) sum_n g_n(x) g_n(x)^H`` (``g_n`` the inverse FFT of kernel ``n``) and the
 coil sensitivities at ``x`` are its eigenvector with eigenvalue 1. Pixels whose largest
-eigenvalue is below ``crop`` carry no signal (outside the object) and get zero maps.
+eigenvalue is below ``crop`` may be given zero maps (outside the object; off by default).
 
 ``G`` is band-limited (its Fourier support is ``(2k - 1)^2``), so we build it from its few
 Fourier coefficients. For large images we take the eigenvectors on a grid of at most
@@ -58,7 +58,7 @@ def estimate_sensitivity_maps(
     mask: np.ndarray | None = None,
     kernel_width: int = 6,
     threshold: float = 0.02,
-    crop: float = 0.95,
+    crop: float = 0.0,
     max_grid: int = 128,
 ) -> np.ndarray:
     """ESPIRiT sensitivity maps ``(C, H, W)`` complex64 from centred k-space ``(C, H, W)``.
@@ -67,8 +67,12 @@ def estimate_sensitivity_maps(
     it is the fully sampled centre box of ``mask`` (at most 64 per side), or a 24 square
     when no mask is given. ``threshold``
     keeps singular vectors above that fraction of the largest; ``crop`` zeroes pixels whose
-    eigenvalue is below it. Maps have unit norm over coils inside the support and their
-    phase is relative to coil 0.
+    eigenvalue is below it. It is 0 (no pixel zeroed) by default: with a calibration
+    region only ~10 columns wide (a 4x line mask's centre) the eigenvalue falls below
+    BART's and sigpy's 0.8-0.95 inside the object too, and zero maps there left TV with
+    vertical bands (-3.2 dB on a 128² head slice, 8 coils; with crop 0 it is within 0.3 dB
+    of TV with the true maps). Maps have unit norm over coils wherever they are nonzero
+    and their phase is relative to coil 0.
     """
     kspace = np.asarray(kspace)
     if kspace.ndim != 3:
