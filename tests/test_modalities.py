@@ -54,3 +54,15 @@ def test_the_registry_knows_every_modality():
     assert modalities.get("ct").diffusion_options(cg_iters=None).cg_iters == 10  # None keeps a default
     with pytest.raises(SettingsError, match="unknown modality"):
         modalities.get("pet")
+
+
+def test_a_few_steps_start_from_the_baseline_unless_the_user_chose() -> None:
+    """Under 5 steps from pure noise the result is the network's amplified error (-5 dB on a
+    real slice): such runs hot-start from TV, recorded in the options; an explicit choice wins."""
+    from diffrecon.modalities import MIN_STEPS_FROM_NOISE
+
+    for name in ("mri", "ct"):
+        assert modalities.get(name).diffusion_options(steps=2).hot_start
+        assert not modalities.get(name).diffusion_options(steps=2, hot_start=False).hot_start
+        assert not modalities.get(name).diffusion_options(steps=MIN_STEPS_FROM_NOISE).hot_start
+    assert not modalities.get("denoise").diffusion_options(steps=1).hot_start  # starts at the noise level

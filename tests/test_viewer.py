@@ -36,12 +36,12 @@ def test_opening_a_scan_shows_its_input_with_orientation_labels(qtbot, window, m
 
 def test_run_streams_frames_in_order_and_fills_every_pane(qtbot, window, mr_nifti, tiny_prior):
     session = open_scan(qtbot, window, mr_nifti)
-    quick_settings(window, tiny_prior, steps=4, samples=2, baseline="tv")
+    quick_settings(window, tiny_prior, steps=5, samples=2, baseline="tv")  # 5: from noise, no hot start
     shown = []
     window.runner.frameShown.connect(shown.append)
     assert run_to_end(qtbot, window) is True
-    assert session.run.steps_seen == [(2, 1), (2, 2), (2, 3), (2, 4)]
-    assert shown == sorted(shown) and shown[-1] == 4
+    assert session.run.steps_seen == [(2, 1), (2, 2), (2, 3), (2, 4), (2, 5)]
+    assert shown == sorted(shown) and shown[-1] == 5
     for name in ("input", "recon", "baseline", "variance"):
         assert window.grid[name].has_image, name
     sigma = session.image("sigma")
@@ -70,14 +70,14 @@ def test_cancel_stops_the_sampler_within_a_step_and_a_new_run_replaces_the_old(q
     with qtbot.waitSignal(window.runner.frameShown, timeout=20_000):
         window.start_run()
     old = window.runner.diffusion.current
-    window.controls.steps.setValue(3)
+    window.controls.steps.setValue(5)
     superseded = []
     window.runner.runFinished.connect(superseded.append)
     with qtbot.waitSignal(window.runner.runFinished, timeout=40_000, check_params_cb=bool):
         assert window.start_run()
     assert superseded == [False, True]  # the old run ended (cancelled), then the new one completed
     assert old.wait(5_000)
-    assert [step for _, step in session.run.steps_seen] == [1, 2, 3]
+    assert [step for _, step in session.run.steps_seen] == [1, 2, 3, 4, 5]
 
 
 def test_panes_are_linked_for_zoom_pan_slice_and_crosshair(qtbot, window, mr_nifti):

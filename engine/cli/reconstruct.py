@@ -104,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--symmetric", action=argparse.BooleanOptionalAction,
                     help="pair every sample with one started from the negated noise and average (SRDS); "
                          "default: the modality's (on for all)")
-    df.add_argument("--hot-start", action="store_true",
+    df.add_argument("--hot-start", action="store_true", default=None,
                     help="start at --hot-start-t from the TV reconstruction instead of noise (fewer steps)")
     df.add_argument("--hot-start-t", type=float, default=0.4, help="where the hot start enters, in (0, 1] (default 0.4)")
     df.add_argument("--eta", type=float, help="DDIM stochasticity, 0 (deterministic) to 1 (default: the modality's)")
