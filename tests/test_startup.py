@@ -100,3 +100,14 @@ def test_cli_choices_match_the_engine() -> None:
     from diffrecon.diffusion.scan_adaptation import ADAPT_PARAMETERS
 
     assert choices.ADAPT_PARAMETERS == ADAPT_PARAMETERS
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path) -> None:
+    """``diffrecon info scan | head -1``: the reader leaves early; no traceback, exit 0."""
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), path)
+    proc = subprocess.Popen([sys.executable, "-m", "diffrecon", "info", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has written anything: its first write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and err == ""
