@@ -98,12 +98,14 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "tv": {"lam": 0.12, "iters": 100},
         "bm3d": {"sigma_scale": 1.0},
     },
-    # 2026-11-21: python -m diffrecon.baselines.tuning --modality ultrasound --slices 4
-    #   --iters 25,50,100,200   (colin27 as the reflectivity map; 1 look, 50 dB; re-referenced)
-    # speckled input 15.26 dB / 0.548; median 28.81 / 0.846; tv 29.44 / 0.821; bm3d 30.84 / 0.899.
+    # 2026-12-01, after the B-mode reference fix (session 4): python -m diffrecon.baselines.tuning
+    #   --modality ultrasound --methods median,tv --slices 4 --iters 25,50,100,200 --threads 1
+    #   (colin27 as the reflectivity map; 1 look, 50 dB): speckled input 21.19 dB / 0.565;
+    #   median 5: 29.13 / 0.849 (7, the old default: 28.31); tv lam 0.12, 25 iters: 30.12 / 0.836
+    #   (lam 0.08, 200 iters, the old default: 29.67). bm3d from 2026-11-21 (30.84 / 0.899 then).
     "ultrasound": {
-        "median": {"size": 7},
-        "tv": {"lam": 0.08, "iters": 200},
+        "median": {"size": 5},
+        "tv": {"lam": 0.12, "iters": 25},
         "bm3d": {"sigma_scale": 1.25},
     },
 }
