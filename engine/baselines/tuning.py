@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help="comma-separated (default: every method of the modality)")
     p.add_argument("--slices", type=int, default=6, help="training slices to score on (default 6)")
     p.add_argument("--dataset", help="default: colin27 (cranium for CT)")
+    p.add_argument("--min-foreground", type=float, default=0.3,
+                   help="fraction of a slice the object must fill to be scored (default 0.3; an echo sector fills less)")
     p.add_argument("--acceleration", type=float, default=4.0)
     p.add_argument("--mask", default="random")
     p.add_argument("--views", type=int)
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         noise_sigma=args.noise_sigma, looks=args.looks, seed=0,
     )
     dataset = args.dataset or DATASET_FOR[args.modality]
-    slices = training_slices(dataset, args.slices)
+    slices = training_slices(dataset, args.slices, args.min_foreground)
     print(f"{settings.describe()}; {len(slices)} training slices of {dataset} ({slices.shape[1]}x{slices.shape[2]})")
     rows = tune(
         args.modality, slices, settings, methods=methods,
