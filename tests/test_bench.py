@@ -191,3 +191,17 @@ def test_a_reader_study_is_built_from_a_real_bench_run(cli, tmp_path, mri_scan):
         items = keyed.items()
         assert sorted({i.method for i in items}) == ["tv", "zero-filled"] and len(items) == 4  # 2 slices x 2
     assert cli("study", "report", study).code == 0  # no scores yet: a report that says so
+
+
+def test_results_show_each_subject_on_its_own():
+    """A mean over subjects can hide one where a method loses: results.md adds a per-data-set table."""
+    from diffrecon.bench.report import per_subject_table
+
+    rows = [{"task": "4x", "data": d, "slice": s, "method": m, "psnr": p, "ssim": 0.5}
+            for d, m, s, p in (("a", "tv", 0, 20.0), ("a", "tv", 1, 22.0), ("a", "diffusion", 0, 25.0),
+                               ("a", "diffusion", 1, 25.0), ("b", "tv", 0, 30.0), ("b", "diffusion", 0, 28.0))]
+    table = per_subject_table({"per_slice": rows}, "4x")
+    assert table[0] == "| method | a | b |"
+    assert "| tv | 21.00 / 0.500 | 30.00 / 0.500 |" in table
+    assert "| diffusion | 25.00 / 0.500 | 28.00 / 0.500 |" in table
+    assert per_subject_table({"per_slice": [r for r in rows if r["data"] == "a"]}, "4x") == []

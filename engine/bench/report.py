@@ -60,6 +60,25 @@ def glance_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def per_subject_table(results: dict[str, Any], task: str) -> list[str]:
+    """PSNR dB / SSIM per method (rows) and data set (columns), means over each set's slices:
+    a result that holds on one subject only shows here. Empty with a single data set."""
+    rows = [r for r in results.get("per_slice", []) if r.get("task") == task and "psnr" in r]
+    data = list(dict.fromkeys(r["data"] for r in rows))
+    if len(data) < 2:
+        return []
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | " + " | ".join(data) + " |", "|---|" + "---|" * len(data)]
+    for m in methods:
+        cells = []
+        for d in data:
+            mine = [r for r in rows if r["method"] == m and r["data"] == d]
+            cells.append(f"{sum(r['psnr'] for r in mine) / len(mine):.2f} / {sum(r['ssim'] for r in mine) / len(mine):.3f}"
+                         if mine else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Per task: mean ± SD per method, then the paired differences to the best classical method."""
     s = results["settings"]
@@ -92,6 +111,9 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append("–" if st is None else f"{_fmt(st['mean'], metric)} ± {_fmt(st['sd'], metric)}")
             n = stats.get("psnr", {}).get("n", 0)
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {n} |")
+        subjects = per_subject_table(results, task)
+        if subjects:
+            lines += ["", "Per data set (PSNR dB / SSIM, mean over its slices):", ""] + subjects
         calibrated = {m: st for m, st in methods.items() if "coverage_2sigma" in st}
         if calibrated:
             curves = results.get("calibration", {}).get(task, {})
