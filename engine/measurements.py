@@ -120,6 +120,13 @@ class ReconProblem:
     # denoising: the noise model and its parameters (physics.noise.NoiseModel fields)
     noise: dict | None = None
 
+    def to(self, device: torch.device) -> "ReconProblem":
+        """The problem's tensors on ``device`` (operators move their own tables on first use)."""
+        if self.y.device == device:
+            return self
+        reference = None if self.reference is None else self.reference.to(device)
+        return replace(self, y=self.y.to(device), observed=self.observed.to(device), reference=reference)
+
 
 def _percentile_scale(values: np.ndarray) -> float:
     s = float(np.percentile(np.abs(values), 99.5))

@@ -258,7 +258,7 @@ class Reconstruction:
             observed = scores.add_problem(problem)
             reference = None if problem.reference is None else source.to_volume_units(problem.reference)
             yield MeasurementsReady(source, problem, observed, reference)
-            problem = _on_device(problem, device)  # events and scores get CPU tensors back
+            problem = problem.to(device)  # events and scores get CPU tensors back
             images: dict[str, np.ndarray] = {}
             stds: dict[str, np.ndarray] = {}
             for m in methods:
@@ -322,16 +322,6 @@ def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], Non
         elif isinstance(event, Summary):
             return event.run
     raise AssertionError("a reconstruction always ends with its summary")
-
-
-def _on_device(problem: ReconProblem, device: torch.device) -> ReconProblem:
-    """The problem's tensors on ``device`` (operators move their own tables on first use)."""
-    if problem.y.device == device:
-        return problem
-    from dataclasses import replace
-
-    reference = None if problem.reference is None else problem.reference.to(device)
-    return replace(problem, y=problem.y.to(device), observed=problem.observed.to(device), reference=reference)
 
 
 def _frame_on_cpu(frame: "ReconFrame") -> "ReconFrame":

@@ -159,16 +159,6 @@ def _mri_problem(slices: int = 1):
                         np.arange(slices))
 
 
-def _to_device(problem, device: torch.device):
-    """The problem's tensors on ``device`` (operators convert their tables on first use)."""
-    if device.type == "cpu":
-        return problem
-    from dataclasses import replace
-
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return replace(problem, y=move(problem.y), observed=move(problem.observed), reference=move(problem.reference))
-
-
 # --------------------------------------------------------------------------- 3. diffusion, 5. volumes
 
 
@@ -187,8 +177,8 @@ def diffusion(device: torch.device, steps: int = 25, repeats: int = 1) -> dict[s
 
     options = DiffusionOptions(sampler="ddim", guidance="dds", steps=steps, samples=1, symmetric=False)
     runs: dict[str, dict[str, Any]] = {}
-    setups = {"mri": (_prior("mri", device), _to_device(_mri_problem(), device)),
-              "ct": (_prior("ct", device), _to_device(_ct_problem(60), device))}
+    setups = {"mri": (_prior("mri", device), _mri_problem().to(device)),
+              "ct": (_prior("ct", device), _ct_problem(60).to(device))}
     walls: dict[str, list[float]] = {name: [] for name in setups}
     for name, (prior, problem) in setups.items():  # warm-up: oneDNN kernels, the CT matrix
         reconstruct_to_end(problem, prior, DiffusionOptions(**{**options.to_dict(), "steps": 2}))
@@ -235,7 +225,7 @@ def volumes(device: torch.device, slices: int, batch: int, steps: int = 25) -> d
 
     prior = _prior("mri", device)
     options = DiffusionOptions(sampler="ddim", guidance="dds", steps=steps, samples=1, symmetric=False)
-    one = _to_device(_mri_problem(1), device)
+    one = _mri_problem(1).to(device)
     reconstruct_to_end(one, prior, DiffusionOptions(**{**options.to_dict(), "steps": 2}))
     start = time.perf_counter()
     reconstruct_to_end(one, prior, options)
@@ -244,7 +234,7 @@ def volumes(device: torch.device, slices: int, batch: int, steps: int = 25) -> d
     done = 0
     while done < slices:
         count = min(batch, slices - done)
-        reconstruct_to_end(_to_device(_mri_problem(count), device), prior, options)
+        reconstruct_to_end(_mri_problem(count).to(device), prior, options)
         done += count
     batched = (time.perf_counter() - start) / slices
     return {"slices": slices, "batch": batch, "steps": steps, "one_slice_s": single, "per_slice_in_volume_s": batched,
@@ -257,7 +247,7 @@ def volumes(device: torch.device, slices: int, batch: int, steps: int = 25) -> d
 def total_variation(device: torch.device, repeats: int = 1) -> dict[str, Any]:
     from ..baselines import run_baseline
 
-    problems = {"mri": _to_device(_mri_problem(), device), "ct": _to_device(_ct_problem(60), device)}
+    problems = {"mri": _mri_problem().to(device), "ct": _ct_problem(60).to(device)}
     walls: dict[str, list[float]] = {name: [] for name in problems}
     with torch.inference_mode():
         for name, p in problems.items():  # warm-up (and the CT matrix, the operator norm)
