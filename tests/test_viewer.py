@@ -163,6 +163,7 @@ def test_exports_are_readable_by_the_engine(qtbot, window, mr_nifti, tiny_prior,
     session = open_scan(qtbot, window, mr_nifti)
     quick_settings(window, tiny_prior, steps=2, samples=2)
     assert run_to_end(qtbot, window)
+    assert "from the baseline (a hot start)" in window.last_status  # 2 steps from noise would give no image
     recon = session.image("recon")
 
     nii = window.commands.export("recon", tmp_path / "out" / "recon.nii.gz")

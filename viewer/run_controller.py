@@ -55,6 +55,7 @@ class RunController(QObject):
         self._last_frame: DisplayFrame | None = None
         self._input_args: tuple[MeasurementSettings, bool] | None = None  # the preview's settings, to resume it
         self._ok = True
+        self._hot_start = False  # the running request hot-starts from the baseline
         self._closed = False
         self.last_stats: dict[str, float] = {}
         self.device = "cpu"  # where runs compute (diffrecon view --device; run_viewer sets it)
@@ -126,6 +127,7 @@ class RunController(QObject):
         s.run.slices = sorted(request.slices)
         self._ok = True
         self._last_frame = None
+        self._hot_start = request.model is not None and request.options.hot_start
         n_batches = -(-len(request.slices) // request.batch_size)
         self._pending = {"baseline"}
         total = 0
@@ -257,7 +259,10 @@ class RunController(QObject):
         if ok and s is not None:
             parts = [f"Done: {len(s.run.slices)} slice(s)"]
             if frame:
-                parts.append(f"{frame.total_steps} steps in {frame.elapsed:.1f} s")
+                steps = f"{frame.total_steps} step{'' if frame.total_steps == 1 else 's'}"
+                if self._hot_start:  # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
+                    steps += " from the baseline (a hot start)"
+                parts.append(f"{steps} in {frame.elapsed:.1f} s")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
             warning = (self.session.run.provenance.get("out_of_domain") or {}).get("warning")
