@@ -54,6 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="PRIOR.safetensors",
                    help="start from this trained prior's weights with a fresh optimizer (fine-tuning; how a "
                         "shipped prior is trained further in a new session, since resume states stay out of git)")
+    p.add_argument("--conditional", metavar="TASK",
+                   help="train a conditional prior for classifier-free guidance: the degraded image of TASK "
+                        "(mri-4x: the zero-filled image of 4x undersampling; denoise: the noisy image) is an "
+                        "extra input, replaced by zeros with probability --p-uncond (with --init-from an "
+                        "unconditional prior, the network starts as that prior)")
+    p.add_argument("--p-uncond", type=float, default=0.15, metavar="P",
+                   help="condition dropout rate of --conditional (default 0.15)")
     p.add_argument("--augment", default="all", metavar="LIST",
                    help="generalising augmentations: 'all', 'none', or a comma list of "
                         "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
@@ -110,8 +117,14 @@ def run(args: argparse.Namespace) -> int:
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
         init_from=args.init_from, augment=augment, sizes=sizes, val_every=args.val_every,
-        device=_device(args.device),
+        device=_device(args.device), conditional=args.conditional, p_uncond=args.p_uncond,
     )
+    if args.conditional:
+        from ..diffusion.conditioning import ConditioningTask
+
+        ConditioningTask.parse(args.conditional, args.p_uncond)  # one sentence before any scan is read
+        if args.conditional.startswith("mri-") and config.channels != 2:
+            raise SettingsError("--conditional mri-...: the MRI condition is complex, so it needs --channels 2")
     if args.packed:
         from ..diffusion.packed import load_packed
 
@@ -129,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         paths.log.unlink()  # a fresh run starts a fresh validation log
     start = ("resuming at step " + str(trainer.step) if resumed
              else f"fine-tuning {args.init_from}" if args.init_from else "training from scratch")
+    if config.conditional:
+        start += f" (conditional on {config.conditional}, condition dropout {config.p_uncond:g})"
     print(f"{start}: "
           f"{trainer.model.parameter_count() / 1e6:.2f} M parameters, {config.channels} channel(s), "
           f"{torch.get_num_threads()} thread(s)", flush=True)
