@@ -61,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unconditional prior, the network starts as that prior)")
     p.add_argument("--p-uncond", type=float, default=0.15, metavar="P",
                    help="condition dropout rate of --conditional (default 0.15)")
+    p.add_argument("--self-supervised", action="store_true",
+                   help="DiffDenoise's pipeline on noisy scans alone (no clean image): a blind-spot network "
+                        "(Noise2Void masking; first 35 %% of --minutes, written as NAME-blindspot.safetensors), then "
+                        "a diffusion model of the noisy scans conditioned on its output (--conditional blind-spot); "
+                        "1 channel, no augmentation (it would change the noise)")
+    p.add_argument("--simulate-noise", type=float, metavar="SIGMA",
+                   help="with --self-supervised: add white Gaussian noise of this std (normalised units, as "
+                        "bench's sigma=) to DATA once, to learn from clean scans as if they were noisy ones")
     p.add_argument("--augment", default="all", metavar="LIST",
                    help="generalising augmentations: 'all', 'none', or a comma list of "
                         "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
@@ -98,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError("--size must be at least 8, --batch at least 1 and --width at least 4")
     from ..diffusion.augment import AUGMENTATION_NAMES
 
+    if args.self_supervised:
+        if args.minutes is None:
+            raise SettingsError("--self-supervised trains two networks in turn: give the time for both with --minutes")
+        if args.conditional or args.distill_from or args.init_from or args.packed:
+            raise SettingsError("--self-supervised takes none of --conditional, --distill-from, --init-from, --packed")
+        args.conditional, args.augment = "blind-spot", "none"
+        args.channels = args.channels or 1
+    elif args.simulate_noise is not None:
+        raise SettingsError("--simulate-noise goes with --self-supervised")
+    elif args.conditional == "blind-spot":
+        raise SettingsError("--conditional blind-spot is trained by --self-supervised")
     augment = _parse_augment(args.augment, AUGMENTATION_NAMES)
     try:
         sizes = tuple(int(v) for v in args.sizes.split(",") if v.strip())
@@ -136,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
             raise SettingsError("give the scans to train on (DATA) or a --packed file")
         sources = load_sources(list(args.data), args.modality, args.val_fraction)
 
-    trainer = Trainer(config, sources, paths.weights)
+    condition_network = None
+    if args.self_supervised:
+        config.max_minutes, condition_network, sources = _blind_spot_stage(args, config, sources, paths)
+    trainer = Trainer(config, sources, paths.weights, condition_network=condition_network)
     resumed = args.resume and trainer.resume()
     if not resumed and paths.log.exists():
         paths.log.unlink()  # a fresh run starts a fresh validation log
@@ -160,6 +182,33 @@ def run(args: argparse.Namespace) -> int:
                         ("model card", paths.card), ("validation log", paths.log)):
         print(f"{label}: {path}")
     return 0
+
+
+def _blind_spot_stage(args: argparse.Namespace, config, sources, paths):
+    """Stage 1 of --self-supervised: train (or, with --resume, reuse) the blind-spot network;
+    return stage 2's minutes, its condition network and the (noisy) sources."""
+    from ..diffusion.checkpoint import load_prior
+    from ..diffusion.self_supervised import file_digest, noisy_sources, train_blind_spot
+
+    if args.simulate_noise is not None:
+        if not 0 < args.simulate_noise <= 1:
+            raise SettingsError("--simulate-noise must be above 0 and at most 1")
+        sources = noisy_sources(sources, args.simulate_noise, args.seed)
+    bsn_path = paths.weights.with_name(paths.name + "-blindspot.safetensors")
+    minutes = float(args.minutes)
+    if args.resume and bsn_path.exists():
+        print(f"blind-spot network: reusing {bsn_path}", flush=True)
+        stage2 = minutes
+    else:
+        record = train_blind_spot(sources, config.channels, bsn_path, minutes=0.35 * minutes, size=config.size,
+                                  batch=config.batch, seed=config.seed, progress=not args.quiet)
+        print(f"blind-spot network: {record['steps']} steps, masked-pixel validation MSE "
+              f"{record['val_masked_mse']:.5f}: {bsn_path}", flush=True)
+        stage2 = 0.65 * minutes
+    bsn = load_prior(bsn_path).model
+    meta = {"blind_spot_file": {"name": bsn_path.name, "sha256": file_digest(bsn_path)},
+            **({"simulated_noise_sigma": args.simulate_noise} if args.simulate_noise is not None else {})}
+    return stage2, (bsn, meta), sources
 
 
 def _pack(args: argparse.Namespace) -> int:

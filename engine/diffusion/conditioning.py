@@ -195,6 +195,9 @@ def check_task(prior, modality: str, acceleration: float | None = None) -> str:
         return have  # a mask's achieved acceleration is within 10 % of its nominal one (physics.masks)
     if have == "blind-spot" and modality == "denoise":
         return have
+    if have == "blind-spot":
+        raise SettingsError(f"{name} is a self-supervised denoising prior (blind-spot condition); it cannot "
+                            f"reconstruct {modality}")
     if have is None:
         raise SettingsError(f"{name} is an unconditional prior, so classifier-free guidance cannot use it; give a "
                             f"prior trained with diffrecon train --conditional {want}")
@@ -206,6 +209,10 @@ def check_task(prior, modality: str, acceleration: float | None = None) -> str:
 
 def refuse_without_guidance(prior) -> None:
     """A conditional prior used as a plain (unconditional) prior: refused in one sentence."""
+    name = Path(str(prior.path)).name if getattr(prior, "path", None) else "the prior"
+    if prior.metadata.get("role") == "blind-spot":
+        raise SettingsError(f"{name} is a blind-spot network (stage 1 of diffrecon train --self-supervised), not a "
+                            "diffusion prior; use the prior trained beside it")
     task = prior_task(prior.metadata)
     if task is not None:
         name = Path(str(prior.path)).name if getattr(prior, "path", None) else "the prior"

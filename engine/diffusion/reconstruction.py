@@ -162,6 +162,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     """
     options.validate()  # a caller may have changed a field since it was made
     cfg_condition = _check_conditioning(problem, prior, options)
+    if cfg_condition == "blind-spot":  # DiffDenoise's self-supervised prior: its own sampler
+        from .self_supervised import stream_self_supervised
+
+        yield from stream_self_supervised(problem, prior, options)
+        return
     if options.noise_start and problem.operator.is_identity and problem.noise_level > 0:
         from .noise_start import stream_noise_start
 
@@ -267,9 +272,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
 def _check_conditioning(problem: ReconProblem, prior: Prior, options: DiffusionOptions) -> str | None:
     """The conditioning task of a classifier-free guided run (None for a plain one); a conditional
     prior without guidance, guidance without one, or a prior of another task is refused in one sentence."""
-    from .conditioning import check_task, refuse_without_guidance
+    from .conditioning import check_task, prior_task, refuse_without_guidance
 
     if options.cfg_scale is None:
+        if prior_task(prior.metadata) == "blind-spot":
+            return check_task(prior, problem.modality)  # guidance scale 1 unless given
         refuse_without_guidance(prior)
         return None
     acceleration = float(problem.operator.acceleration) if problem.modality == "mri" else None

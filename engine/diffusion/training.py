@@ -120,8 +120,12 @@ def magnitude_spectrum_l1(x0_hat: torch.Tensor, x0: torch.Tensor, weight: torch.
 class Trainer:
     """Owns the network, its EMA, the optimizer and every RNG of one training run."""
 
-    def __init__(self, config: TrainConfig, sources: list[TrainingSource], out: str | Path):
+    def __init__(self, config: TrainConfig, sources: list[TrainingSource], out: str | Path, *,
+                 condition_network: tuple[torch.nn.Module, dict[str, Any]] | None = None):
+        """``condition_network``: for ``conditional="blind-spot"``, the frozen network whose output
+        on a crop is that crop's condition, and what the prior's metadata records about it."""
         self.config = config
+        self.condition_network = condition_network
         self.sources = sources
         self.paths = PriorPaths.for_weights(out)
         self.schedule: NoiseSchedule = make_schedule(config.schedule)
@@ -159,9 +163,9 @@ class Trainer:
         self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng).to(self.device)
         self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
         self.val_cond = None
-        if self.conditioning is not None and self.conditioning.name != "blind-spot":
+        if self.conditioning is not None:
             fixed = np.random.default_rng(4322)  # fixed conditions too (never dropped in validation)
-            self.val_cond = self.conditioning.training_condition(torch.from_numpy(val), fixed).to(self.device)
+            self.val_cond = self._clean_condition(torch.from_numpy(val), fixed).to(self.device)
 
     def _load_teacher(self, path: str):
         """The prior to distil, checked against the student's settings."""
@@ -247,10 +251,20 @@ class Trainer:
         """This batch's conditions (made from the clean crops on the CPU), with condition dropout."""
         from .conditioning import drop_condition
 
+        cond = self._clean_condition(x0.cpu(), self.cond_rng)
         assert self.conditioning is not None
-        cond = self.conditioning.training_condition(x0.cpu(), self.cond_rng)
         cond, _ = drop_condition(cond, self.conditioning.p_uncond, self.cond_rng)
         return cond.to(self.device)
+
+    def _clean_condition(self, x0: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The condition of crops ``x0`` before dropout: the task's degradation, or the blind-spot network's output."""
+        assert self.conditioning is not None
+        if self.conditioning.name != "blind-spot":
+            return self.conditioning.training_condition(x0, rng)
+        if self.condition_network is None:
+            raise DiffreconError("a blind-spot conditional prior is trained by diffrecon train --self-supervised")
+        with torch.no_grad():
+            return self.condition_network[0](x0, torch.zeros(x0.shape[0])).float()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -357,7 +371,9 @@ class Trainer:
             **({"distilled_from": {"path": str(self.config.teacher), "step": self.teacher_step}}
                if self.teacher is not None else {}),
             **({"initialised_from": self.init_meta} if self.config.init_from else {}),
-            **({"conditioning": self.conditioning.to_metadata()} if self.conditioning is not None else {}),
+            **({"conditioning": {**self.conditioning.to_metadata(),
+                                 **(self.condition_network[1] if self.condition_network else {})}}
+               if self.conditioning is not None else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
