@@ -101,6 +101,11 @@ def markdown(results: dict[str, Any]) -> str:
                 if model.get("parameters") and model.get("file_megabytes") else "")
         lines += [f"Prior: `{model['path']}` (step {model.get('step')}{size}); diffusion options per method in "
                   f"results.json.", ""]
+    cfg = results.get("cfg_model")
+    if cfg:
+        task = (cfg.get("conditioning") or {}).get("task")
+        lines += [f"Conditional prior of the `diffusion:cfg/<w>` methods: `{cfg['path']}` (step {cfg.get('step')}, "
+                  f"conditioned on {task}).", ""]
     for task, methods in results["summary"].items():
         lines += [f"## {task}", "", "| method | PSNR (dB) | SSIM | NMSE | MAE | s/slice | n |",
                   "|---|---|---|---|---|---|---|"]

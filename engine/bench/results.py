@@ -24,7 +24,7 @@ from .tasks import MethodSpec, Task
 
 def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], methods: list[MethodSpec], prior, *,
                   out: Path, seed: int, samples: int, quick: bool, command: str | None = None,
-                  device: str = "cpu") -> dict[str, Any]:
+                  device: str = "cpu", cfg_prior=None) -> dict[str, Any]:
     """The results dictionary; the figures are written under ``out`` and listed in it."""
     summary = summarise(run.rows)
     classical = [m.label for m in methods if not m.is_diffusion]
@@ -53,6 +53,8 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
                   "slices_text": _ranges(d.slices),
                   "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
         "model": model_description(prior),
+        **({"cfg_model": {**(model_description(cfg_prior) or {}),
+                          "conditioning": cfg_prior.metadata.get("conditioning")}} if cfg_prior is not None else {}),
         "environment": environment(device),
         "per_slice": run.rows,
         "summary": summary,

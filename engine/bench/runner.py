@@ -104,7 +104,7 @@ class BenchRun:
 
 
 def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int, samples: int,
-                      quick: bool) -> dict[str, DiffusionSetup]:
+                      quick: bool, cfg_prior=None) -> dict[str, DiffusionSetup]:
     setups = {}
     for m in methods:
         if not m.is_diffusion:
@@ -112,7 +112,15 @@ def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int
         overrides = {"samples": samples, "seed": seed, **m.overrides}
         if quick:
             overrides["steps"] = min(int(overrides.get("steps", 25)), 3)
-        setups[m.label] = diffusion_setup(prior, modality, **overrides)
+        chosen = prior
+        if "cfg_scale" in overrides:  # classifier-free guidance runs the conditional prior
+            if cfg_prior is None:
+                raise SettingsError(f"--methods: {m.label} needs a conditional prior: pass --cfg-model "
+                                    "(one trained with diffrecon train --conditional)")
+            chosen = cfg_prior
+        if chosen is None:
+            continue  # run_bench says that the diffusion method needs a prior
+        setups[m.label] = diffusion_setup(chosen, modality, **overrides)
     return setups
 
 
@@ -131,6 +139,7 @@ def run_bench(
     quick: bool = False,
     progress: Callable[[str], object] | None = None,
     device: str = "cpu",
+    cfg_prior=None,
 ) -> BenchRun:
     """Score ``methods`` on every task x data x slice; ``progress(label)`` after each slice.
 
@@ -140,8 +149,8 @@ def run_bench(
     (1000 steps cost 40x the 25 of the main run). Every method runs on ``device``.
     """
     modality = tasks[0].modality
-    setups = _diffusion_setups(methods, prior, modality, seed, samples, quick)
-    if any(m.is_diffusion for m in methods) and prior is None:
+    setups = _diffusion_setups(methods, prior, modality, seed, samples, quick, cfg_prior)
+    if any(m.is_diffusion and "cfg_scale" not in m.overrides for m in methods) and prior is None:
         raise SettingsError("the diffusion method needs a prior (pass --model or install the default one)")
     classical = [m.base for m in methods if not m.is_diffusion]
     show_input = not input_is_a_method(modality, methods)

@@ -7,7 +7,8 @@ shorthand ``4x`` for an MRI acceleration and ``sigma=`` for the denoising noise 
 
 A *method* is a classical baseline (``tv``, ``l1-wavelet``...) or a diffusion variant
 ``diffusion[:sampler/guidance/steps[/hot]]``; empty fields keep the modality's measured
-defaults (``diffusion``, ``diffusion:ddim/dds/25``, ``diffusion:ddpm//50``).
+defaults (``diffusion``, ``diffusion:ddim/dds/25``, ``diffusion:ddpm//50``); ``diffusion:cfg/<w>``
+is classifier-free guidance with scale ``w`` on a conditional prior (bench's ``--cfg-model``).
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
 
     if not variant:
         return {}
+    if variant.split("/")[0] == "cfg":
+        return _cfg_overrides(variant, token)
     parts = variant.split("/")
     if len(parts) > 4:
         raise SettingsError(f"--methods: {token!r} must look like diffusion:sampler/guidance[@tv-weight]/steps[/hot]")
@@ -179,6 +182,27 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
         if hot != "hot":
             raise SettingsError(f"--methods: the fourth field of {token!r} can only be 'hot' (a hot start)")
         out["hot_start"] = True
+    return out
+
+
+def _cfg_overrides(variant: str, token: str) -> dict[str, Any]:
+    """``cfg/<w>[/steps]``: classifier-free guidance with scale ``w`` on the conditional prior
+    (``--cfg-model``), DDIM with DDS data consistency: the same sampler and data consistency as
+    ``diffusion:ddim/dds/<steps>``, so the two differ only by the network and its condition."""
+    parts = variant.split("/")
+    if len(parts) not in (2, 3):
+        raise SettingsError(f"--methods: {token!r} must look like diffusion:cfg/<w>[/steps], e.g. diffusion:cfg/2")
+    try:
+        scale = float(parts[1])
+    except ValueError:
+        raise SettingsError(f"--methods: the guidance scale in {token!r} must be a number") from None
+    if not 0 <= scale <= 20:
+        raise SettingsError(f"--methods: the guidance scale in {token!r} must be from 0 to 20")
+    out: dict[str, Any] = {"sampler": "ddim", "guidance": "dds", "cfg_scale": scale}
+    if len(parts) == 3:
+        if not parts[2].isdigit() or int(parts[2]) < 1:
+            raise SettingsError(f"--methods: steps must be a positive whole number in {token!r}")
+        out["steps"] = int(parts[2])
     return out
 
 

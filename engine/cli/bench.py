@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1,
                    help="diffusion posterior samples per slice (default 1: a symmetric pair, which gives a variance)")
     p.add_argument("--model", help="diffusion prior (default: the bundled one for the modality)")
+    p.add_argument("--cfg-model", metavar="PRIOR.safetensors",
+                   help="the conditional prior (diffrecon train --conditional TASK) that diffusion:cfg/<w> methods "
+                        "run with classifier-free guidance scale w")
     p.add_argument("--steps", dest="ablation", metavar="N,N,...",
                    help="steps ablation of the first diffusion method on the first task: e.g. 10,25,50,100,250,1000")
     p.add_argument("--ablation-slices", type=int, default=2,
@@ -113,7 +116,13 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import resolve_device
 
     device = resolve_device(args.device)
-    prior = _prior(args, modality, any(m.is_diffusion for m in methods))
+    prior = _prior(args, modality, any(m.is_diffusion and "cfg_scale" not in m.overrides for m in methods))
+    cfg_prior = None
+    if args.cfg_model:
+        from ..diffusion.checkpoint import load_prior
+
+        cfg_prior = load_prior(args.cfg_model)
+    _check_cfg(methods, tasks, cfg_prior, modality, args.seed)
     if args.slices_per_subject < 1:
         raise SettingsError("--slices-per-subject must be at least 1")
     data = [load_bench_data(d, modality, args.slices, args.quick, args.slices_per_subject)
@@ -136,10 +145,11 @@ def run(args: argparse.Namespace) -> int:
                          cases_dir=None if args.no_cases else out / "cases", ablation_steps=ablation_steps,
                          ablation_slices=ablation_slices,
                          quick=args.quick, progress=lambda label: (bar.set_postfix_str(label), bar.update()),
-                         device=device.type)
+                         device=device.type, cfg_prior=cfg_prior)
 
     results = build_results(run_, data, tasks, methods, prior, out=out, seed=args.seed, samples=args.samples,
-                            quick=args.quick, command=getattr(args, "command_line", None), device=device.type)
+                            quick=args.quick, command=getattr(args, "command_line", None), device=device.type,
+                            cfg_prior=cfg_prior)
     json_path, md_path = write_results(out, results)
     _print_summary(results["summary"])
     if args.quick:  # repeated under the table, where the eye lands
@@ -147,6 +157,23 @@ def run(args: argparse.Namespace) -> int:
     for path in (json_path, md_path, *results["figures"]):
         print(path)
     return 0
+
+
+def _check_cfg(methods, tasks, cfg_prior, modality: str, seed: int) -> None:
+    """diffusion:cfg/<w> needs a conditional prior of every task's kind: said before any work starts."""
+    if not any("cfg_scale" in m.overrides for m in methods):
+        return
+    from ..errors import SettingsError
+
+    if cfg_prior is None:
+        label = next(m.label for m in methods if "cfg_scale" in m.overrides)
+        raise SettingsError(f"--methods: {label} needs a conditional prior: pass --cfg-model (one trained with "
+                            "diffrecon train --conditional)")
+    from ..diffusion.conditioning import check_task
+
+    for task in tasks:
+        settings = task.settings(seed)
+        check_task(cfg_prior, modality, getattr(settings, "acceleration", None) if modality == "mri" else None)
 
 
 def _print_summary(summary) -> None:

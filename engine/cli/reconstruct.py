@@ -84,6 +84,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="data consistency: projection (hard; measurement mixing for denoising), dds (CG steps), "
                          "dds-tv (CG steps with a TV term; its weight and a blend with TV chosen per scan from "
                          "held-out measurements), dps (likelihood gradient; slower) (default: the modality's)")
+    df.add_argument("--cfg", type=float, default=None, metavar="W",
+                    help="classifier-free guidance with scale W (0 = the prior's unconditional half, 1 = plain "
+                         "conditional, >1 leans further on the condition): --model must be a conditional prior "
+                         "(diffrecon train --conditional TASK) of this task; the condition is the degraded input "
+                         "(MRI: the zero-filled image); guidance dds unless --guidance says otherwise")
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
@@ -196,11 +201,13 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     if not path.is_file():
         hint = "pass --model" if args.model else "train it with diffrecon train or pass --model"
         raise DiffreconError(f"{path}: the diffusion prior file does not exist; {hint}")
-    return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=args.guidance, steps=args.steps,
+    guidance = args.guidance or ("dds" if args.cfg is not None else None)  # dds-tv's hold-out would change the task
+    return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=guidance, steps=args.steps,
                            samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
-                           through_plane=0.0 if args.independent_slices else args.through_plane)
+                           through_plane=0.0 if args.independent_slices else args.through_plane,
+                           cfg_scale=args.cfg)
 
 
 def _tv_weight(text: str | None) -> float | str | None:

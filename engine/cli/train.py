@@ -54,6 +54,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="PRIOR.safetensors",
                    help="start from this trained prior's weights with a fresh optimizer (fine-tuning; how a "
                         "shipped prior is trained further in a new session, since resume states stay out of git)")
+    p.add_argument("--conditional", metavar="TASK",
+                   help="train a conditional prior for classifier-free guidance: the degraded image of TASK "
+                        "(mri-4x: the zero-filled image of 4x undersampling; denoise: the noisy image) is an "
+                        "extra input, replaced by zeros with probability --p-uncond (with --init-from an "
+                        "unconditional prior, the network starts as that prior)")
+    p.add_argument("--p-uncond", type=float, default=0.15, metavar="P",
+                   help="condition dropout rate of --conditional (default 0.15)")
+    p.add_argument("--self-supervised", action="store_true",
+                   help="DiffDenoise's pipeline on noisy scans alone (no clean image): a blind-spot network "
+                        "(Noise2Void masking; first 35 %% of --minutes, written as NAME-blindspot.safetensors), then "
+                        "a diffusion model of the noisy scans conditioned on its output (--conditional blind-spot); "
+                        "1 channel, no augmentation (it would change the noise)")
+    p.add_argument("--simulate-noise", type=float, metavar="SIGMA",
+                   help="with --self-supervised: add white Gaussian noise of this std (normalised units, as "
+                        "bench's sigma=) to DATA once, to learn from clean scans as if they were noisy ones")
     p.add_argument("--augment", default="all", metavar="LIST",
                    help="generalising augmentations: 'all', 'none', or a comma list of "
                         "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
@@ -91,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError("--size must be at least 8, --batch at least 1 and --width at least 4")
     from ..diffusion.augment import AUGMENTATION_NAMES
 
+    if args.self_supervised:
+        if args.minutes is None:
+            raise SettingsError("--self-supervised trains two networks in turn: give the time for both with --minutes")
+        if args.conditional or args.distill_from or args.init_from or args.packed:
+            raise SettingsError("--self-supervised takes none of --conditional, --distill-from, --init-from, --packed")
+        args.conditional, args.augment = "blind-spot", "none"
+        args.channels = args.channels or 1
+    elif args.simulate_noise is not None:
+        raise SettingsError("--simulate-noise goes with --self-supervised")
+    elif args.conditional == "blind-spot":
+        raise SettingsError("--conditional blind-spot is trained by --self-supervised")
     augment = _parse_augment(args.augment, AUGMENTATION_NAMES)
     try:
         sizes = tuple(int(v) for v in args.sizes.split(",") if v.strip())
@@ -110,8 +136,14 @@ def run(args: argparse.Namespace) -> int:
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
         init_from=args.init_from, augment=augment, sizes=sizes, val_every=args.val_every,
-        device=_device(args.device),
+        device=_device(args.device), conditional=args.conditional, p_uncond=args.p_uncond,
     )
+    if args.conditional:
+        from ..diffusion.conditioning import ConditioningTask
+
+        ConditioningTask.parse(args.conditional, args.p_uncond)  # one sentence before any scan is read
+        if args.conditional.startswith("mri-") and config.channels != 2:
+            raise SettingsError("--conditional mri-...: the MRI condition is complex, so it needs --channels 2")
     if args.packed:
         from ..diffusion.packed import load_packed
 
@@ -123,12 +155,17 @@ def run(args: argparse.Namespace) -> int:
             raise SettingsError("give the scans to train on (DATA) or a --packed file")
         sources = load_sources(list(args.data), args.modality, args.val_fraction)
 
-    trainer = Trainer(config, sources, paths.weights)
+    condition_network = None
+    if args.self_supervised:
+        config.max_minutes, condition_network, sources = _blind_spot_stage(args, config, sources, paths)
+    trainer = Trainer(config, sources, paths.weights, condition_network=condition_network)
     resumed = args.resume and trainer.resume()
     if not resumed and paths.log.exists():
         paths.log.unlink()  # a fresh run starts a fresh validation log
     start = ("resuming at step " + str(trainer.step) if resumed
              else f"fine-tuning {args.init_from}" if args.init_from else "training from scratch")
+    if config.conditional:
+        start += f" (conditional on {config.conditional}, condition dropout {config.p_uncond:g})"
     print(f"{start}: "
           f"{trainer.model.parameter_count() / 1e6:.2f} M parameters, {config.channels} channel(s), "
           f"{torch.get_num_threads()} thread(s)", flush=True)
@@ -145,6 +182,33 @@ def run(args: argparse.Namespace) -> int:
                         ("model card", paths.card), ("validation log", paths.log)):
         print(f"{label}: {path}")
     return 0
+
+
+def _blind_spot_stage(args: argparse.Namespace, config, sources, paths):
+    """Stage 1 of --self-supervised: train (or, with --resume, reuse) the blind-spot network;
+    return stage 2's minutes, its condition network and the (noisy) sources."""
+    from ..diffusion.checkpoint import load_prior
+    from ..diffusion.self_supervised import file_digest, noisy_sources, train_blind_spot
+
+    if args.simulate_noise is not None:
+        if not 0 < args.simulate_noise <= 1:
+            raise SettingsError("--simulate-noise must be above 0 and at most 1")
+        sources = noisy_sources(sources, args.simulate_noise, args.seed)
+    bsn_path = paths.weights.with_name(paths.name + "-blindspot.safetensors")
+    minutes = float(args.minutes)
+    if args.resume and bsn_path.exists():
+        print(f"blind-spot network: reusing {bsn_path}", flush=True)
+        stage2 = minutes
+    else:
+        record = train_blind_spot(sources, config.channels, bsn_path, minutes=0.35 * minutes, size=config.size,
+                                  batch=config.batch, seed=config.seed, progress=not args.quiet)
+        print(f"blind-spot network: {record['steps']} steps, masked-pixel validation MSE "
+              f"{record['val_masked_mse']:.5f}: {bsn_path}", flush=True)
+        stage2 = 0.65 * minutes
+    bsn = load_prior(bsn_path).model
+    meta = {"blind_spot_file": {"name": bsn_path.name, "sha256": file_digest(bsn_path)},
+            **({"simulated_noise_sigma": args.simulate_noise} if args.simulate_noise is not None else {})}
+    return stage2, (bsn, meta), sources
 
 
 def _pack(args: argparse.Namespace) -> int:

@@ -44,6 +44,9 @@ class DiffusionOptions:
     noise_start_scale: float = 1.0  # start where the model's sigma_t = this x the noise std
     ensemble: int = 1  # noise start: flips/transposes of the image denoised and averaged (1-8)
     wiener: bool = False  # noise start: empirical Wiener refinement with the estimate as pilot
+    # classifier-free guidance with a conditional prior (.conditioning): eps_uncond + w (eps_cond -
+    # eps_uncond), the condition being the problem's degraded image; None = an unconditional prior
+    cfg_scale: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +71,13 @@ class DiffusionOptions:
                                 f"{self.noise_start_scale} and {self.ensemble}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
+
+        if self.cfg_scale is not None:
+            if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) \
+                    or not 0 <= self.cfg_scale <= 20:
+                raise SettingsError(f"the guidance scale w must be a number from 0 to 20; got {self.cfg_scale!r}")
+            if self.adapt_steps > 0:
+                raise SettingsError("classifier-free guidance and test-time adaptation (adapt_steps) do not combine")
 
         from .scan_adaptation import ADAPT_PARAMETERS
 

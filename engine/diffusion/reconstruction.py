@@ -161,6 +161,12 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     samples, ``variance`` their per-pixel variance (None for a single sample).
     """
     options.validate()  # a caller may have changed a field since it was made
+    cfg_condition = _check_conditioning(problem, prior, options)
+    if cfg_condition == "blind-spot":  # DiffDenoise's self-supervised prior: its own sampler
+        from .self_supervised import stream_self_supervised
+
+        yield from stream_self_supervised(problem, prior, options)
+        return
     if options.noise_start and problem.operator.is_identity and problem.noise_level > 0:
         from .noise_start import stream_noise_start
 
@@ -226,6 +232,15 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                                      parameters=options.adapt_parameters, seed=options.seed)
 
         eps_model = model  # keeps its own (NCHW) layout: see ScanAdaptedModel
+    elif cfg_condition is not None:
+        from .conditioning import GuidedEps, inference_condition
+
+        guided = GuidedEps(model, inference_condition(problem, domain).to(device), float(options.cfg_scale))
+
+        def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return guided(x.contiguous(memory_format=torch.channels_last), t)
+
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     else:
         def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return model(x.contiguous(memory_format=torch.channels_last), t)  # type: ignore[no-any-return]
@@ -252,6 +267,20 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             yield out
     finally:
         frames.close()  # cancellation: the sampler's generator ends here too
+
+
+def _check_conditioning(problem: ReconProblem, prior: Prior, options: DiffusionOptions) -> str | None:
+    """The conditioning task of a classifier-free guided run (None for a plain one); a conditional
+    prior without guidance, guidance without one, or a prior of another task is refused in one sentence."""
+    from .conditioning import check_task, prior_task, refuse_without_guidance
+
+    if options.cfg_scale is None:
+        if prior_task(prior.metadata) == "blind-spot":
+            return check_task(prior, problem.modality)  # guidance scale 1 unless given
+        refuse_without_guidance(prior)
+        return None
+    acceleration = float(problem.operator.acceleration) if problem.modality == "mri" else None
+    return check_task(prior, problem.modality, acceleration)
 
 
 def _full_data_tv(problem: ReconProblem, baseline: torch.Tensor | None, options: DiffusionOptions) -> torch.Tensor:

@@ -85,6 +85,10 @@ class TrainConfig:
     sizes: tuple[int, ...] = ()  # extra crop sizes drawn besides `size` (same pixels per batch)
     device: str = "cpu"  # where the network trains; crops and random draws stay on the CPU (same on any device)
     data: list[str] = field(default_factory=list)  # what was trained on, for the card
+    # a conditional prior (classifier-free guidance, see .conditioning): the task whose degraded
+    # image is its extra input, and the condition dropout rate that keeps it unconditional too
+    conditional: str | None = None
+    p_uncond: float = 0.15
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,15 +120,29 @@ def magnitude_spectrum_l1(x0_hat: torch.Tensor, x0: torch.Tensor, weight: torch.
 class Trainer:
     """Owns the network, its EMA, the optimizer and every RNG of one training run."""
 
-    def __init__(self, config: TrainConfig, sources: list[TrainingSource], out: str | Path):
+    def __init__(self, config: TrainConfig, sources: list[TrainingSource], out: str | Path, *,
+                 condition_network: tuple[torch.nn.Module, dict[str, Any]] | None = None):
+        """``condition_network``: for ``conditional="blind-spot"``, the frozen network whose output
+        on a crop is that crop's condition, and what the prior's metadata records about it."""
         self.config = config
+        self.condition_network = condition_network
         self.sources = sources
         self.paths = PriorPaths.for_weights(out)
         self.schedule: NoiseSchedule = make_schedule(config.schedule)
         self.normalisation = Normalisation.for_modality(config.modality)
+        self.conditioning = None
+        if config.conditional:
+            from .conditioning import ConditioningTask
+
+            if config.teacher:
+                raise DiffreconError("a conditional prior cannot be distilled from an unconditional teacher; "
+                                     "drop --distill-from or --conditional")
+            self.conditioning = ConditioningTask.parse(config.conditional, config.p_uncond)
+        # conditions and their dropout draw from their own stream, so unconditional runs keep theirs
+        self.cond_rng = np.random.default_rng(config.seed + 2)
         torch.manual_seed(config.seed)  # weight init
         self.model = UNet(config.channels, config.width, config.channel_mult, config.res_blocks,
-                          config.attention_heads)
+                          config.attention_heads, cond_channels=config.channels if self.conditioning else 0)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         aug = Augmentation.generalising(config.modality, tuple(config.augment)) if config.augment else None
@@ -144,6 +162,10 @@ class Trainer:
         val_rng = torch.Generator().manual_seed(4321)  # fixed t and noise: losses comparable across runs
         self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng).to(self.device)
         self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
+        self.val_cond = None
+        if self.conditioning is not None:
+            fixed = np.random.default_rng(4322)  # fixed conditions too (never dropped in validation)
+            self.val_cond = self._clean_condition(torch.from_numpy(val), fixed).to(self.device)
 
     def _load_teacher(self, path: str):
         """The prior to distil, checked against the student's settings."""
@@ -162,8 +184,16 @@ class Trainer:
         return teacher.model.eval().requires_grad_(False).to(self.config.device)
 
     def _init_from(self, path: str) -> dict[str, Any]:
-        """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh)."""
-        meta = load_ema_weights(path, self.model)
+        """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh).
+
+        A conditional network started from an unconditional prior gets zero weights on its
+        condition channels: it begins as exactly that prior and learns to read the condition."""
+        if self.conditioning is not None and "cond_channels" not in read_metadata(path).get("unet_config", {}):
+            from .conditioning import load_unconditional_into
+
+            meta = load_unconditional_into(path, self.model)
+        else:
+            meta = load_ema_weights(path, self.model)
         cfg = self.config
         if meta.get("modality") != cfg.modality:
             raise DiffreconError(f"{path}: a {meta.get('modality')} prior cannot start a {cfg.modality} prior")
@@ -193,6 +223,7 @@ class Trainer:
         # The schedule's tables live on the CPU: t stays there for them, t_dev feeds the network.
         x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t)
+        cond = self._training_condition(x0) if self.conditioning is not None else None
         target = noise
         if self.teacher is not None:
             with torch.no_grad(), autocast_context(cfg.autocast, self.device):
@@ -202,7 +233,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with autocast_context(cfg.autocast, self.device):
-            eps = self.model(x_t, t_dev)
+            eps = self.model(x_t, t_dev) if cond is None else self.model(x_t, t_dev, cond)
         loss = F.mse_loss(eps.float(), target)
         if cfg.freq_loss > 0:
             x0_hat = self.schedule.x0_from_eps(x_t, eps.float(), t)
@@ -215,6 +246,25 @@ class Trainer:
         self._update_ema()
         self.step += 1
         return float(loss.detach())
+
+    def _training_condition(self, x0: torch.Tensor) -> torch.Tensor:
+        """This batch's conditions (made from the clean crops on the CPU), with condition dropout."""
+        from .conditioning import drop_condition
+
+        cond = self._clean_condition(x0.cpu(), self.cond_rng)
+        assert self.conditioning is not None
+        cond, _ = drop_condition(cond, self.conditioning.p_uncond, self.cond_rng)
+        return cond.to(self.device)
+
+    def _clean_condition(self, x0: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The condition of crops ``x0`` before dropout: the task's degradation, or the blind-spot network's output."""
+        assert self.conditioning is not None
+        if self.conditioning.name != "blind-spot":
+            return self.conditioning.training_condition(x0, rng)
+        if self.condition_network is None:
+            raise DiffreconError("a blind-spot conditional prior is trained by diffrecon train --self-supervised")
+        with torch.no_grad():
+            return self.condition_network[0](x0, torch.zeros(x0.shape[0])).float()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -229,12 +279,16 @@ class Trainer:
         """Noise-prediction MSE on the fixed held-out crops, for the raw and the EMA weights."""
         x_t = self.schedule.add_noise(self.val_x0, self.val_noise, self.val_t)
         out: dict[str, Any] = {}
-        for label, net in (("val_loss", self.model), ("val_loss_ema", self.ema)):
+        runs = [("val_loss", self.model, self.val_cond), ("val_loss_ema", self.ema, self.val_cond)]
+        if self.val_cond is not None:  # a conditional prior: how its unconditional half does too
+            runs.append(("val_loss_ema_uncond", self.ema, torch.zeros_like(self.val_cond)))
+        for label, net, cond in runs:
             net.eval()
             per = []
             for i in range(0, len(x_t), 16):
                 with autocast_context(self.config.autocast, self.device):
-                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16].to(self.device))
+                    extra = () if cond is None else (cond[i : i + 16],)
+                    eps = net(x_t[i : i + 16], self.val_t[i : i + 16].to(self.device), *extra)
                 per.append((eps.float() - self.val_noise[i : i + 16]).pow(2).mean(dim=(1, 2, 3)))
             per_t = torch.cat(per).cpu()
             out[label] = float(per_t.mean())
@@ -317,6 +371,9 @@ class Trainer:
             **({"distilled_from": {"path": str(self.config.teacher), "step": self.teacher_step}}
                if self.teacher is not None else {}),
             **({"initialised_from": self.init_meta} if self.config.init_from else {}),
+            **({"conditioning": {**self.conditioning.to_metadata(),
+                                 **(self.condition_network[1] if self.condition_network else {})}}
+               if self.conditioning is not None else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
@@ -335,7 +392,8 @@ class Trainer:
         save_training_state(
             self.paths.train_state, self.model, self.optimizer,
             {"step": self.step, "horizon": self.horizon, "elapsed_s": elapsed,
-             "crop_rng": self.crops.state(), "config": self.config.to_json()},
+             "crop_rng": self.crops.state(), "config": self.config.to_json(),
+             "cond_rng": self.cond_rng.bit_generator.state},
             rng, moments_dtype=torch.float32 if self.config.exact_moments else torch.bfloat16,
         )
         write_model_card(self.paths, meta, self.model.parameter_count())
@@ -354,7 +412,7 @@ class Trainer:
                                  f"{self.paths.train_state.name} ({meta['step']}), so they cannot resume together")
         saved = meta["config"]
         for key in ("channels", "width", "channel_mult", "res_blocks", "attention_heads", "schedule", "modality",
-                    "teacher"):
+                    "teacher", "conditional"):
             if saved.get(key) != self.config.to_json().get(key):
                 raise DiffreconError(f"{self.paths.train_state}: was trained with {key}={saved.get(key)}, "
                                      f"not {self.config.to_json().get(key)}; drop --resume or match it")
@@ -364,6 +422,8 @@ class Trainer:
             self.horizon = meta["horizon"]
         self.elapsed_s = float(meta["elapsed_s"])
         self.crops.set_state(meta["crop_rng"])
+        if "cond_rng" in meta:
+            self.cond_rng.bit_generator.state = meta["cond_rng"]
         self.noise_rng.set_state(rng["noise"])
         torch.set_rng_state(rng["torch_global"])
         return True

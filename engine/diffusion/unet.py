@@ -144,6 +144,7 @@ class UNet(nn.Module):
         res_blocks: int = 2,
         attention_heads: int = 4,
         dropout: float = 0.0,
+        cond_channels: int = 0,
     ):
         super().__init__()
         if in_channels not in (1, 2):
@@ -157,10 +158,13 @@ class UNet(nn.Module):
             "attention_heads": int(attention_heads),
             "dropout": float(dropout),
         }
+        if cond_channels:  # conditional priors only: unconditional configs (and their files) stay as they were
+            self.config["cond_channels"] = int(cond_channels)
         self.levels = len(channel_mult)
         time_dim = 4 * width
         self.time_mlp = nn.Sequential(nn.Linear(width, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        # A conditional prior (classifier-free guidance, .conditioning) reads its condition as extra input channels.
+        self.stem = nn.Conv2d(in_channels + int(cond_channels), width, 3, padding=1)
 
         # Encoder: remember every feature map's channel count for the skip connections.
         self.down = nn.ModuleList()
@@ -200,10 +204,19 @@ class UNet(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"UNet expects (B, {self.config['in_channels']}, H, W); got {tuple(x.shape)}")
         b, _, h, w = x.shape
+        n_cond = self.config.get("cond_channels", 0)
+        if n_cond:  # no condition = the zero condition, the unconditional half of a CFG prior
+            cond = torch.zeros((b, n_cond, h, w), dtype=x.dtype, device=x.device) if cond is None else cond
+            if cond.shape != (b, n_cond, h, w):
+                raise ValueError(f"UNet expects a condition (B, {n_cond}, H, W) = {(b, n_cond, h, w)}; "
+                                 f"got {tuple(cond.shape)}")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("this UNet is unconditional; it takes no condition")
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         x, crop = self._pad(x)
         temb = self.time_mlp(timestep_embedding(t, self.config["width"]))
@@ -237,7 +250,7 @@ class UNet(nn.Module):
 
 def build_unet(config: dict[str, Any]) -> UNet:
     """Rebuild a network from its :attr:`UNet.config` (e.g. read from a checkpoint)."""
-    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout"}
+    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout", "cond_channels"}
     unknown = set(config) - allowed
     if unknown:
         raise ValueError(f"unknown UNet settings {sorted(unknown)}")

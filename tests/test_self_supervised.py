@@ -1,0 +1,90 @@
+"""DiffDenoise's self-supervised pipeline: blind-spot masking, the two-stage training command, stabilised sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_sentence_error, make_phantom
+from diffrecon.diffusion.checkpoint import read_metadata
+from diffrecon.diffusion.self_supervised import MASK_FRACTION, blind_spot_loss, blind_spot_mask
+
+
+def test_blind_spot_masking_replaces_the_stated_fraction_by_neighbours_never_themselves() -> None:
+    h = w = 40
+    x = torch.arange(3 * h * w, dtype=torch.float32).reshape(3, 1, h, w)  # every value names its pixel
+    out, mask = blind_spot_mask(x, np.random.default_rng(0), radius=2)
+    assert mask.shape == (3, 1, h, w)
+    assert (mask.flatten(1).sum(1) == round(MASK_FRACTION * h * w)).all()
+    assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])  # the rest untouched
+    for i, y0, x0 in mask[:, 0].nonzero().tolist():
+        source = int(out[i, 0, y0, x0]) - i * h * w
+        sy, sx = divmod(source, w)
+        assert (sy, sx) != (y0, x0) and max(abs(sy - y0), abs(sx - x0)) <= 2  # a neighbour, never itself
+    again, mask_again = blind_spot_mask(x, np.random.default_rng(0), radius=2)
+    assert torch.equal(again, out) and torch.equal(mask, mask_again)
+
+
+def test_the_blind_spot_loss_sees_only_masked_pixels() -> None:
+    """An identity network would copy each pixel's own noise: at the masked pixels it sees only a
+    neighbour's value, so its loss there is the neighbour difference, not zero."""
+    noisy = torch.randn(2, 1, 24, 24)
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, t):
+            return x
+
+    loss = blind_spot_loss(Identity(), noisy, np.random.default_rng(1))
+    assert float(loss) > 0.5  # about 2 for unit white noise (difference of two independent pixels)
+
+
+@pytest.fixture(scope="module")
+def self_supervised_prior(tmp_path_factory) -> Path:
+    """`diffrecon train --self-supervised` on a tiny phantom made noisy (a few seconds of each stage)."""
+    from test_training import run_train_cli
+
+    folder = tmp_path_factory.mktemp("ss")
+    np.save(folder / "mr.npy", make_phantom(24, 32, 32))
+    out = folder / "ss.safetensors"
+    code, stdout, err = run_train_cli(folder / "mr.npy", "--modality", "mri", "--self-supervised", "--simulate-noise",
+                                      "0.1", "--minutes", "0.05", "--size", "16", "--width", "8", "--batch", "4",
+                                      "--out", out, "--quiet", "--threads", "1", "--val-every", "1000")
+    assert code == 0, err
+    assert "blind-spot network" in stdout
+    return out
+
+
+def test_self_supervised_training_writes_a_blind_spot_prior(self_supervised_prior: Path) -> None:
+    meta = read_metadata(self_supervised_prior)
+    cond = meta["conditioning"]
+    assert cond["task"] == "blind-spot" and cond["blind_spot_file"]["name"] == "ss-blindspot.safetensors"
+    assert cond["simulated_noise_sigma"] == 0.1
+    assert meta["unet_config"]["in_channels"] == 1 and meta["unet_config"]["cond_channels"] == 1
+    assert read_metadata(self_supervised_prior.with_name("ss-blindspot.safetensors"))["role"] == "blind-spot"
+
+
+def test_denoising_with_the_self_supervised_prior_and_its_refusals(cli, self_supervised_prior: Path,
+                                                                    tmp_path: Path) -> None:
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(make_phantom(2, 32, 32).transpose(2, 1, 0), np.eye(4)), scan)
+    base = ["--threads", "1", "reconstruct", scan, "--simulate", "--modality", "denoise", "--noise-sigma", "0.1",
+            "--method", "diffusion", "--steps", "2", "--slices", "0:1", "--out", tmp_path / "d.nii.gz"]
+    report = tmp_path / "d.json"
+    result = cli(*base, "--model", self_supervised_prior, "--report", report)
+    assert result.code == 0, result.err
+    assert "blind-spot condition" in report.read_text()
+    assert_one_sentence_error(cli(*base, "--model", self_supervised_prior.with_name("ss-blindspot.safetensors")),
+                              mentions="blind-spot network")
+    mri = ["reconstruct", scan, "--simulate", "--modality", "mri", "--method", "diffusion", "--steps", "1",
+           "--slices", "0:1", "--out", tmp_path / "m.nii.gz", "--model", self_supervised_prior, "--cfg", "1"]
+    assert_one_sentence_error(cli(*mri), mentions="self-supervised")
+    # a blind-spot network that is not the one the prior was trained with
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "ss.safetensors").write_bytes(self_supervised_prior.read_bytes())
+    tampered = self_supervised_prior.with_name("ss-blindspot.safetensors").read_bytes()[:-4] + b"\0\0\0\0"
+    (copy / "ss-blindspot.safetensors").write_bytes(tampered)
+    assert_one_sentence_error(cli(*base, "--model", copy / "ss.safetensors"), mentions="hash")
