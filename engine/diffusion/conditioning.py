@@ -192,7 +192,7 @@ def check_task(prior, modality: str, acceleration: float | None = None) -> str:
     trained = TASK_PATTERN.match(have or "")
     if trained and trained.group(2) and acceleration is not None and modality == "mri" \
             and abs(acceleration / float(trained.group(2)) - 1) <= 0.1:
-        return have  # a mask's achieved acceleration is within 10 % of its nominal one (physics.masks)
+        return str(have)  # a mask's achieved acceleration is within 10 % of its nominal one (physics.masks)
     if have == "blind-spot" and modality == "denoise":
         return have
     if have == "blind-spot":

@@ -235,6 +235,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     elif cfg_condition is not None:
         from .conditioning import GuidedEps, inference_condition
 
+        assert options.cfg_scale is not None  # cfg_condition is set only for a guided run
         guided = GuidedEps(model, inference_condition(problem, domain).to(device), float(options.cfg_scale))
 
         def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,7 @@ def _check_conditioning(problem: ReconProblem, prior: Prior, options: DiffusionO
             return check_task(prior, problem.modality)  # guidance scale 1 unless given
         refuse_without_guidance(prior)
         return None
-    acceleration = float(problem.operator.acceleration) if problem.modality == "mri" else None
+    acceleration = float(getattr(problem.operator, "acceleration")) if problem.modality == "mri" else None
     return check_task(prior, problem.modality, acceleration)
 
 
