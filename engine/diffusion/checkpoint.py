@@ -155,11 +155,11 @@ def check_unet_config(config: Any) -> dict[str, Any]:
     """Type- and range-check a prior's ``unet_config`` before anything is built from it."""
     if not isinstance(config, dict):
         raise ValueError(f"unet_config must be a JSON object, not {type(config).__name__}")
-    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout"}
+    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout", "time_width"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unet_config has unknown settings {', '.join(map(repr, unknown))}")
-    missing = sorted(allowed - set(config) - {"dropout"})
+    missing = sorted(allowed - set(config) - {"dropout", "time_width"})
     if missing:
         raise ValueError(f"unet_config lacks {', '.join(missing)}")
     out: dict[str, Any] = {"in_channels": _whole(config["in_channels"], "in_channels", 1, 2)}
@@ -174,6 +174,8 @@ def check_unet_config(config: Any) -> dict[str, Any]:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a number from 0 to below 1, not {dropout!r}")
     out["dropout"] = float(dropout)
+    if "time_width" in config:  # a pruned prior's time embedding (its parent's width)
+        out["time_width"] = _whole(config["time_width"], "time_width", *UNET_LIMITS["width"])
     deepest = out["width"] * out["channel_mult"][-1]
     if deepest % out["attention_heads"]:
         raise ValueError(f"the {deepest} channels of the deepest level do not split into "

@@ -144,6 +144,7 @@ class UNet(nn.Module):
         res_blocks: int = 2,
         attention_heads: int = 4,
         dropout: float = 0.0,
+        time_width: int | None = None,
     ):
         super().__init__()
         if in_channels not in (1, 2):
@@ -157,9 +158,14 @@ class UNet(nn.Module):
             "attention_heads": int(attention_heads),
             "dropout": float(dropout),
         }
+        # A pruned network (.pruning) keeps its parent's time embedding: its sinusoid has the
+        # parent's frequencies, so the embedding width is recorded apart from ``width``.
+        if time_width is not None and int(time_width) != int(width):
+            self.config["time_width"] = int(time_width)
+        self.time_width = int(time_width or width)
         self.levels = len(channel_mult)
-        time_dim = 4 * width
-        self.time_mlp = nn.Sequential(nn.Linear(width, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        time_dim = 4 * self.time_width
+        self.time_mlp = nn.Sequential(nn.Linear(self.time_width, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
 
         # Encoder: remember every feature map's channel count for the skip connections.
@@ -206,7 +212,7 @@ class UNet(nn.Module):
         b, _, h, w = x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         x, crop = self._pad(x)
-        temb = self.time_mlp(timestep_embedding(t, self.config["width"]))
+        temb = self.time_mlp(timestep_embedding(t, self.time_width))
 
         hs = [self.stem(x)]
         for layer in self.down:
@@ -237,7 +243,7 @@ class UNet(nn.Module):
 
 def build_unet(config: dict[str, Any]) -> UNet:
     """Rebuild a network from its :attr:`UNet.config` (e.g. read from a checkpoint)."""
-    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout"}
+    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout", "time_width"}
     unknown = set(config) - allowed
     if unknown:
         raise ValueError(f"unknown UNet settings {sorted(unknown)}")
