@@ -94,6 +94,8 @@ class DiffusionSetup:
             "unet_config": meta.get("unet_config"),
             "options": self.options.to_dict(),
             "hot_start_baseline": self.baseline if self.options.hot_start else None,
+            # the network's runtime: torch, or an int8 engine (diffusion.onnx_int8) standing in for it
+            "backend": getattr(self.prior.model, "backend_info", {"backend": "torch"}),
         }
 
 

@@ -67,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "its figures mean nothing (diffusion with 3 steps scores below its own input)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
+    p.add_argument("--backend", choices=("torch", "onnx-int8"), default="torch",
+                   help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
+                        "int8 weights and activations, CPU only; needs pip install 'diffrecon[int8]')")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(run=run)
 
@@ -114,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     prior = _prior(args, modality, any(m.is_diffusion for m in methods))
+    if prior is not None:
+        from ..diffusion.onnx_int8 import with_backend
+
+        prior = with_backend(prior, args.backend, device.type)
     if args.slices_per_subject < 1:
         raise SettingsError("--slices-per-subject must be at least 1")
     data = [load_bench_data(d, modality, args.slices, args.quick, args.slices_per_subject)
