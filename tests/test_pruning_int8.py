@@ -139,3 +139,30 @@ def test_int8_backend_follows_the_float_network_and_is_recorded(tmp_path: Path, 
                      "--guidance", "dps", "--steps", "2", "--model", tmp_path / "tiny.safetensors",
                      "--backend", "onnx-int8", "--out", tmp_path / "o2.nii.gz")
     assert_one_sentence_error(result, mentions="gradients")
+
+
+def test_the_inference_fast_path_equals_the_plain_path() -> None:
+    from diffrecon.diffusion import unet
+
+    net = random_unet().to(memory_format=torch.channels_last)
+    x, t = inputs()
+    outputs = {}
+    try:
+        for fast in (False, True):
+            unet.set_fast_inference(fast)
+            with torch.inference_mode():
+                outputs[fast] = net(x.contiguous(memory_format=torch.channels_last), t)
+    finally:
+        unet.set_fast_inference(True)
+    assert torch.allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-5 * float(outputs[False].abs().max()))
+    assert not torch.equal(outputs[True], torch.zeros_like(outputs[True]))
+
+
+def test_outputs_record_the_network_fast_path(tmp_path: Path, mri_prior) -> None:
+    model = save_tiny_prior(tmp_path / "tiny.safetensors", mri_prior)
+    report = tmp_path / "r.json"
+    result = run_cli("reconstruct", small_scan(tmp_path), "--simulate", "--modality", "mri", "--method", "diffusion",
+                     "--steps", "2", "--model", model, "--out", tmp_path / "o.nii.gz", "--report", report)
+    assert result.code == 0, result.err
+    text = report.read_text()
+    assert '"network_fast_path": true' in text and '"backend": "torch"' in text

