@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SettingsError
+from .unet import UNet
 
 BACKENDS = ("torch", "onnx-int8")  # what --backend accepts
 _FORMAT = 1  # bump when export or quantisation settings change: old cache files are then ignored
@@ -108,7 +109,7 @@ class _Padded(nn.Module):
         return self.net(x, t)
 
 
-def build_quantised(net: nn.Module, schedule, folder: Path) -> Path:
+def build_quantised(net: UNet, schedule, folder: Path) -> Path:
     """Export ``net`` to ONNX and quantise it statically to int8 in ``folder``; return the model's path."""
     require_onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -118,7 +119,7 @@ def build_quantised(net: nn.Module, schedule, folder: Path) -> Path:
     plain, pre, out = folder / "plain.onnx", folder / "pre.onnx", folder / "int8.onnx"
     channels = int(net.config["in_channels"])
     inputs = calibration_inputs(channels, schedule)
-    cpu = _Padded(net).to("cpu", memory_format=torch.contiguous_format).eval()
+    cpu = _Padded(net).to("cpu").to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing notes about the UNet's shape checks: inputs come padded
         torch.onnx.export(cpu, inputs[0], str(plain), dynamo=False, opset_version=17, input_names=["x", "t"],
@@ -142,7 +143,7 @@ def build_quantised(net: nn.Module, schedule, folder: Path) -> Path:
     return out
 
 
-def quantised_model_path(net: nn.Module, schedule) -> tuple[Path, bool]:
+def quantised_model_path(net: UNet, schedule) -> tuple[Path, bool]:
     """The cached int8 model of ``net`` (built on first use); and whether it came from the cache."""
     folder = _cache_dir()
     settings = f"{'-'.join(QUANTISED_OPS)}{'-rr' if REDUCE_RANGE else ''}"
@@ -169,7 +170,7 @@ class OnnxInt8Network(nn.Module):
     torch tensors on the input's device. It has no parameters of its own and no gradient.
     """
 
-    def __init__(self, net: nn.Module, schedule, threads: int | None = None):
+    def __init__(self, net: UNet, schedule, threads: int | None = None):
         super().__init__()
         ort = require_onnxruntime()
         self.config = dict(net.config)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -64,9 +65,11 @@ class PruningPlan:
 
     def index(self, names: tuple[str, ...]) -> torch.Tensor:
         """The kept positions along a dimension made of ``names``' spaces, concatenated."""
-        parts, offset = [], 0
+        parts: list[torch.Tensor] = []
+        offset = 0
         for name in names:
             space = self.spaces[name]
+            assert space.keep is not None, "plan_pruning sets every space's channels"
             parts.append(space.keep + offset)
             offset += space.size
         return torch.cat(parts)
@@ -95,7 +98,7 @@ class _Builder:
     def writes(self, space: str, rows: torch.Tensor) -> None:
         self.spaces[space].importance += rows
 
-    def conv(self, prefix: str, module: nn.Module, out: tuple[str, ...], inp: tuple[str, ...],
+    def conv(self, prefix: str, module: nn.Conv2d, out: tuple[str, ...], inp: tuple[str, ...],
              producer: bool = True) -> None:
         self.dims[f"{prefix}.weight"] = (out, inp)
         if getattr(module, "bias", None) is not None:
@@ -147,8 +150,9 @@ def plan_pruning(net: UNet, factor: float) -> PruningPlan:
         if isinstance(layer, ResBlock):
             stream = b.resblock(f"down.{i}", layer, (stream,))
         else:  # a strided convolution: a new space
-            new = b.space(f"down.{i}", layer.out_channels)
-            b.conv(f"down.{i}", layer, (new,), (stream,))
+            conv = cast(nn.Conv2d, layer)
+            new = b.space(f"down.{i}", conv.out_channels)
+            b.conv(f"down.{i}", conv, (new,), (stream,))
             stream = new
         skips.append(stream)
     stream = b.resblock("mid1", net.mid1, (stream,))
@@ -166,11 +170,12 @@ def plan_pruning(net: UNet, factor: float) -> PruningPlan:
         if isinstance(layer, ResBlock):
             stream = b.resblock(f"up.{i}", layer, (stream, skips.pop()))
         else:  # Sequential(Upsample, Conv2d)
-            new = b.space(f"up.{i}", layer[1].out_channels)
-            b.conv(f"up.{i}.1", layer[1], (new,), (stream,))
+            conv = cast(nn.Conv2d, cast(nn.Sequential, layer)[1])
+            new = b.space(f"up.{i}", conv.out_channels)
+            b.conv(f"up.{i}.1", conv, (new,), (stream,))
             stream = new
     b.norm("head.0", (stream,))
-    b.conv("head.2", net.head[2], (), (stream,), producer=False)
+    b.conv("head.2", cast(nn.Conv2d, net.head[2]), (), (stream,), producer=False)
 
     for space in b.spaces.values():
         space.keep = _choose(space)

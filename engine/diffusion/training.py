@@ -172,7 +172,7 @@ class Trainer:
         from .pruning import describe, prune
 
         cfg = self.config
-        if not cfg.init_from:
+        if not cfg.init_from or cfg.prune is None:
             raise DiffreconError("pruning needs the prior to prune: give --init-from PRIOR.safetensors")
         parent = load_prior(cfg.init_from).model
         try:
