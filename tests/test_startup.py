@@ -87,3 +87,6 @@ def test_cli_choices_match_the_engine() -> None:
     from diffrecon.diffusion.scan_adaptation import ADAPT_PARAMETERS
 
     assert choices.ADAPT_PARAMETERS == ADAPT_PARAMETERS
+    from diffrecon.diffusion.onnx_int8 import BACKENDS
+
+    assert choices.BACKENDS == BACKENDS

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffreconError
-from .choices import DEVICES, MODALITIES
+from .choices import BACKENDS, DEVICES, MODALITIES
 
 
 def default_data(modality: str) -> list[str]:
@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "its figures mean nothing (diffusion with 3 steps scores below its own input)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
-    p.add_argument("--backend", choices=("torch", "onnx-int8"), default="torch",
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
                         "int8 weights and activations, CPU only; needs pip install 'diffrecon[int8]')")
     p.add_argument("--out", required=True, type=Path, help="output folder")

@@ -24,6 +24,7 @@ from ..runtime import resolve_device, thread_settings
 from ..slices import slice_indices
 from .choices import (
     ADAPT_PARAMETERS,
+    BACKENDS,
     CLASSICAL_METHODS,
     DEVICES,
     DIFFUSION,
@@ -62,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="slices solved together (default 8)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
-    p.add_argument("--backend", choices=("torch", "onnx-int8"), default="torch",
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
                         "int8 weights and activations, CPU only; needs pip install 'diffrecon[int8]')")
     mri = p.add_argument_group("MRI")
