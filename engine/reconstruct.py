@@ -91,7 +91,17 @@ class DiffusionSetup:
             "unet_config": meta.get("unet_config"),
             "options": self.options.to_dict(),
             "hot_start_baseline": self.baseline if self.options.hot_start else None,
+            # the network's runtime: torch, or an int8 engine (diffusion.onnx_int8) standing in for it
+            "backend": getattr(self.prior.model, "backend_info", {"backend": "torch"}),
+            "network_fast_path": _fast_inference(),
         }
+
+
+def _fast_inference() -> bool:
+    """Whether the UNet's float32 inference fast path is on (``DIFFRECON_FAST_NET``)."""
+    from .diffusion import unet
+
+    return bool(unet.FAST_INFERENCE)
 
 
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:

@@ -100,6 +100,9 @@ def test_cli_choices_match_the_engine() -> None:
     from diffrecon.diffusion.scan_adaptation import ADAPT_PARAMETERS
 
     assert choices.ADAPT_PARAMETERS == ADAPT_PARAMETERS
+    from diffrecon.diffusion.onnx_int8 import BACKENDS
+
+    assert choices.BACKENDS == BACKENDS
 
 
 def test_a_closed_pipe_is_not_an_error(tmp_path) -> None:

@@ -44,6 +44,7 @@ class ViewOptions(RunChoices):
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
     device: str = "auto"  # --device: auto (CUDA when present), cpu, cuda
+    backend: str = "torch"  # --backend: torch, or onnx-int8 (diffrecon.diffusion.onnx_int8)
 
     def choices(self) -> RunChoices:
         """The settings of the run, as the Qt-free request builder takes them."""
@@ -157,6 +158,16 @@ def run_viewer(options: ViewOptions) -> int:
 
     choose_platform(options)
     device = resolve_device(options.device).type  # --device cuda without a GPU: one sentence, before any window
+    if options.backend != "torch":  # a missing onnxruntime or a GPU: one sentence, before any window
+        from diffrecon.diffusion.onnx_int8 import require_onnxruntime
+        from diffrecon.errors import SettingsError
+
+        from . import engine_jobs
+
+        require_onnxruntime()
+        if device != "cpu":
+            raise SettingsError("--backend onnx-int8 runs on the CPU only; use --device cpu with it")
+        engine_jobs.PRIOR_BACKEND = options.backend
     reserve_a_core_for_the_gui(options.threads_chosen)
     # Workers hand Python's GIL over every 1 ms instead of 5: a repaint of the panes (Python
     # calls between Qt's) waits less for it while the sampler and a baseline run.

@@ -135,8 +135,10 @@ def baseline_images(volume: Volume, request: RunRequest, cancelled: Cancelled) -
 
 
 # Priors are cached by path and modification time: loading once per session, not per Run.
-_PRIOR_CACHE: dict[tuple[str, float], object] = {}
+_PRIOR_CACHE: dict[tuple[str, float, str], object] = {}
 _PRIOR_LOCK = threading.Lock()
+#: what runs the priors' networks (``diffrecon view --backend``): torch, or onnx-int8
+PRIOR_BACKEND = "torch"
 
 
 def cached_prior(path: Path):
@@ -145,11 +147,13 @@ def cached_prior(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DiffreconError(f"{path}: no such prior file")
-    key = (str(path.resolve()), path.stat().st_mtime)
+    key = (str(path.resolve()), path.stat().st_mtime, PRIOR_BACKEND)
     with _PRIOR_LOCK:
         if key not in _PRIOR_CACHE:
+            from diffrecon.diffusion.onnx_int8 import with_backend
+
             _PRIOR_CACHE.clear()  # one prior in memory at a time
-            _PRIOR_CACHE[key] = load_prior(path)
+            _PRIOR_CACHE[key] = with_backend(load_prior(path), PRIOR_BACKEND)
         return _PRIOR_CACHE[key]
 
 

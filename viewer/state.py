@@ -184,6 +184,8 @@ class RunRequest:
             "diffusion": self.options.to_dict(),
             "model": None if self.model is None else str(self.model),
             "device": describe_device(self.device),
+            "backend": _prior_backend(),
+            "network_fast_path": _fast_inference(),
         }
 
     @property
@@ -257,3 +259,16 @@ def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=
                          slices=processing_order(volume.n_slices, slice_index, c.whole_volume), baseline=baseline,
                          options=options, model=model, batch_size=4 if c.whole_volume else 1)
     return task, request
+
+
+def _prior_backend() -> str:
+    """What runs the priors' networks in this viewer (``diffrecon view --backend``)."""
+    from . import engine_jobs
+
+    return engine_jobs.PRIOR_BACKEND
+
+
+def _fast_inference() -> bool:
+    from diffrecon.diffusion import unet
+
+    return bool(unet.FAST_INFERENCE)

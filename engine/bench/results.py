@@ -108,8 +108,23 @@ def model_description(prior) -> dict | None:
     card = path.with_suffix(".md")
     return {"path": str(path), "step": meta.get("step"), "modality": prior.modality,
             "model_card": str(card) if card.exists() else None, "schedule": meta.get("schedule"),
-            "parameters": sum(p.numel() for p in prior.model.parameters()),
-            "file_megabytes": round(path.stat().st_size / 1e6, 2) if path.is_file() else None}
+            # an int8 backend's network holds no torch parameters: count the prior's own (its unet_config)
+            "parameters": _parameter_count(prior),
+            "file_megabytes": round(path.stat().st_size / 1e6, 2) if path.is_file() else None,
+            "backend": getattr(prior.model, "backend_info", {"backend": "torch"})}
+
+
+def _parameter_count(prior) -> int:
+    count = sum(p.numel() for p in prior.model.parameters())
+    config = prior.metadata.get("unet_config")
+    if count == 0 and config:
+        import torch
+
+        from ..diffusion.unet import build_unet
+
+        with torch.device("meta"):
+            count = build_unet(config).parameter_count()
+    return int(count)
 
 
 def environment(device: str = "cpu") -> dict:

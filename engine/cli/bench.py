@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffreconError
-from .choices import DEVICES, MODALITIES
+from .choices import BACKENDS, DEVICES, MODALITIES
 
 
 def default_data(modality: str) -> list[str]:
@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "its figures mean nothing (diffusion with 3 steps scores below its own input)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
+                        "int8 weights and activations, CPU only; needs pip install 'diffrecon[int8]')")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(run=run)
 
@@ -117,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     prior = _prior(args, modality, any(m.is_diffusion and "cfg_scale" not in m.overrides for m in methods))
+    if prior is not None:
+        from ..diffusion.onnx_int8 import with_backend
+
+        prior = with_backend(prior, args.backend, device.type)
     cfg_prior = None
     if args.cfg_model:
         from ..diffusion.checkpoint import load_prior

@@ -14,3 +14,4 @@ CLASSICAL_METHODS = ("zero-filled", "fbp", "tv", "l1-wavelet", "median", "bm3d",
 DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
 DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES
 ADAPT_PARAMETERS = ("norm", "lora")  # diffrecon.diffusion.scan_adaptation.ADAPT_PARAMETERS
+BACKENDS = ("torch", "onnx-int8")  # diffrecon.diffusion.onnx_int8.BACKENDS

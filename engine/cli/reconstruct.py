@@ -24,6 +24,7 @@ from ..runtime import resolve_device, thread_settings
 from ..slices import slice_indices
 from .choices import (
     ADAPT_PARAMETERS,
+    BACKENDS,
     CLASSICAL_METHODS,
     DEVICES,
     DIFFUSION,
@@ -62,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="slices solved together (default 8)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the methods run: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
+                        "int8 weights and activations, CPU only; needs pip install 'diffrecon[int8]')")
     mri = p.add_argument_group("MRI")
     mri.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor, 2-12 (default 4)")
     mri.add_argument("--mask", choices=MASK_KINDS, default="random", help="sampling pattern (default random)")
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SettingsError("--batch-size must be at least 1")
     device = resolve_device(args.device)
-    diffusion = _diffusion_setup(args, modality) if DIFFUSION in methods else None
+    diffusion = _diffusion_setup(args, modality, device.type) if DIFFUSION in methods else None
     run = Reconstruction(ReconRequest(volume, settings, methods, simulate=args.simulate, slices=selection,
                                       diffusion=diffusion, batch_size=args.batch_size, device=device.type))
 
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
+def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu") -> DiffusionSetup:
     """The prior (``--model`` or the modality's default) and the sampling options."""
     from ..diffusion.checkpoint import load_prior
     from ..reconstruct import default_prior_path, diffusion_setup
@@ -201,8 +205,11 @@ def _diffusion_setup(args: argparse.Namespace, modality: str) -> DiffusionSetup:
     if not path.is_file():
         hint = "pass --model" if args.model else "train it with diffrecon train or pass --model"
         raise DiffreconError(f"{path}: the diffusion prior file does not exist; {hint}")
+    from ..diffusion.onnx_int8 import with_backend
+
+    prior = with_backend(load_prior(path), args.backend, device)
     guidance = args.guidance or ("dds" if args.cfg is not None else None)  # dds-tv's hold-out would change the task
-    return diffusion_setup(load_prior(path), modality, sampler=args.sampler, guidance=guidance, steps=args.steps,
+    return diffusion_setup(prior, modality, sampler=args.sampler, guidance=guidance, steps=args.steps,
                            samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,

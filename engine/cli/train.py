@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulate-noise", type=float, metavar="SIGMA",
                    help="with --self-supervised: add white Gaussian noise of this std (normalised units, as "
                         "bench's sigma=) to DATA once, to learn from clean scans as if they were noisy ones")
+    p.add_argument("--prune", type=float, metavar="FRACTION",
+                   help="with --init-from: keep this fraction of the prior's channels (structured pruning by the "
+                        "L1 norm of each channel's filters, e.g. 0.75), then fine-tune the narrower network")
     p.add_argument("--augment", default="all", metavar="LIST",
                    help="generalising augmentations: 'all', 'none', or a comma list of "
                         "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError("say how long to train: --steps N, --minutes M, or both")
     if args.steps is not None and args.steps < 1 or args.minutes is not None and args.minutes <= 0:
         raise SettingsError("--steps and --minutes must be positive")
+    if args.prune is not None and not (0.0 < args.prune < 1.0 and args.init_from):
+        raise SettingsError("--prune takes a fraction between 0 and 1 of the channels of an --init-from prior")
     if args.size < 8 or args.batch < 1 or args.width < 4:
         raise SettingsError("--size must be at least 8, --batch at least 1 and --width at least 4")
     from ..diffusion.augment import AUGMENTATION_NAMES
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule, width=args.width, freq_loss=args.freq_loss, seed=args.seed,
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
-        init_from=args.init_from, augment=augment, sizes=sizes, val_every=args.val_every,
+        init_from=args.init_from, prune=args.prune, augment=augment, sizes=sizes, val_every=args.val_every,
         device=_device(args.device), conditional=args.conditional, p_uncond=args.p_uncond,
     )
     if args.conditional:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .choices import DEVICES, GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
+from .choices import BACKENDS, DEVICES, GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for masks, noise and sampling (default 0)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where runs compute: auto (CUDA when present, with bf16 there; else the CPU), cpu, cuda")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the diffusion network: torch (float32; default) or onnx-int8 (ONNX Runtime, "
+                        "int8, CPU only; needs pip install 'diffrecon[int8]')")
     mri = p.add_argument_group("MRI")
     mri.add_argument("--acceleration", type=float, help="undersampling factor, 2-12 (default 4)")
     mri.add_argument("--mask", choices=MASK_KINDS, help="sampling pattern (default random)")
@@ -81,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, baseline=args.baseline, whole_volume=args.whole_volume,
         independent_slices=args.independent_slices, layout=args.layout, error_maps=args.error_maps,
         preset=args.preset, threads_chosen=args.threads is not None, device=args.device,
+        backend=args.backend,
     )
     return run_viewer(options)

@@ -155,11 +155,12 @@ def check_unet_config(config: Any) -> dict[str, Any]:
     """Type- and range-check a prior's ``unet_config`` before anything is built from it."""
     if not isinstance(config, dict):
         raise ValueError(f"unet_config must be a JSON object, not {type(config).__name__}")
-    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout", "cond_channels"}
+    allowed = {"in_channels", "width", "channel_mult", "res_blocks", "attention_heads", "dropout", "cond_channels",
+               "time_width"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unet_config has unknown settings {', '.join(map(repr, unknown))}")
-    missing = sorted(allowed - set(config) - {"dropout", "cond_channels"})
+    missing = sorted(allowed - set(config) - {"dropout", "cond_channels", "time_width"})
     if missing:
         raise ValueError(f"unet_config lacks {', '.join(missing)}")
     out: dict[str, Any] = {"in_channels": _whole(config["in_channels"], "in_channels", 1, 2)}
@@ -176,6 +177,8 @@ def check_unet_config(config: Any) -> dict[str, Any]:
     out["dropout"] = float(dropout)
     if "cond_channels" in config:  # a conditional prior (classifier-free guidance)
         out["cond_channels"] = _whole(config["cond_channels"], "cond_channels", 1, 4)
+    if "time_width" in config:  # a pruned prior's time embedding (its parent's width)
+        out["time_width"] = _whole(config["time_width"], "time_width", *UNET_LIMITS["width"])
     deepest = out["width"] * out["channel_mult"][-1]
     if deepest % out["attention_heads"]:
         raise ValueError(f"the {deepest} channels of the deepest level do not split into "

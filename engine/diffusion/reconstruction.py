@@ -220,6 +220,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             x_init = mean * clean + std * x_init
 
     model: torch.nn.Module = prior.model
+    if hasattr(model, "backend_info") and (guidance.requires_grad or options.adapt_steps > 0):
+        from ..errors import SettingsError
+
+        raise SettingsError("the int8 backend has no gradients: DPS guidance and scan adaptation need "
+                            "--backend torch")
     model.to(device=device)
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if options.adapt_steps > 0:

@@ -81,6 +81,8 @@ class TrainConfig:
     exact_moments: bool = False  # float32 AdamW moments in the train file (bit-exact resume, 2x larger)
     teacher: str | None = None  # distil from this prior (.safetensors) instead of regressing the noise
     init_from: str | None = None  # start from this prior's (EMA) weights with a fresh optimizer
+    prune: float | None = None  # with init_from: keep this fraction of its channels (.pruning) first
+    time_width: int | None = None  # a pruned network's time embedding width (its parent's width)
     augment: tuple[str, ...] = ()  # generalising augmentations (see .augment.AUGMENTATION_NAMES)
     sizes: tuple[int, ...] = ()  # extra crop sizes drawn besides `size` (same pixels per batch)
     device: str = "cpu"  # where the network trains; crops and random draws stay on the CPU (same on any device)
@@ -141,8 +143,12 @@ class Trainer:
         # conditions and their dropout draw from their own stream, so unconditional runs keep theirs
         self.cond_rng = np.random.default_rng(config.seed + 2)
         torch.manual_seed(config.seed)  # weight init
+        self.pruning: dict[str, Any] | None = None
+        if config.prune is not None:
+            self._prune_parent()
         self.model = UNet(config.channels, config.width, config.channel_mult, config.res_blocks,
-                          config.attention_heads, cond_channels=config.channels if self.conditioning else 0)
+                          config.attention_heads, cond_channels=config.channels if self.conditioning else 0,
+                          time_width=config.time_width)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         aug = Augmentation.generalising(config.modality, tuple(config.augment)) if config.augment else None
@@ -183,12 +189,34 @@ class Trainer:
         self.teacher_step = teacher.metadata.get("step")
         return teacher.model.eval().requires_grad_(False).to(self.config.device)
 
+    def _prune_parent(self) -> None:
+        """Set the architecture to ``init_from``'s network pruned to ``prune`` of its width."""
+        from .checkpoint import load_prior
+        from .pruning import describe, prune
+
+        cfg = self.config
+        if not cfg.init_from or cfg.prune is None:
+            raise DiffreconError("pruning needs the prior to prune: give --init-from PRIOR.safetensors")
+        parent = load_prior(cfg.init_from).model
+        try:
+            self._pruned, plan = prune(parent, cfg.prune)
+        except ValueError as exc:
+            raise DiffreconError(f"--prune {cfg.prune}: {exc}") from None
+        pc = self._pruned.config
+        cfg.width, cfg.time_width = pc["width"], pc.get("time_width")
+        cfg.channel_mult, cfg.res_blocks, cfg.attention_heads = tuple(pc["channel_mult"]), pc["res_blocks"], \
+            pc["attention_heads"]
+        self.pruning = {**describe(plan, parent, self._pruned), "parent": Path(cfg.init_from).name}
+
     def _init_from(self, path: str) -> dict[str, Any]:
         """Start from a trained prior's EMA weights (fine-tuning; the optimizer starts fresh).
 
         A conditional network started from an unconditional prior gets zero weights on its
         condition channels: it begins as exactly that prior and learns to read the condition."""
-        if self.conditioning is not None and "cond_channels" not in read_metadata(path).get("unet_config", {}):
+        if self.config.prune is not None:  # the pruned copy of them (_prune_parent)
+            self.model.load_state_dict(self._pruned.state_dict())
+            meta = read_metadata(path)
+        elif self.conditioning is not None and "cond_channels" not in read_metadata(path).get("unet_config", {}):
             from .conditioning import load_unconditional_into
 
             meta = load_unconditional_into(path, self.model)
@@ -374,6 +402,7 @@ class Trainer:
             **({"conditioning": {**self.conditioning.to_metadata(),
                                  **(self.condition_network[1] if self.condition_network else {})}}
                if self.conditioning is not None else {}),
+            **({"pruned": self.pruning} if self.pruning else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
@@ -412,7 +441,7 @@ class Trainer:
                                  f"{self.paths.train_state.name} ({meta['step']}), so they cannot resume together")
         saved = meta["config"]
         for key in ("channels", "width", "channel_mult", "res_blocks", "attention_heads", "schedule", "modality",
-                    "teacher", "conditional"):
+                    "teacher", "conditional", "prune"):
             if saved.get(key) != self.config.to_json().get(key):
                 raise DiffreconError(f"{self.paths.train_state}: was trained with {key}={saved.get(key)}, "
                                      f"not {self.config.to_json().get(key)}; drop --resume or match it")

@@ -11,7 +11,9 @@ images at t = 0.9, 0.5, 0.1:
   activations calibrated on noisy images), the rest float32;
 * ``ORT float32`` / ``ORT int8``: the network exported to ONNX and run by ONNX Runtime,
   the int8 one statically quantised (QDQ, per-channel weights) with the same calibration.
-  Needs ``pip install onnxruntime onnx`` (not a dependency of diffrecon: it is only measured);
+  Needs ``pip install onnxruntime onnx`` (the optional extra ``[int8]``). What ships as
+  ``--backend onnx-int8`` (:mod:`diffrecon.diffusion.onnx_int8`) quantises the convolutions
+  only, which is slower than this all-ops variant but 2-14 % off instead of 10-21 %;
 * ``width x0.75`` / ``x0.5``: the same architecture with fewer channels per layer, built
   untrained: the speed a structured channel pruning to that width would give (its quality
   needs a fine-tune, not measured here).
