@@ -72,6 +72,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "ddim-symmetric": {"sampler": "ddim", "eta": 0.0, "symmetric": True, "samples": 4},
     "ddim-eta0.5": {"sampler": "ddim", "eta": 0.5, "symmetric": False, "samples": 8},
     "ddim-eta1": {"sampler": "ddim", "eta": 1.0, "symmetric": False, "samples": 8},
+    "ddim-eta1-branch0.4": {"sampler": "ddim", "eta": 1.0, "symmetric": False, "samples": 8, "branch_t": 0.4},
+    "ddim-eta1-branch0.5": {"sampler": "ddim", "eta": 1.0, "symmetric": False, "samples": 8, "branch_t": 0.5},
     "ddpm": {"sampler": "ddpm", "eta": 0.0, "symmetric": False, "samples": 8},
     "sde": {"sampler": "sde", "eta": 0.0, "symmetric": False, "samples": 8},
 }
