@@ -189,6 +189,20 @@ class SigmaModel:
         return gaussian_filter(x, sigma=(0.0,) * (x.ndim - 2) + (self.smooth, self.smooth), mode="nearest")
 
 
+def holdout_score(adaptations: list[dict[str, Any]] | None) -> float | None:
+    """dds-tv's hold-out (:mod:`.adaptation`): how much worse the prior's best image predicts
+    the set-aside measurements than TV's, ``min_w residual(w) / residual(TV)``, the median over
+    the run's batches; None without a hold-out. A prior that does not know the anatomy
+    predicts unseen k-space worse than a generic smoothness prior does."""
+    ratios = []
+    for a in adaptations or []:
+        tv = a.get("tv_holdout_residual")
+        residuals = a.get("holdout_residual") or {}
+        if tv and residuals:
+            ratios.append(min(float(v) for v in residuals.values()) / max(float(tv), 1e-30))
+    return float(np.median(ratios)) if ratios else None
+
+
 #: quantile levels of the intensity score
 QUANTILES = tuple(float(q) for q in np.linspace(0.01, 0.99, 99))
 
@@ -221,6 +235,8 @@ class SigmaCalibration:
     intensity_reference: list[float] | None = None  # pooled QUANTILES of the calibration scans (CT)
     intensity_threshold: float | None = None
     intensity_scores: list[float] = field(default_factory=list)  # per calibration slice
+    holdout_threshold: float | None = None  # holdout_score above this: unlike the training data (MRI)
+    holdout_scores: list[float] = field(default_factory=list)  # per calibration slice
     fitted: str = ""  # date
     command: str = ""
     sigma_model: dict[str, float] = field(default_factory=dict)  # SigmaModel fields; empty: the plain spread
@@ -313,6 +329,6 @@ def hallucination_map(recon: np.ndarray, baseline: np.ndarray, sigma: np.ndarray
 __all__ = [
     "CURVE_LEVELS", "FLAG_K", "FLAG_SIGMA_FRACTION", "METADATA_KEY", "OOD_MARGIN", "QUANTILES", "SigmaCalibration",
     "TARGET_COVERAGE", "calibrations", "conformal_quantile", "conformal_scale", "coverage_curve", "hallucination_map",
-    "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "SigmaModel",
+    "holdout_score", "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "SigmaModel",
     "task_key",
 ]

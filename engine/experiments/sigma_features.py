@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import modalities
 from ..diffusion import reconstruction as recon_module
-from ..diffusion.calibration import SigmaModel, conformal_scale, coverage_curve, object_mask, ood_score
+from ..diffusion.calibration import (
+    OOD_MARGIN, SigmaModel, conformal_scale, coverage_curve, holdout_score, object_mask, ood_score,
+)
 from ..diffusion.uncertainty import calibration
 from ..measurements import MeasurementSettings, ProblemSource
 from ..reconstruct import solve
@@ -84,7 +85,8 @@ def dump_case(prior, task: str, options, volume, s: int, path: Path) -> None:
         path, reference=_mag(crop(problem.reference))[0, 0], mean=_mag(crop(last.x0))[0, 0],
         prior_mean=_mag(crop(prior_mean))[0, 0], variance=crop(last.variance).real.double().numpy()[0, 0],
         tv=_mag(crop(tv))[0, 0], samples=np.stack([_mag(crop(x[None]))[0, 0] for x in samples]),
-        step_means=np.stack(means[-6:]), blend=float((last.adaptation or {}).get("blend_weight", 1.0)))
+        step_means=np.stack(means[-6:]), blend=float((last.adaptation or {}).get("blend_weight", 1.0)),
+        adaptation=json.dumps(last.adaptation or {}))
 
 
 def dump(args: argparse.Namespace) -> None:
@@ -178,6 +180,10 @@ def fit(args: argparse.Namespace) -> None:
         subjects = sorted({f.stem.split("_", 2)[2].rsplit("-", 1)[0] for f in files})
         entry = calibration_entry(task, summary, options, subjects, Path(prior.path), command)
         entry["sigma_model"] = model.to_dict()
+        held = [holdout_score([json.loads(str(c["adaptation"]))]) for c in cases if "adaptation" in c]
+        if held and all(h is not None for h in held):  # dds-tv's hold-out ran on every slice (MRI)
+            entry["holdout_scores"] = held
+            entry["holdout_threshold"] = OOD_MARGIN * max(held)
         entry["spearman_per_slice"] = row["spearman"]
         entries.setdefault(Path(prior.path), {})[task] = entry
         print(json.dumps({k: v for k, v in entry.items() if k not in ("intensity_reference",)}, indent=1), flush=True)
