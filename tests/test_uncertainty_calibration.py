@@ -281,3 +281,37 @@ def test_sigma_model_blur_and_intensity_factor_are_unit_free():
     np.testing.assert_allclose(ten, 100.0 * one, rtol=1e-9, atol=1e-12)
     assert one[0, 16, 18] > 0.0 and SigmaModel(smooth=1.5).variance(var)[0, 16, 18] > 0.0
     assert SigmaModel().is_plain and not model.is_plain
+
+
+def test_mri_hold_out_score_drives_the_out_of_domain_warning(mri_prior):
+    """MRI has no intensity check; dds-tv's hold-out gives one: the prior's best image's residual
+    on the set-aside k-space over TV's. The run reports it (as holdout_score, from the run's own
+    hold-out report), and the warning fires exactly when it is above the prior's threshold."""
+    from dataclasses import replace
+
+    from diffrecon.diffusion.calibration import holdout_score
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import disks
+
+    image = disks(1, torch.Generator().manual_seed(5), False)[:, 0].numpy()
+    volume = Volume(np.kron(image, np.ones((1, 4, 4))).astype(np.float32) * 800.0, (1.0, 1.0, 1.0), modality="MR")
+    setup = diffusion_setup(mri_prior, "mri", steps=3, samples=2, seed=0)
+    assert setup.options.guidance == "dds-tv"
+    sampler = {k: getattr(setup.options, k) for k in ("sampler", "eta", "symmetric", "guidance", "branch_t")}
+
+    def run(threshold):
+        cal = SigmaCalibration("mri-4x", 1.0, sampler=sampler, ood_threshold=1e9, holdout_threshold=threshold)
+        prior = replace(mri_prior, metadata={METADATA_KEY: {"mri-4x": cal.to_dict()}})
+        return run_to_end(ReconRequest(volume, MeasurementSettings("mri", acceleration=4.0, seed=0), [DIFFUSION],
+                                       simulate=True, diffusion=DiffusionSetup(prior, setup.options, setup.baseline)))
+
+    quiet = run(1e9)
+    ood = quiet.outcomes[DIFFUSION].out_of_domain
+    score = holdout_score(quiet.outcomes[DIFFUSION].params["adaptation"])
+    assert score is not None and ood["holdout_score"] == pytest.approx(score) and score > 0
+    assert ood["warning"] is None and "warnings" not in quiet.report()
+    loud = run(0.5 * score)
+    assert loud.outcomes[DIFFUSION].out_of_domain["warning"].startswith("this scan looks unlike the brain MRI")
+    assert loud.provenance["sigma_calibration"]["holdout_threshold"] == pytest.approx(0.5 * score)
