@@ -81,10 +81,11 @@ REGISTRY: dict[str, Modality] = {
     for m in (
         # MRI: dds-tv with its weight and TV blend chosen per scan (measured on the validation
         # subjects dipy-t1 and heudiconv-axasc35: resources/results/diffusion-defaults.md).
-        # With samples >= 2 (the user asks for uncertainty): DDIM with eta = 1 (DDPM's noise level),
-        # independent samples. On the validation subjects its σ ranked the errors best (Spearman 0.32
-        # against 0.26 for symmetric pairs and 0.19 for the SDE, all calibrated to ~94-95 % by their
-        # conformal scale; PSNR of the mean within 0.05 dB): resources/results/uncertainty/.
+        # With samples >= 2 (the user asks for uncertainty): DDIM with eta = 1 (DDPM's noise level).
+        # On the validation subjects its σ ranked the errors best (Spearman 0.32 against 0.26 for
+        # symmetric pairs and 0.19 for the SDE, all calibrated to ~94-95 % by their conformal scale;
+        # PSNR of the mean within 0.05 dB); branched at t = 0.4 it costs half and, with the prior's
+        # σ model, ranks them as well (0.385 against 0.392): resources/results/uncertainty/.
         Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
                  {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"]},
                  "mri-brain.safetensors", ("mri",),
