@@ -90,8 +90,11 @@ REGISTRY: dict[str, Modality] = {
                  {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"]},
                  "mri-brain.safetensors", ("mri",),
                  input_method="zero-filled", uncertainty_defaults=_BRANCHED_DDIM),
-        # CT keeps symmetric DDIM pairs for uncertainty too: the only setting the shared CPU measured
-        # on the validation slab in time (Spearman 0.37, held-out coverage 95 % after its scale).
+        # CT keeps symmetric DDIM pairs for uncertainty too. Compared on the validation slab
+        # (3 slices, K = 8 items each): DDIM eta = 1 samples rank the errors better by their raw
+        # spread (Spearman 0.54 against 0.37), but with the prior's σ model (disagreement with TV)
+        # both reach 0.70-0.72, and the pairs' mean is 1.2 dB better (36.74 against 35.58 dB):
+        # resources/results/uncertainty/README.md.
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
                  {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10, "through_plane": THROUGH_PLANE["ct"]},
                  "ct-head.safetensors", ("ct",)),
