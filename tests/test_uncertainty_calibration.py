@@ -315,3 +315,14 @@ def test_mri_hold_out_score_drives_the_out_of_domain_warning(mri_prior):
     loud = run(0.5 * score)
     assert loud.outcomes[DIFFUSION].out_of_domain["warning"].startswith("this scan looks unlike the brain MRI")
     assert loud.provenance["sigma_calibration"]["holdout_threshold"] == pytest.approx(0.5 * score)
+
+
+def test_short_runs_still_branch_before_a_noisy_step():
+    """The last step of every sampler adds no noise: with 2 or 3 steps a branch must come before
+    the last two, or not at all (K identical samples would claim σ = 0)."""
+    from diffrecon.diffusion.reconstruction import make_sampler, trunk_steps
+
+    schedule = make_schedule("linear")
+    for steps, expected in ((1, 0), (2, 0), (3, 1), (25, 15)):
+        options = DiffusionOptions(sampler="ddim", eta=1.0, steps=steps, samples=8, branch_t=0.4)
+        assert trunk_steps(make_sampler(options, schedule), options) == expected, steps

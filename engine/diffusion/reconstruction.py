@@ -64,11 +64,12 @@ def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
 
 def trunk_steps(sampler: Sampler, options: DiffusionOptions) -> int:
     """Steps the K samples share (``options.branch_t``): those that start above the branch
-    time, never all of them (the last steps always branch); 0 for independent samples."""
+    time, but at least the last two steps branch (every sampler's last step adds no noise,
+    so a branch made there would leave K identical samples); 0 for independent samples."""
     if options.samples < 2 or options.branch_t >= 1.0:
         return 0
     starts = sampler.times()[:-1]
-    return min(sum(1 for t in starts if t > options.branch_t), len(starts) - 1)
+    return max(0, min(sum(1 for t in starts if t > options.branch_t), len(starts) - 2))
 
 
 @dataclass
