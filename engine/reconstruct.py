@@ -397,11 +397,11 @@ class Reconstruction:
                     baseline = solve(tv, problem)
         prior_mean = frame.x0 if frame.prior_mean is None else frame.prior_mean
         assert frame.variance is not None
-        def as_np(x: torch.Tensor | None) -> np.ndarray | None:
-            return None if x is None else x.detach().cpu()[:, 0].numpy()
+        def as_np(x: torch.Tensor) -> np.ndarray:
+            return x.detach().cpu()[:, 0].numpy()
 
         var = model.variance(as_np(frame.variance.real if frame.variance.is_complex() else frame.variance),
-                             as_np(prior_mean), as_np(baseline))
+                             as_np(prior_mean), None if baseline is None else as_np(baseline))
         return torch.from_numpy(var.astype(np.float32))[:, None]
 
 
