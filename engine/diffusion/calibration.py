@@ -173,7 +173,7 @@ class SigmaModel:
             gap = np.abs(np.asarray(prior_mean)).astype(np.float64) - base
             var = var + self.disagree**2 * gap**2
         var = self._blur(var)
-        if self.intensity > 0:
+        if self.intensity > 0 and base is not None:  # needs_baseline made sure of it
             level = self._blur(base)
             for index in np.ndindex(*level.shape[:-2]):  # per slice: unit-free
                 inside = object_mask(base[index])
