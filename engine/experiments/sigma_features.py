@@ -81,6 +81,7 @@ def dump_case(prior, task: str, options, volume, s: int, path: Path) -> None:
     prior_mean = samples.mean(dim=0, keepdim=True)
     if last.baseline is not None:  # the estimate a blend used: what a run's σ model is given too
         tv = last.baseline
+    assert problem.reference is not None and last.variance is not None  # simulated, K > 1
     np.savez_compressed(
         path, reference=_mag(crop(problem.reference))[0, 0], mean=_mag(crop(last.x0))[0, 0],
         prior_mean=_mag(crop(prior_mean))[0, 0], variance=crop(last.variance).real.double().numpy()[0, 0],
@@ -180,8 +181,9 @@ def fit(args: argparse.Namespace) -> None:
         subjects = sorted({f.stem.split("_", 2)[2].rsplit("-", 1)[0] for f in files})
         entry = calibration_entry(task, summary, options, subjects, Path(prior.path), command)
         entry["sigma_model"] = model.to_dict()
-        held = [holdout_score([json.loads(str(c["adaptation"]))]) for c in cases if "adaptation" in c]
-        if held and all(h is not None for h in held):  # dds-tv's hold-out ran on every slice (MRI)
+        scored = [holdout_score([json.loads(str(c["adaptation"]))]) for c in cases if "adaptation" in c]
+        held = [h for h in scored if h is not None]
+        if held and len(held) == len(cases):  # dds-tv's hold-out ran on every slice (MRI)
             entry["holdout_scores"] = held
             entry["holdout_threshold"] = OOD_MARGIN * max(held)
         entry["spearman_per_slice"] = row["spearman"]
