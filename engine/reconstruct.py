@@ -241,6 +241,9 @@ class Reconstruction:
         self.source = ProblemSource(request.volume, request.settings, slices=request.slices,
                                     simulate=request.simulate)
         self.sigma_calibration, self.sigma_scale = resolve_calibration(request)
+        from .diffusion.calibration import SigmaModel
+
+        self.sigma_model = SigmaModel.from_dict((self.sigma_calibration or {}).get("sigma_model"))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -316,11 +319,39 @@ class Reconstruction:
             for frame in frames:
                 if frame.x0.device.type != "cpu":
                     frame = _frame_on_cpu(frame)
+                if frame.done and frame.variance is not None and not self.sigma_model.is_plain:
+                    # the calibrated σ model (calibration.SigmaModel) on the result; earlier
+                    # frames show the scaled spread alone (a preview while sampling)
+                    frame = replace(frame, variance=self._model_variance(frame, problem, baseline))
                 if frame.variance is not None and scale2 != 1.0:  # σ_cal = scale σ, in every frame shown
                     frame = replace(frame, variance=frame.variance * scale2)
                 yield frame
         finally:
             frames.close()  # cancellation: the sampler stops between two steps
+
+
+    def _model_variance(self, frame: ReconFrame, problem: ReconProblem, hot_start: torch.Tensor | None
+                        ) -> torch.Tensor:
+        """The σ model's variance (before the scale) for the last frame: the classical estimate is
+        the blend's (dds-tv), the hot start's when it was TV, else TV solved here (once per batch)."""
+        model = self.sigma_model
+        baseline = frame.baseline
+        setup = self.request.diffusion
+        if baseline is None and model.needs_baseline:
+            tv = modalities.get(problem.modality).hot_start_baseline
+            if hot_start is not None and setup is not None and setup.baseline == tv:
+                baseline = hot_start
+            else:
+                with torch.inference_mode():
+                    baseline = solve(tv, problem)
+        prior_mean = frame.x0 if frame.prior_mean is None else frame.prior_mean
+        assert frame.variance is not None
+        def as_np(x: torch.Tensor) -> np.ndarray:
+            return x.detach().cpu()[:, 0].numpy()
+
+        var = model.variance(as_np(frame.variance.real if frame.variance.is_complex() else frame.variance),
+                             as_np(prior_mean), None if baseline is None else as_np(baseline))
+        return torch.from_numpy(var.astype(np.float32))[:, None]
 
 
 def run_to_end(run: ReconRequest | Reconstruction, progress: Callable[[int], None] | None = None) -> ReconRun:

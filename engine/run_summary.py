@@ -151,7 +151,7 @@ class RunScores:
                     outcome.variance = np.square(np.concatenate(self.stds[m])).astype(np.float32)
                     std_w = np.concatenate(self.stds_w[m])
                     outcome.sigma_calibration = sigma_calibration
-                    outcome.out_of_domain = _out_of_domain(est, std_w, sigma_calibration, diffusion)
+                    outcome.out_of_domain = _out_of_domain(est, std_w, sigma_calibration, diffusion, self.adaptations)
                     if ref is not None:
                         from .diffusion.calibration import CURVE_LEVELS, coverage_curve, normalised_errors
                         from .diffusion.uncertainty import calibration, ideal_coverage
@@ -194,6 +194,8 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
     record = cal.provenance(extrapolated_from=missing)
     record["applied_to"] = task_key(modality, request.settings)
     record["ood_threshold"] = cal.ood_threshold
+    if cal.holdout_threshold is not None:
+        record["holdout_threshold"] = cal.holdout_threshold
     if cal.intensity_reference is not None and cal.intensity_threshold is not None:
         record["intensity_reference"] = cal.intensity_reference
         record["intensity_threshold"] = cal.intensity_threshold
@@ -201,15 +203,21 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
 
 
 def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dict[str, Any] | None,
-                   diffusion: DiffusionSetup) -> dict[str, Any] | None:
-    """The out-of-domain score of a run and, above the calibrated threshold, the warning sentence."""
-    from .diffusion.calibration import intensity_distance, ood_score
+                   diffusion: DiffusionSetup, adaptations: list[dict[str, Any]] | None = None
+                   ) -> dict[str, Any] | None:
+    """The out-of-domain scores of a run and, above a calibrated threshold, the warning sentence."""
+    from .diffusion.calibration import holdout_score, intensity_distance, ood_score
 
     cal = sigma_calibration or {}
     score = ood_score(estimate, std)
     threshold = cal.get("ood_threshold")
     out: dict[str, Any] = {"score": score, "threshold": threshold, "warning": None}
     fired = threshold is not None and np.isfinite(score) and score > float(threshold)
+    held = holdout_score(adaptations)
+    if held is not None:
+        out["holdout_score"] = held
+        out["holdout_threshold"] = cal.get("holdout_threshold")
+        fired = fired or (out["holdout_threshold"] is not None and held > float(out["holdout_threshold"]))
     if cal.get("intensity_reference") is not None:
         out["intensity_score"] = intensity_distance(estimate, cal["intensity_reference"])
         out["intensity_threshold"] = cal.get("intensity_threshold")
@@ -222,8 +230,8 @@ def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dic
 def out_of_domain_sentence(prior: "Prior") -> str:
     """The one sentence a user sees when a scan looks unlike the prior's training data."""
     anatomy = {"mri": "brain MRI", "ct": "head CT", "ultrasound": "ultrasound"}.get(prior.modality, prior.modality)
-    return (f"this scan looks unlike the {anatomy} the prior learned from (its posterior spread or its "
-            f"intensities are far from those of the calibration scans); trust the classical baseline more")
+    return (f"this scan looks unlike the {anatomy} the prior learned from (its posterior spread, its hold-out fit "
+            f"or its intensities are far from those of the calibration scans); trust the classical baseline more")
 
 
 def _magnitude(x: torch.Tensor) -> np.ndarray:

@@ -187,3 +187,142 @@ def test_run_api_scales_sigma_records_it_and_warns_on_unlike_intensities(tmp_pat
     assert ood["intensity_score"] > 0.5 and ood["warning"].startswith("this scan looks unlike the head CT")
     assert calibrated.report()["warnings"] == [ood["warning"]]
     assert SIZE == hu.shape[-1]
+
+
+def test_branching_samples_share_a_trunk_and_still_spread():
+    """K = 8 samples branching at t = 0.4 from one shared trajectory: the network sees one
+    item per trunk step and K per branch step (about 3.6 of the 8 evaluations per step an
+    independent run pays), the samples still spread (each branch's own noise), the spread
+    is at most the independent samples' (what the trunk fixed no longer varies), and the
+    mean stays the posterior mean. Deterministic DDIM cannot branch: a settings error."""
+    from diffrecon.diffusion.reconstruction import _summarise, make_sampler, trunk_steps
+    from diffrecon.errors import SettingsError
+
+    g = torch.Generator().manual_seed(3)
+    x = MU0 + S0 * torch.randn((1, 1, 16, 16), generator=g)
+    y = x + SN * torch.randn(x.shape, generator=g)
+    posterior_mean = (MU0 * SN**2 + y * S0**2) / (S0**2 + SN**2)
+    schedule = make_schedule("linear")
+    spreads, items = {}, {}
+    for branch_t in (1.0, 0.4):
+        options = DiffusionOptions(sampler="ddim", eta=1.0, steps=25, samples=8, seed=1, branch_t=branch_t)
+        sampler = make_sampler(options, schedule)
+        trunk = trunk_steps(sampler, options)
+        exact = posterior_eps_model(schedule, posterior_mean)
+        seen = []
+
+        def eps(x_t, t, exact=exact, seen=seen):
+            seen.append(x_t.shape[0])
+            return exact(x_t, t)
+
+        start = torch.randn((1 if trunk else 8, 1, 16, 16), generator=g)
+        last = None
+        for last in sampler.frames(eps, start.shape, seed=1, x_init=start, branch=(trunk, 8) if trunk else None):
+            pass
+        mean, variance = _summarise(last.x_t, 8, 1)
+        spreads[branch_t], items[branch_t] = float(variance.sqrt().mean()), sum(seen)
+        assert float((mean - posterior_mean).abs().mean()) < TAU / 2
+    assert items[1.0] == 8 * 25 and items[0.4] == 15 + 8 * 10  # 95 of 200: 3.8 runs' worth
+    assert 0.2 * TAU < spreads[0.4] <= spreads[1.0] * 1.05
+    with pytest.raises(SettingsError, match="stochastic sampler"):
+        DiffusionOptions(sampler="ddim", eta=0.0, samples=8, branch_t=0.4)
+
+
+def test_sigma_model_from_the_prior_adds_the_disagreement_with_tv_to_the_spread(ct_prior):
+    """A prior whose calibration carries a σ model (disagreement with TV, no blur, scale 1):
+    the run's variance is the samples' variance plus (|diffusion| - |TV|)² pixel by pixel, in
+    HU² (TV solved by the run on the same data), and provenance records the model; with the
+    plain model (no entry) the variance is the spread alone."""
+    from dataclasses import replace
+
+    from diffrecon.diffusion.calibration import SigmaModel
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import disks
+
+    hu = (disks(1, torch.Generator().manual_seed(7), False)[:, 0].numpy() * 1400.0 - 300.0).astype(np.float32)
+    volume = Volume(hu, (1.0, 1.0, 1.0), modality="CT", units="HU")
+    settings = MeasurementSettings("ct", views=12, seed=0)
+    setup = diffusion_setup(ct_prior, "ct", steps=3, samples=2, seed=0)
+    sampler = {k: getattr(setup.options, k) for k in ("sampler", "eta", "symmetric", "guidance")}
+
+    def run(prior):
+        return run_to_end(ReconRequest(volume, settings, ["tv", DIFFUSION], simulate=True,
+                                       diffusion=DiffusionSetup(prior, setup.options, setup.baseline)))
+
+    plain = run(ct_prior)
+    cal = SigmaCalibration("ct-views12", 1.0, sampler=sampler, sigma_model=SigmaModel(disagree=1.0).to_dict())
+    modelled = run(replace(ct_prior, metadata={METADATA_KEY: {"ct-views12": cal.to_dict()}}))
+    d, tv = modelled.outcomes[DIFFUSION].volume, modelled.outcomes["tv"].volume
+    np.testing.assert_allclose(modelled.outcomes[DIFFUSION].volume, plain.outcomes[DIFFUSION].volume, atol=1e-3)
+    both_positive = (d > -1000.0) & (tv > -1000.0)  # working-domain magnitudes equal the values there
+    expected = plain.outcomes[DIFFUSION].variance + (d - tv) ** 2
+    np.testing.assert_allclose(modelled.outcomes[DIFFUSION].variance[both_positive], expected[both_positive],
+                               rtol=1e-3, atol=1.0)
+    assert float(np.max((d - tv) ** 2)) > 100.0 * float(np.median(plain.outcomes[DIFFUSION].variance)) or \
+        float(np.mean((d - tv) ** 2)) > 1.0  # the term is not negligible here: the test tests something
+    assert modelled.provenance["sigma_calibration"]["sigma_model"]["disagree"] == 1.0
+
+
+def test_sigma_model_blur_and_intensity_factor_are_unit_free():
+    """The intensity factor is relative to the object's mean (scaling the image and the spread
+    by c scales σ by c, not c^(1 + 2 intensity)), and the blur spreads a single hot pixel."""
+    from diffrecon.diffusion.calibration import SigmaModel
+
+    rng = np.random.default_rng(0)
+    base = np.zeros((1, 32, 32))
+    base[0, 8:24, 8:24] = 1.0 + rng.random((16, 16))
+    var = np.zeros_like(base)
+    var[0, 16, 16] = 1.0
+    model = SigmaModel(disagree=0.5, smooth=1.5, intensity=0.25)
+    one = model.variance(var, base * 1.1, base)
+    ten = model.variance(100.0 * var, 10.0 * base * 1.1, 10.0 * base)
+    np.testing.assert_allclose(ten, 100.0 * one, rtol=1e-9, atol=1e-12)
+    assert one[0, 16, 18] > 0.0 and SigmaModel(smooth=1.5).variance(var)[0, 16, 18] > 0.0
+    assert SigmaModel().is_plain and not model.is_plain
+
+
+def test_mri_hold_out_score_drives_the_out_of_domain_warning(mri_prior):
+    """MRI has no intensity check; dds-tv's hold-out gives one: the prior's best image's residual
+    on the set-aside k-space over TV's. The run reports it (as holdout_score, from the run's own
+    hold-out report), and the warning fires exactly when it is above the prior's threshold."""
+    from dataclasses import replace
+
+    from diffrecon.diffusion.calibration import holdout_score
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import disks
+
+    image = disks(1, torch.Generator().manual_seed(5), False)[:, 0].numpy()
+    volume = Volume(np.kron(image, np.ones((1, 4, 4))).astype(np.float32) * 800.0, (1.0, 1.0, 1.0), modality="MR")
+    setup = diffusion_setup(mri_prior, "mri", steps=3, samples=2, seed=0)
+    assert setup.options.guidance == "dds-tv"
+    sampler = {k: getattr(setup.options, k) for k in ("sampler", "eta", "symmetric", "guidance", "branch_t")}
+
+    def run(threshold):
+        cal = SigmaCalibration("mri-4x", 1.0, sampler=sampler, ood_threshold=1e9, holdout_threshold=threshold)
+        prior = replace(mri_prior, metadata={METADATA_KEY: {"mri-4x": cal.to_dict()}})
+        return run_to_end(ReconRequest(volume, MeasurementSettings("mri", acceleration=4.0, seed=0), [DIFFUSION],
+                                       simulate=True, diffusion=DiffusionSetup(prior, setup.options, setup.baseline)))
+
+    quiet = run(1e9)
+    ood = quiet.outcomes[DIFFUSION].out_of_domain
+    score = holdout_score(quiet.outcomes[DIFFUSION].params["adaptation"])
+    assert score is not None and ood["holdout_score"] == pytest.approx(score) and score > 0
+    assert ood["warning"] is None and "warnings" not in quiet.report()
+    loud = run(0.5 * score)
+    assert loud.outcomes[DIFFUSION].out_of_domain["warning"].startswith("this scan looks unlike the brain MRI")
+    assert loud.provenance["sigma_calibration"]["holdout_threshold"] == pytest.approx(0.5 * score)
+
+
+def test_short_runs_still_branch_before_a_noisy_step():
+    """The last step of every sampler adds no noise: with 2 or 3 steps a branch must come before
+    the last two, or not at all (K identical samples would claim σ = 0)."""
+    from diffrecon.diffusion.reconstruction import make_sampler, trunk_steps
+
+    schedule = make_schedule("linear")
+    for steps, expected in ((1, 0), (2, 0), (3, 1), (25, 15)):
+        options = DiffusionOptions(sampler="ddim", eta=1.0, steps=steps, samples=8, branch_t=0.4)
+        assert trunk_steps(make_sampler(options, schedule), options) == expected, steps

@@ -90,6 +90,9 @@ def calibration_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
         flagged["slices"] += 1
         flagged["warned"] += int(bool(r.get("ood_warning")))
         flagged["scores"].append(r.get("ood_score"))
+        for key in ("ood_holdout_score", "ood_intensity_score"):  # the other scores, when the run had them
+            if r.get(key) is not None:
+                flagged.setdefault(key.removeprefix("ood_") + "s", []).append(r[key])
     for per_method in out.values():
         for entry in per_method.values():
             entry["observed"] = [float(np.mean(c)) for c in zip(*entry.pop("curves"))]

@@ -214,6 +214,9 @@ def _rows(task: Task, d: BenchData, s: int, first: ReconRun, outcomes, show_inpu
             if o.out_of_domain is not None:
                 row["ood_score"] = o.out_of_domain.get("score")
                 row["ood_warning"] = bool(o.out_of_domain.get("warning"))
+                for key in ("holdout_score", "intensity_score"):  # the other out-of-domain scores, when run
+                    if o.out_of_domain.get(key) is not None:
+                        row[f"ood_{key}"] = o.out_of_domain[key]
         rows.append(row)
     return rows
 

@@ -54,7 +54,7 @@ OOD_MARGIN = 1.5
 #: metadata key in a prior file
 METADATA_KEY = "sigma_calibration"
 #: the sampler fields a scale belongs to: σ from any other setting is not calibrated by it
-SAMPLER_FIELDS = ("sampler", "eta", "symmetric", "guidance")
+SAMPLER_FIELDS = ("sampler", "eta", "symmetric", "guidance", "branch_t")
 #: hallucination map: flag |recon - baseline| > K σ_cal, or σ_cal > this fraction of the object's range
 FLAG_K = 3.0
 FLAG_SIGMA_FRACTION = 0.15
@@ -124,6 +124,85 @@ def ood_score(estimate_working: np.ndarray, std_calibrated_working: np.ndarray) 
     return float(np.mean(np.asarray(std_calibrated_working, np.float64)[mask]) / max(np.mean(est[mask]), 1e-12))
 
 
+@dataclass
+class SigmaModel:
+    """How a run turns its K samples into the σ that the conformal scale then calibrates.
+
+    ``σ² = G_s[spread² v + disagree² (|m| - |b|)²] · (G_s|b| / mean_object|b|)^(2 intensity)``
+
+    with ``v`` the samples' per-pixel variance, ``m`` their mean before any blend, ``b`` a
+    data-consistent classical estimate (TV), ``G_s`` a Gaussian blur of ``smooth`` pixels.
+    Why each term (measured on validation slices: resources/results/uncertainty/README.md):
+    where the prior and the classical estimate disagree, one of them is wrong; K samples give
+    a noisy variance and the errors come in patches (the blur); brighter tissue carries larger
+    absolute errors (the unit-free intensity factor). The default is the plain spread.
+    """
+
+    spread: float = 1.0
+    disagree: float = 0.0
+    smooth: float = 0.0
+    intensity: float = 0.0
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.disagree > 0 or self.intensity > 0
+
+    @property
+    def is_plain(self) -> bool:
+        return self.spread == 1.0 and not self.needs_baseline and self.smooth <= 0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SigmaModel:
+        data = data or {}
+        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__ if k in data})
+
+    def variance(self, variance: np.ndarray, prior_mean: np.ndarray | None = None,
+                 baseline: np.ndarray | None = None) -> np.ndarray:
+        """σ² from arrays ``(..., H, W)`` in one (working-domain) unit; magnitudes of the means
+        are compared (the errors are measured on magnitudes)."""
+        var = self.spread**2 * np.real(np.asarray(variance)).astype(np.float64)
+        base = None
+        if self.needs_baseline:
+            if baseline is None or (self.disagree > 0 and prior_mean is None):
+                raise ValueError("this σ model needs the samples' mean and the classical baseline")
+            base = np.abs(np.asarray(baseline)).astype(np.float64)
+        if self.disagree > 0:
+            gap = np.abs(np.asarray(prior_mean)).astype(np.float64) - base
+            var = var + self.disagree**2 * gap**2
+        var = self._blur(var)
+        if self.intensity > 0 and base is not None:  # needs_baseline made sure of it
+            level = self._blur(base)
+            for index in np.ndindex(*level.shape[:-2]):  # per slice: unit-free
+                inside = object_mask(base[index])
+                norm = float(np.mean(base[index][inside])) if inside.any() else float(np.mean(base[index]))
+                var[index] = var[index] * (np.maximum(level[index], 0.0) / max(norm, 1e-12)) ** (2 * self.intensity)
+        return np.maximum(var, 0.0)
+
+    def _blur(self, x: np.ndarray) -> np.ndarray:
+        if self.smooth <= 0:
+            return x
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(x, sigma=(0.0,) * (x.ndim - 2) + (self.smooth, self.smooth), mode="nearest")
+
+
+def holdout_score(adaptations: list[dict[str, Any]] | None) -> float | None:
+    """dds-tv's hold-out (:mod:`.adaptation`): how much worse the prior's best image predicts
+    the set-aside measurements than TV's, ``min_w residual(w) / residual(TV)``, the median over
+    the run's batches; None without a hold-out. A prior that does not know the anatomy
+    predicts unseen k-space worse than a generic smoothness prior does."""
+    ratios = []
+    for a in adaptations or []:
+        tv = a.get("tv_holdout_residual")
+        residuals = a.get("holdout_residual") or {}
+        if tv and residuals:
+            ratios.append(min(float(v) for v in residuals.values()) / max(float(tv), 1e-30))
+    return float(np.median(ratios)) if ratios else None
+
+
 #: quantile levels of the intensity score
 QUANTILES = tuple(float(q) for q in np.linspace(0.01, 0.99, 99))
 
@@ -156,8 +235,11 @@ class SigmaCalibration:
     intensity_reference: list[float] | None = None  # pooled QUANTILES of the calibration scans (CT)
     intensity_threshold: float | None = None
     intensity_scores: list[float] = field(default_factory=list)  # per calibration slice
+    holdout_threshold: float | None = None  # holdout_score above this: unlike the training data (MRI)
+    holdout_scores: list[float] = field(default_factory=list)  # per calibration slice
     fitted: str = ""  # date
     command: str = ""
+    sigma_model: dict[str, float] = field(default_factory=dict)  # SigmaModel fields; empty: the plain spread
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +258,8 @@ class SigmaCalibration:
         """What an output records about the scale applied to its σ."""
         out = {"method": "split-conformal", "task": self.task, "scale": self.scale,
                "coverage": self.coverage, "width": self.width, "subjects": self.subjects,
-               "n_pixels": self.n_pixels, "sampler": self.sampler, "fitted": self.fitted}
+               "n_pixels": self.n_pixels, "sampler": self.sampler, "fitted": self.fitted,
+               "sigma_model": SigmaModel.from_dict(self.sigma_model).to_dict()}
         if extrapolated_from:
             out["note"] = f"no scale for {extrapolated_from}; the one fitted for {self.task} was applied"
         return out
@@ -246,5 +329,6 @@ def hallucination_map(recon: np.ndarray, baseline: np.ndarray, sigma: np.ndarray
 __all__ = [
     "CURVE_LEVELS", "FLAG_K", "FLAG_SIGMA_FRACTION", "METADATA_KEY", "OOD_MARGIN", "QUANTILES", "SigmaCalibration",
     "TARGET_COVERAGE", "calibrations", "conformal_quantile", "conformal_scale", "coverage_curve", "hallucination_map",
-    "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "task_key",
+    "holdout_score", "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "SigmaModel",
+    "task_key",
 ]

@@ -39,6 +39,10 @@ class DiffusionOptions:
     # dds-tv), a multiple of the TV baseline's tuned weight for the task; 0 = independent slices
     through_plane: float = 0.0
     symmetric: bool = False  # SRDS / DiffDenoise: run +eps and -eps initial noise and average
+    # K > 1 samples share one trajectory down to this diffusion time, then branch (1 = independent
+    # from the start). The trunk runs once, so K samples cost less than K runs; needs a
+    # stochastic sampler (eta > 0, ddpm, sde), else the branches would stay identical
+    branch_t: float = 1.0
     # denoising (A = I): start at the step matching the noise level (see .noise_start)
     noise_start: bool = False
     noise_start_scale: float = 1.0  # start where the model's sigma_t = this x the noise std
@@ -69,6 +73,11 @@ class DiffusionOptions:
         if not 0.0 < self.noise_start_scale <= 10.0 or not 1 <= self.ensemble <= 8:
             raise SettingsError(f"noise_start_scale must be in (0, 10] and ensemble in 1..8; got "
                                 f"{self.noise_start_scale} and {self.ensemble}")
+        if not 0.0 < self.branch_t <= 1.0:
+            raise SettingsError(f"the branch time must be in (0, 1]; got {self.branch_t}")
+        if self.branch_t < 1.0 and self.samples > 1 and (self.symmetric or (self.sampler == "ddim" and self.eta == 0)):
+            raise SettingsError("branching samples from a shared trunk needs a stochastic sampler (ddim with eta > 0, "
+                                "ddpm or sde) without symmetric pairs")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
 

@@ -62,6 +62,16 @@ def make_sampler(options: DiffusionOptions, schedule: NoiseSchedule) -> Sampler:
     return SAMPLERS[options.sampler].for_run(schedule, requested, start_t=start, eta=options.eta)
 
 
+def trunk_steps(sampler: Sampler, options: DiffusionOptions) -> int:
+    """Steps the K samples share (``options.branch_t``): those that start above the branch
+    time, but at least the last two steps branch (every sampler's last step adds no noise,
+    so a branch made there would leave K identical samples); 0 for independent samples."""
+    if options.samples < 2 or options.branch_t >= 1.0:
+        return 0
+    starts = sampler.times()[:-1]
+    return max(0, min(sum(1 for t in starts if t > options.branch_t), len(starts) - 2))
+
+
 @dataclass
 class ReconFrame:
     """The state after one sampling step, in the problem's working domain.
@@ -80,6 +90,10 @@ class ReconFrame:
     variance: torch.Tensor | None
     elapsed: float  # seconds since the run started
     adaptation: dict | None = None  # what was chosen for this scan, and how (dds-tv's hold-out)
+    # after a blend with the classical estimate (dds-tv): the samples' own mean and that estimate
+    # (a σ model compares them: calibration.SigmaModel); None when x0 is the samples' mean
+    prior_mean: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -211,11 +225,14 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             options.guidance, operator, y, problem.noise_level, domain, schedule=schedule, noise=fresh_noise,
             cg_iters=options.cg_iters, dps_scale=options.dps_scale, tv_weight=tv_lam, through_plane=through_plane,
         )
-        x_init = fresh_noise(shape)
+        sampler = make_sampler(options, schedule)
+        trunk = trunk_steps(sampler, options)
+        start_items = batch if trunk > 0 else n_samples * batch  # a shared trunk starts as one sample
+        x_init = fresh_noise((start_items, *shape[1:]))
         if options.hot_start:
             start_t = options.hot_start_t
             clean = domain.to_model(_hot_start_image(problem, baseline)).float()
-            clean = clean.repeat(n_samples, 1, 1, 1)
+            clean = clean.repeat(start_items // batch, 1, 1, 1)
             mean, std = (float(v) for v in schedule.marginal(start_t))
             x_init = mean * clean + std * x_init
 
@@ -252,9 +269,9 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             return model(x.contiguous(memory_format=torch.channels_last), t)  # type: ignore[no-any-return]
 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # oneDNN's fast layout on CPUs
-    sampler = make_sampler(options, schedule)
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init, device=device,
-                            autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance])
+                            autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance],
+                            branch=(trunk, n_samples) if trunk > 0 else None)
     total = sampler.n_steps
     start = time.perf_counter()
     try:
@@ -264,7 +281,8 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                 frame = next(frames)
                 # The last frame's x_t is the (data-consistent) sample itself.
                 x0_samples = domain.from_model(frame.x_t if frame.last else frame.x0_hat)
-                x0_mean, variance = _summarise(x0_samples, n_samples, batch)
+                # on the shared trunk there is one sample so far (no spread yet)
+                x0_mean, variance = _summarise(x0_samples, x0_samples.shape[0] // batch, batch)
                 x_t = domain.from_model(frame.x_t[:batch])
             out = ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
                              elapsed=time.perf_counter() - start, adaptation=adaptation)
@@ -310,7 +328,7 @@ def blend_with_baseline(frame: ReconFrame, baseline: torch.Tensor, weight: float
     from dataclasses import replace as _replace
 
     x0 = weight * frame.x0 + (1.0 - weight) * baseline.to(frame.x0.dtype)
-    return _replace(frame, x0=x0)
+    return _replace(frame, x0=x0, prior_mean=frame.x0, baseline=baseline)
 
 
 def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
@@ -324,4 +342,4 @@ def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOp
 
 
 __all__ = ["CLIP_X0", "ReconFrame", "make_sampler", "reconstruct_to_end", "stream_reconstruction",
-           "through_plane_term"]
+           "through_plane_term", "trunk_steps"]

@@ -135,7 +135,10 @@ class Sampler:
     ``frames(model, shape, seed=0, hook=None, x_init=None, device="cpu", autocast=False,
     clip_x0=None)`` takes: ``shape`` ``(B, C, H, W)`` of the sample; ``x_init`` a starting
     ``x_1`` instead of fresh noise (copied, never modified); ``autocast`` bf16 network
-    calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]`` before the hook sees it.
+    calls; ``clip_x0`` clamps ``x0_hat`` to ``[-clip, clip]`` before the hook sees it;
+    ``branch = (k, K)``: the state is repeated K times (item-major blocks, sample-major
+    batch) before step ``k``, so that K samples share the first ``k`` steps (a trunk run
+    once) and go on independently after them (a stochastic sampler makes them differ).
 
     Every sampler takes ``start_t`` (default 1): a hot start begins part-way, at
     ``x_init`` = a classical estimate noised to ``start_t``, and runs only the steps below it.
@@ -170,7 +173,7 @@ class Sampler:
 
     def frames(self, model: EpsModel, shape: tuple[int, ...], seed: int = 0, hook: StepHook | None = None,
                x_init: torch.Tensor | None = None, device: torch.device | str = "cpu", autocast: bool = False,
-               clip_x0: float | None = None) -> Generator[Frame, None, None]:
+               clip_x0: float | None = None, branch: tuple[int, int] | None = None) -> Generator[Frame, None, None]:
         run = SamplingRun(self.schedule, model, hook, torch.Generator(device=device).manual_seed(seed), autocast,
                           clip_x0)
         if x_init is not None:
@@ -181,6 +184,8 @@ class Sampler:
         n = len(times) - 1
         for k in range(n):
             last = k == n - 1
+            if branch is not None and k == branch[0]:  # the shared trunk ends: K copies go on independently
+                x = x.repeat(branch[1], *([1] * (x.dim() - 1)))
             x, x0_hat, eps = run.predict(x, times[k], k)
             x = self.step(run, k, times[k], times[k + 1], x, x0_hat, eps, last)
             yield Frame(k, n, 0.0 if last else times[k + 1], x, x0_hat)
