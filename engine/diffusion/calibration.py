@@ -332,3 +332,13 @@ __all__ = [
     "holdout_score", "intensity_distance", "intensity_quantiles", "lookup", "normalised_errors", "object_mask", "ood_score", "SigmaModel",
     "task_key",
 ]
+
+
+def store_entries(path: Any, entries: dict[str, Any]) -> None:
+    """Merge calibration entries (by task key) into a prior file's metadata; the weights stay
+    byte-identical (the experiments that fit σ write through this)."""
+    from .checkpoint import read_metadata, update_metadata
+
+    table = dict(read_metadata(path).get(METADATA_KEY) or {})
+    table.update(entries)
+    update_metadata(path, {METADATA_KEY: table})

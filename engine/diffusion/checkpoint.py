@@ -410,12 +410,17 @@ def tensor_bytes_digest(path: str | Path) -> str:
 def load_ema_weights(path: str | Path, ema_model: nn.Module) -> dict[str, Any]:
     """Load a prior file's weights into an existing network (used when resuming)."""
     tensors, meta = _read(Path(path))
+    load_fitting(ema_model, tensors, f"{path}: the EMA weights do not fit this network")
+    return meta
+
+
+def load_fitting(model: nn.Module, tensors: dict[str, torch.Tensor], mismatch: str) -> None:
+    """``model.load_state_dict(tensors, strict=True)``; a mismatch is one sentence: ``mismatch (torch's first line)``."""
     try:
-        ema_model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise DiffreconError(f"{path}: the EMA weights do not fit this network ({first})") from exc
-    return meta
+        raise DiffreconError(f"{mismatch} ({first})") from exc
 
 
 RESULTS_HEADING = "## Reconstruction results"

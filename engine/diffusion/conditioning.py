@@ -147,7 +147,7 @@ def load_unconditional_into(path: str | Path, model: torch.nn.Module) -> dict[st
     """Load an unconditional prior's weights into a conditional network of the same shape:
     the stem's condition channels get zero weights, so the network starts as that prior."""
     from ..errors import DiffreconError
-    from .checkpoint import _read
+    from .checkpoint import _read, load_fitting
 
     tensors, meta = _read(Path(path))
     stem = tensors.get("stem.weight")
@@ -158,11 +158,7 @@ def load_unconditional_into(path: str | Path, model: torch.nn.Module) -> dict[st
     padded = torch.zeros_like(wanted)
     padded[:, : stem.shape[1]] = stem
     tensors = {**tensors, "stem.weight": padded}
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DiffreconError(f"{path}: its weights do not fit this conditional network ({first})") from exc
+    load_fitting(model, tensors, f"{path}: its weights do not fit this conditional network")
     return meta
 
 

@@ -164,8 +164,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def fit(args: argparse.Namespace) -> None:
     """The chosen σ model's scale from the dumps, written into the prior like uncertainty fit."""
-    from ..diffusion.calibration import METADATA_KEY
-    from ..diffusion.checkpoint import read_metadata, update_metadata
+    from ..diffusion.calibration import METADATA_KEY, store_entries
     from .uncertainty import calibration_entry
 
     command = "python -m diffrecon.experiments.sigma_features " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -191,9 +190,7 @@ def fit(args: argparse.Namespace) -> None:
         print(json.dumps({k: v for k, v in entry.items() if k not in ("intensity_reference",)}, indent=1), flush=True)
     for path, table in entries.items():
         if args.write:
-            current = dict(read_metadata(path).get(METADATA_KEY) or {})
-            current.update(table)
-            update_metadata(path, {METADATA_KEY: current})
+            store_entries(path, table)
             print(f"wrote {METADATA_KEY} ({', '.join(table)}) into {path}", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps({str(path): table}, indent=1))

@@ -51,10 +51,10 @@ import torch
 
 from .. import datasets, modalities
 from ..diffusion.calibration import (
-    METADATA_KEY, OOD_MARGIN, SAMPLER_FIELDS, SigmaCalibration, conformal_scale, coverage_curve,
+    METADATA_KEY, OOD_MARGIN, store_entries, SAMPLER_FIELDS, SigmaCalibration, conformal_scale, coverage_curve,
     CURVE_LEVELS, intensity_quantiles,
 )
-from ..diffusion.checkpoint import Prior, load_prior, read_metadata, tensor_bytes_digest, update_metadata
+from ..diffusion.checkpoint import Prior, load_prior, tensor_bytes_digest
 from ..diffusion.options import DiffusionOptions
 from ..measurements import MeasurementSettings, ProblemSource
 from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, default_prior_path, run_to_end
@@ -257,9 +257,7 @@ def fit(args: argparse.Namespace) -> None:
         print(json.dumps(entry, indent=1), flush=True)
     for path, entries in by_prior.items():
         if args.write:
-            table = dict(read_metadata(path).get(METADATA_KEY) or {})
-            table.update(entries)
-            update_metadata(path, {METADATA_KEY: table})
+            store_entries(path, entries)
             print(f"wrote {METADATA_KEY} ({', '.join(entries)}) into {path}", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps({str(path): entries}, indent=1))
