@@ -164,8 +164,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def fit(args: argparse.Namespace) -> None:
     """The chosen σ model's scale from the dumps, written into the prior like uncertainty fit."""
-    from ..diffusion.calibration import METADATA_KEY, store_entries
-    from .uncertainty import calibration_entry
+    from .uncertainty import calibration_entry, write_fits
 
     command = "python -m diffrecon.experiments.sigma_features " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     model = SigmaModel.from_dict(json.loads(args.model_params))
@@ -188,12 +187,7 @@ def fit(args: argparse.Namespace) -> None:
         entry["spearman_per_slice"] = row["spearman"]
         entries.setdefault(Path(prior.path), {})[task] = entry
         print(json.dumps({k: v for k, v in entry.items() if k not in ("intensity_reference",)}, indent=1), flush=True)
-    for path, table in entries.items():
-        if args.write:
-            store_entries(path, table)
-            print(f"wrote {METADATA_KEY} ({', '.join(table)}) into {path}", file=sys.stderr)
-        if args.json:
-            Path(args.json).write_text(json.dumps({str(path): table}, indent=1))
+    write_fits(entries, args.write, args.json)
 
 
 def main(argv: list[str] | None = None) -> None:

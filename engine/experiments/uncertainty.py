@@ -255,12 +255,18 @@ def fit(args: argparse.Namespace) -> None:
         entry = calibration_entry(task, summary, options, subjects, Path(prior.path), command)
         by_prior.setdefault(Path(prior.path), {})[task] = entry
         print(json.dumps(entry, indent=1), flush=True)
+    write_fits(by_prior, args.write, args.json)
+
+
+def write_fits(by_prior: dict[Path, dict[str, Any]], write: bool, json_path: str | None) -> None:
+    """Fitted calibration entries (per prior file, per task): into each prior's metadata with
+    ``write``, and as JSON to ``json_path`` (``fit`` here and in ``sigma_features``)."""
     for path, entries in by_prior.items():
-        if args.write:
+        if write:
             store_entries(path, entries)
             print(f"wrote {METADATA_KEY} ({', '.join(entries)}) into {path}", file=sys.stderr)
-        if args.json:
-            Path(args.json).write_text(json.dumps({str(path): entries}, indent=1))
+        if json_path:
+            Path(json_path).write_text(json.dumps({str(path): entries}, indent=1))
 
 
 def cost(args: argparse.Namespace) -> None:
