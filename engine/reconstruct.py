@@ -80,6 +80,8 @@ class DiffusionSetup:
 
     def describe(self) -> dict[str, Any]:
         """The prior's file and metadata, for provenance (``"model"``) and reports."""
+        from .diffusion.unet import fast_inference
+
         meta = self.prior.metadata
         return {
             "path": str(self.prior.path),
@@ -93,15 +95,8 @@ class DiffusionSetup:
             "hot_start_baseline": self.baseline if self.options.hot_start else None,
             # the network's runtime: torch, or an int8 engine (diffusion.onnx_int8) standing in for it
             "backend": getattr(self.prior.model, "backend_info", {"backend": "torch"}),
-            "network_fast_path": _fast_inference(),
+            "network_fast_path": fast_inference(),
         }
-
-
-def _fast_inference() -> bool:
-    """Whether the UNet's float32 inference fast path is on (``DIFFRECON_FAST_NET``)."""
-    from .diffusion import unet
-
-    return bool(unet.FAST_INFERENCE)
 
 
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:

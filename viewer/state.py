@@ -174,6 +174,7 @@ class RunRequest:
     device: str = "cpu"  # "cpu" or "cuda", resolved (diffrecon view --device)
 
     def provenance(self) -> dict:
+        from diffrecon.diffusion.unet import fast_inference
         from diffrecon.runtime import describe_device
 
         return {
@@ -185,7 +186,7 @@ class RunRequest:
             "model": None if self.model is None else str(self.model),
             "device": describe_device(self.device),
             "backend": _prior_backend(),
-            "network_fast_path": _fast_inference(),
+            "network_fast_path": fast_inference(),
         }
 
     @property
@@ -268,7 +269,3 @@ def _prior_backend() -> str:
     return engine_jobs.PRIOR_BACKEND
 
 
-def _fast_inference() -> bool:
-    from diffrecon.diffusion import unet
-
-    return bool(unet.FAST_INFERENCE)

@@ -46,6 +46,11 @@ TIME_SCALE = 1000.0  # the embedding sees 1000 * t, like an integer DDPM step
 FAST_INFERENCE = os.environ.get("DIFFRECON_FAST_NET", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
+def fast_inference() -> bool:
+    """Whether the inference fast path is on (what outputs record as ``network_fast_path``)."""
+    return bool(FAST_INFERENCE)
+
+
 def set_fast_inference(enabled: bool) -> bool:
     """Turn the inference fast path on or off; return the previous setting."""
     global FAST_INFERENCE
