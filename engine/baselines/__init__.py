@@ -32,7 +32,7 @@ import torch
 
 from ..errors import SettingsError
 from ..physics.base import LinearOperator
-from ..physics.noise import STABILISED_NOISE, NoiseModel
+from ..physics.noise import NoiseModel
 from .defaults import default_params
 from .denoise import bm3d_denoise, median_denoise
 from .tv import tv3d_reconstruct, tv_denoise, tv_reconstruct, tv_reconstruct_fista
@@ -102,7 +102,8 @@ def run_baseline(
         return finish(median_denoise(y, size=int(settings.get("size", 3))), modality, y)
     if method == "bm3d":
         model = NoiseModel.of(noise, noise_level) if noise else None
-        stabilised = model is not None and model.kind in STABILISED_NOISE
+        # a signal-dependent model's std is the stabilised one (bm3d_denoise), not the measured noise_level
+        stabilised = model is not None and model.signal_dependent
         sigma = settings.get("sigma", None if stabilised else (noise_level if noise_level > 0 else None))
         return finish(bm3d_denoise(y, sigma, sigma_scale=float(settings.get("sigma_scale", 1.0)), noise=model),
                       modality, y)

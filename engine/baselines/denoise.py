@@ -33,7 +33,7 @@ import torch
 from scipy.ndimage import median_filter
 
 from ..errors import DiffreconError
-from ..physics.noise import STABILISED_NOISE, NoiseModel
+from ..physics.noise import NoiseModel
 from .tv import tv_denoise
 
 __all__ = [
@@ -97,13 +97,12 @@ def bm3d_denoise(y: torch.Tensor, sigma: float | None = None, *, sigma_scale: fl
         raise DiffreconError(
             "BM3D needs the optional bm3d package, which is free for non-commercial use only: pip install bm3d."
         ) from None
-    stabilised = noise is not None and noise.kind in STABILISED_NOISE
-    if stabilised:
-        assert noise is not None
-        y = noise.forward(y)
-        sigma = sigma if sigma is not None and sigma > 0 else noise.stabilised_sigma
+    stabilised = noise if noise is not None and noise.signal_dependent else None
+    if stabilised is not None:
+        y = stabilised.forward(y)
+        sigma = sigma if sigma is not None and sigma > 0 else stabilised.stabilised_sigma
     if sigma is None or sigma <= 0:
         sigma = estimate_noise_sigma(y)
     psd = float(sigma) * float(sigma_scale)
     out = _per_slice(y, lambda image: np.asarray(bm3d.bm3d(image.astype(np.float64), sigma_psd=psd), image.dtype))
-    return noise.inverse(out) if stabilised and noise is not None else out
+    return out if stabilised is None else stabilised.inverse(out)

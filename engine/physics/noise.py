@@ -179,8 +179,6 @@ class CorrelatedGaussianNoise:
         return f"correlated Gaussian noise, sigma {self.sigma:g}, correlation {self.correlation_px:g} px"
 
 
-#: noise kinds whose variance depends on the signal: denoisers work on their stabilised image
-STABILISED_NOISE = ("poisson", "gamma")
 GAMMA_FLOOR = 1e-3  # log of a zero pixel (speckle of black background) is clamped here
 
 
@@ -205,6 +203,11 @@ class NoiseModel:
         """From a problem's ``noise`` dict (:class:`~diffrecon.measurements.ReconProblem`);
         without one, white Gaussian noise of std ``noise_level``."""
         return cls(**(noise or {"kind": "gaussian", "sigma": noise_level}))
+
+    @property
+    def signal_dependent(self) -> bool:
+        """Poisson or Gamma: denoisers work on the stabilised image (``forward``), then ``inverse``."""
+        return self.kind in ("poisson", "gamma")
 
     # ---- variance-stabilising transforms: y -> z with white Gaussian noise of std stabilised_sigma
     @property
