@@ -55,7 +55,6 @@ class RunController(QObject):
         self._last_frame: DisplayFrame | None = None
         self._input_args: tuple[MeasurementSettings, bool] | None = None  # the preview's settings, to resume it
         self._ok = True
-        self._hot_start = False  # the running request hot-starts from the baseline
         self._closed = False
         self.last_stats: dict[str, float] = {}
         self.device = "cpu"  # where runs compute (diffrecon view --device; run_viewer sets it)
@@ -127,7 +126,6 @@ class RunController(QObject):
         s.run.slices = sorted(request.slices)
         self._ok = True
         self._last_frame = None
-        self._hot_start = request.model is not None and request.options.hot_start
         n_batches = -(-len(request.slices) // request.batch_size)
         self._pending = {"baseline"}
         total = 0
@@ -260,7 +258,9 @@ class RunController(QObject):
             parts = [f"Done: {len(s.run.slices)} slice(s)"]
             if frame:
                 steps = f"{frame.total_steps} step{'' if frame.total_steps == 1 else 's'}"
-                if self._hot_start:  # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
+                run = s.run.provenance
+                if run.get("model") and (run.get("diffusion") or {}).get("hot_start"):
+                    # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
                     steps += " from the baseline (a hot start)"
                 parts.append(f"{steps} in {frame.elapsed:.1f} s")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
