@@ -30,12 +30,12 @@ denoise_and_ultrasound() {
 }
 mri_test() {  # every MRI test subject, 3 slices each
   $DIFFRECON --threads 1 bench --modality mri --settings 4x,8x \
-    --methods zero-filled,tv,l1-wavelet,diffusion:ddim/dds/25,diffusion --slices-per-subject 3 \
+    --methods zero-filled,tv,l1-wavelet,diffusion:ddim/dds/25/noblend,diffusion --slices-per-subject 3 \
     --grid-slices 1 --no-cases --out $out/mri-test
 }
 ct_test() {  # the CT test subject (an abdomen under the head prior), 3 slices
   $DIFFRECON --threads 1 bench --modality ct --settings views=60,dose=0.25 \
-    --methods fbp,tv,diffusion,diffusion:ddim/dds-tv/25 --slices-per-subject 3 \
+    --methods fbp,tv,diffusion:ddim/dds/25/noblend,diffusion --slices-per-subject 3 \
     --grid-slices 1 --no-cases --out $out/ct-test
 }
 denoise_test() {  # every MRI test subject, 3 slices each, against BM3D (pip install bm3d) and TV

@@ -10,6 +10,7 @@ from diffrecon.diffusion.adaptation import (
     HeldOutOperator,
     blend_weight,
     choose_tv_weight,
+    holdout_blend,
     holdout_masks,
     holdout_residual,
 )
@@ -76,8 +77,11 @@ def test_blend_weight_recovers_known_mixtures() -> None:
 
 def test_tv_term_smooths_the_estimate_and_keeps_the_data(mri_prior) -> None:
     problem = mri_problem()
-    plain = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv", tv_weight=0.0))
-    tv = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv", tv_weight=30.0))
+    def options(weight: float):  # the diffusion result itself, no blend with TV
+        return modality("mri").diffusion_options(steps=6, guidance="dds-tv", tv_weight=weight, blend_tv=False)
+
+    plain = reconstruct_to_end(problem, mri_prior, options(0.0))
+    tv = reconstruct_to_end(problem, mri_prior, options(30.0))
     assert float(total_variation(tv.x0).sum()) < float(total_variation(plain.x0).sum())
     zero_filled = problem.operator.zero_filled(problem.y)
     for frame in (plain, tv):
@@ -103,7 +107,7 @@ def test_self_supervised_choice_is_near_the_best_weight_and_leaves_the_prior_alo
         auto = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds-tv"))
         report = auto.adaptation
         assert report["method"] == "self-supervised hold-out" and set(report["holdout_residual"]) == {"0", "1", "3"}
-        assert 0.0 <= report["blend_weight"] <= 1.0
+        assert 0.0 <= report["blend_weight"] <= 1.0 and report["blend"]["steps"] == 6  # the run's own length
         chosen = psnr(ref[None], auto.x0[0, 0].abs().numpy()[None])
         assert chosen >= max(scores.values()) - 1.0 or chosen >= scores[0.0]
     for k, v in mri_prior.model.state_dict().items():
@@ -119,6 +123,50 @@ def test_choose_tv_weight_prefers_tv_when_the_prior_is_useless() -> None:
     torch.manual_seed(3)
     net = UNet(2, width=4, channel_mult=(1, 2), res_blocks=1, attention_heads=1).eval().requires_grad_(False)
     useless = Prior(net, make_schedule("linear"), {"kind": "percentile", "percentile": 99.5}, "mri", 2, {}, None)
-    weight, report = choose_tv_weight(mri_problem(11), useless, modality("mri").diffusion_options(steps=6), steps=4)
+    options = modality("mri").diffusion_options(steps=6)
+    weight, report = choose_tv_weight(mri_problem(11), useless, options, steps=4)
     assert report["tv_holdout_residual"] < min(report["holdout_residual"].values())
-    assert report["blend_weight"] < 0.5
+    blend, blend_report = holdout_blend(mri_problem(11), useless, options, tv_weight=weight)
+    assert blend < 0.5 and blend_report["tv_holdout_residual"] < blend_report["holdout_residual"]
+
+
+def test_holdout_blend_trusts_a_prior_that_predicts_the_held_out_data(mri_prior) -> None:
+    """The other direction: where the prior's image predicts set-aside k-space better than TV's,
+    the blend leans on it, and the result is the blend of the two full-data images."""
+    problem = mri_problem(12)
+    options = modality("mri").diffusion_options(steps=6, guidance="dds", blend_tv=True)
+    frame = reconstruct_to_end(problem, mri_prior, options)
+    report = frame.adaptation["blend"]
+    assert frame.adaptation["blend_weight"] == pytest.approx(report["weight"], abs=1e-4)
+    better = report["holdout_residual"] < report["tv_holdout_residual"]
+    assert (frame.adaptation["blend_weight"] > 0.5) == better or 0.3 < frame.adaptation["blend_weight"] < 0.7
+    if frame.adaptation["blend_weight"] < 1.0:
+        unblended = reconstruct_to_end(problem, mri_prior, modality("mri").diffusion_options(steps=6, guidance="dds",
+                                                                                            blend_tv=False))
+        assert torch.allclose(frame.prior_mean, unblended.x0, atol=1e-5)
+
+
+def test_cli_blends_by_default_and_no_blend_tv_turns_it_off(tmp_path, mri_prior) -> None:
+    """`reconstruct` records the hold-out blend (weight and residuals) in its report;
+    `--no-blend-tv` records the choice and runs no hold-out."""
+    import json
+
+    from conftest import run_cli
+    from tiny_priors import save_tiny_prior
+
+    g = np.random.default_rng(0)
+    vol = np.zeros((1, 32, 32), np.float32)
+    vol[:, 6:26, 8:24] = 1.0 + 0.1 * g.standard_normal((1, 20, 16))
+    np.save(tmp_path / "scan.npy", vol)
+    model = save_tiny_prior(tmp_path / "tiny.safetensors", mri_prior)
+    reports = {}
+    for name, extra in (("blend", ()), ("plain", ("--no-blend-tv",))):
+        result = run_cli("reconstruct", tmp_path / "scan.npy", "--simulate", "--modality", "mri", "--method",
+                         "diffusion", "--guidance", "dds", "--steps", "5", "--model", model, *extra,
+                         "--out", tmp_path / f"{name}.nii.gz", "--report", tmp_path / f"{name}.json")
+        assert result.code == 0, result.err
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    text = {k: json.dumps(v) for k, v in reports.items()}
+    assert '"blend_tv": true' in text["blend"] and '"blend_weight"' in text["blend"] and "same settings" in text["blend"]
+    assert "same settings" not in text["plain"] and '"blend_tv": false' in text["plain"]
+    assert '"blend_weight"' not in text["plain"]

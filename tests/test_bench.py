@@ -35,13 +35,17 @@ def test_settings_text_becomes_tasks_with_checked_values():
 
 
 def test_method_text_becomes_baselines_and_diffusion_variants():
-    specs = parse_methods("tv, diffusion, diffusion:ddpm//50/hot", "mri", have_prior=True)
-    assert [s.base for s in specs] == ["tv", "diffusion", "diffusion"]
+    specs = parse_methods("tv, diffusion, diffusion:ddpm//50/hot, diffusion:ddim/dds/25/hot+noblend", "mri",
+                          have_prior=True)
+    assert [s.base for s in specs] == ["tv", "diffusion", "diffusion", "diffusion"]
     assert specs[2].overrides == {"sampler": "ddpm", "steps": 50, "hot_start": True}
+    assert specs[3].overrides == {"sampler": "ddim", "guidance": "dds", "steps": 25, "hot_start": True,
+                                  "blend_tv": False}
     assert [s.label for s in parse_methods(None, "ct", have_prior=True)] == ["fbp", "tv", "l1-wavelet", "diffusion"]
     assert "diffusion" not in [s.label for s in parse_methods(None, "denoise", have_prior=False)]
     for bad, words in [("fbp", "does not apply to mri"), ("diffusion:fast", "unknown sampler"),
-                       ("diffusion:ddim/dds/0", "positive"), ("tv:x", "no variant"), ("tv,tv", "twice")]:
+                       ("diffusion:ddim/dds/0", "positive"),
+                       ("diffusion:ddim/dds/25/cold", "'\\+' list"), ("tv:x", "no variant"), ("tv,tv", "twice")]:
         with pytest.raises(SettingsError, match=words):
             parse_methods(bad, "mri", have_prior=True)
     assert parse_steps("25,10,25") == [10, 25]

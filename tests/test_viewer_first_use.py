@@ -168,8 +168,9 @@ def test_the_progress_says_what_it_does_before_the_first_step(qtbot, window, mr_
     window.runner.phaseShown.connect(phases.append)
     assert run_to_end(qtbot, window) is True
     assert phases[0].startswith("loading the prior")
-    # MRI's default (dds-tv) first chooses its TV weight from held-out data; other guidance starts sampling.
-    assert "first sampling step" in phases or "choosing the TV weight from held-out measurements" in phases
+    # MRI's default (dds-tv, blended with TV) first runs on part of the data to choose its TV weight
+    # and blend; other settings start sampling.
+    assert "first sampling step" in phases or "learning from held-out measurements how much to trust the prior" in phases
     assert "simulating the measurements" in phases
 
 

@@ -80,7 +80,9 @@ class JobSummary:
     metrics: dict[str, dict[str, float]]
     seconds: float
     slices: np.ndarray
-    uncertainty: dict | None = None  # sigma_units, sigma_calibration, out_of_domain (diffusion with K > 1)
+    # for the run's provenance: sigma_units, sigma_calibration, out_of_domain (diffusion with K > 1),
+    # adaptation (what the hold-outs chose, per batch)
+    provenance: dict | None = None
 
 
 def _events(request: ReconRequest, cancelled: Cancelled) -> Iterator:
@@ -175,9 +177,9 @@ def diffusion_frames(volume: Volume, request: RunRequest,
             if request.options.hot_start:  # the hot start enters from the classical estimate
                 name = hot_start_from.upper() if hot_start_from == "tv" else hot_start_from
                 yield JobPhase(f"starting point: {name} estimate")
-            elif request.options.guidance == "dds-tv" and request.options.tv_weight == "auto":
-                # Short runs on part of the data come first (diffusion.adaptation); no frame until they end.
-                yield JobPhase("choosing the TV weight from held-out measurements")
+            elif request.options.blend_tv or (request.options.guidance == "dds-tv" and request.options.tv_weight == "auto"):
+                # Runs on part of the data come first (diffusion.adaptation); no frame until they end.
+                yield JobPhase("learning from held-out measurements how much to trust the prior")
             else:
                 yield JobPhase("first sampling step")
         elif isinstance(event, DiffusionFrame):
@@ -201,6 +203,7 @@ def diffusion_frames(volume: Volume, request: RunRequest,
             outcome = event.run.outcomes[DIFFUSION]
             metrics = {} if outcome.metrics is None else {"diffusion": outcome.metrics}
             provenance = event.run.provenance
-            uncertainty = {k: provenance[k] for k in ("sigma_units", "sigma_calibration", "out_of_domain")
-                           if k in provenance}
-            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(event.run.slices), uncertainty or None)
+            facts = {k: provenance[k] for k in ("sigma_units", "sigma_calibration", "out_of_domain") if k in provenance}
+            if outcome.params.get("adaptation"):
+                facts["adaptation"] = outcome.params["adaptation"]
+            yield JobSummary(metrics, time.perf_counter() - start, np.asarray(event.run.slices), facts or None)

@@ -214,8 +214,8 @@ class RunController(QObject):
                 s.set_run_state(s.run_state.advanced(slices_done=done))
 
     def _merge_metrics(self, summary: JobSummary) -> None:
-        if summary.uncertainty:  # the σ calibration and the out-of-domain check go into exports
-            self.session.run.provenance.update(summary.uncertainty)
+        if summary.provenance:  # the σ calibration, the out-of-domain check and the hold-outs' choices go into exports
+            self.session.run.provenance.update(summary.provenance)
         self.session.update_metrics(summary.metrics)
 
     def _failed(self, kind: str, sentence: str) -> None:
@@ -263,6 +263,10 @@ class RunController(QObject):
                     # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
                     steps += " from the baseline (a hot start)"
                 parts.append(f"{steps} in {frame.elapsed:.1f} s")
+                blends = [float(a["blend_weight"]) for a in run.get("adaptation") or [] if "blend_weight" in a]
+                if blends:  # how far the held-out measurements let the prior's image count against TV's
+                    prior_share = round(100 * sum(blends) / len(blends))
+                    parts.append(f"{prior_share} % prior, {100 - prior_share} % TV by held-out data")
                 parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
             warning = (self.session.run.provenance.get("out_of_domain") or {}).get("warning")

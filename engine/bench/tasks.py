@@ -37,6 +37,12 @@ SETTING_KEYS: dict[str, tuple[str, type]] = {
 }
 
 DIFFUSION = "diffusion"
+#: the fourth field of ``diffusion:sampler/guidance/steps/flags`` ('+'-joined): option overrides
+FLAGS: dict[str, dict[str, Any]] = {
+    "hot": {"hot_start": True},  # a hot start from TV
+    "blend": {"blend_tv": True},  # the hold-out blend with TV (the MRI and CT default)
+    "noblend": {"blend_tv": False},  # the diffusion result alone
+}
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,8 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
         return _cfg_overrides(variant, token)
     parts = variant.split("/")
     if len(parts) > 4:
-        raise SettingsError(f"--methods: {token!r} must look like diffusion:sampler/guidance[@tv-weight]/steps[/hot]")
+        raise SettingsError(f"--methods: {token!r} must look like "
+                            f"diffusion:sampler/guidance[@tv-weight]/steps[/hot+blend+noblend]")
     parts += [""] * (4 - len(parts))
     sampler, guidance, steps, hot = (p.strip() for p in parts)
     out: dict[str, Any] = {}
@@ -178,10 +185,11 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
         if not steps.isdigit() or int(steps) < 1:
             raise SettingsError(f"--methods: steps must be a positive whole number in {token!r}")
         out["steps"] = int(steps)
-    if hot:
-        if hot != "hot":
-            raise SettingsError(f"--methods: the fourth field of {token!r} can only be 'hot' (a hot start)")
-        out["hot_start"] = True
+    for flag in filter(None, (f.strip() for f in hot.split("+"))):
+        if flag not in FLAGS:
+            raise SettingsError(f"--methods: the fourth field of {token!r} is a '+' list of {', '.join(FLAGS)}, "
+                                f"not {flag!r}")
+        out.update(FLAGS[flag])
     return out
 
 

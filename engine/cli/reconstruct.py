@@ -86,8 +86,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                         "measured on validation slices)")
     df.add_argument("--guidance", choices=GUIDANCE,
                     help="data consistency: projection (hard; measurement mixing for denoising), dds (CG steps), "
-                         "dds-tv (CG steps with a TV term; its weight and a blend with TV chosen per scan from "
-                         "held-out measurements), dps (likelihood gradient; slower) (default: the modality's)")
+                         "dds-tv (CG steps with a TV term; its weight chosen per scan from held-out "
+                         "measurements), dps (likelihood gradient; slower) (default: the modality's)")
     df.add_argument("--cfg", type=float, default=None, metavar="W",
                     help="classifier-free guidance with scale W (0 = the prior's unconditional half, 1 = plain "
                          "conditional, >1 leans further on the condition): --model must be a conditional prior "
@@ -96,6 +96,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
+    df.add_argument("--blend-tv", action=argparse.BooleanOptionalAction, default=None,
+                    help="blend the result with TV, the weight chosen per scan by how well each predicts "
+                         "held-out measurements (one extra run of the same settings on the rest of the data); "
+                         "default on for mri and ct, off with --cfg")
     df.add_argument("--adapt-steps", type=int, default=0, metavar="N",
                     help="test-time adaptation: N gradient steps per sampling step tune a copy of the prior to "
                          "this scan's measurements (default 0 = off; measured on validation subjects: no gain "
@@ -214,7 +218,9 @@ def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
                            through_plane=0.0 if args.independent_slices else args.through_plane,
-                           cfg_scale=args.cfg)
+                           cfg_scale=args.cfg,
+                           # a guided run's hold-out would change its condition (the degraded input)
+                           blend_tv=args.blend_tv if args.blend_tv is not None or args.cfg is None else False)
 
 
 def _tv_weight(text: str | None) -> float | str | None:

@@ -30,6 +30,11 @@ class DiffusionOptions:
     # dds-tv: TV weight as a multiple of the TV baseline's tuned weight for the task, or "auto":
     # chosen per scan by self-supervised hold-out (see .adaptation)
     tv_weight: float | str = "auto"
+    # Blend the result with TV on all the data, ``w x + (1 - w) TV``, ``w`` chosen per scan by
+    # self-supervised hold-out from a run of these same settings on the other measurements
+    # (.adaptation.holdout_blend): never much worse than TV where the prior does not fit the
+    # scan. One extra run.
+    blend_tv: bool = False
     # Test-time adaptation (.scan_adaptation): gradient steps per sampling step that tune a copy
     # of the prior to this scan's measurements (0 = off); which parameters; Adam's step size
     adapt_steps: int = 0

@@ -215,6 +215,12 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             multiple, adaptation = choose_tv_weight(problem, prior, options)
         tv_lam = tv_weight_absolute(problem, float(multiple))
         adaptation = {**(adaptation or {}), "tv_weight": float(multiple), "tv_lam": tv_lam}
+    if options.blend_tv and problem.modality in ("mri", "ct"):
+        from .adaptation import holdout_blend
+
+        chosen = adaptation["tv_weight"] if adaptation is not None and "tv_weight" in adaptation else None
+        weight, blend_report = holdout_blend(problem, prior, options, tv_weight=chosen)
+        adaptation = {**(adaptation or {}), "blend_weight": weight, "blend": blend_report}
     through_plane, z_record = through_plane_term(problem, options, neighbours)
     if z_record is not None:
         adaptation = {**(adaptation or {}), **z_record}
@@ -312,11 +318,10 @@ def _full_data_tv(problem: ReconProblem, baseline: torch.Tensor | None, options:
     if baseline is not None and options.hot_start:
         return baseline
     from ..baselines import run_baseline
+    from .adaptation import blend_baseline
 
-    # 3D-consistent runs blend with 3D TV: 2D TV's slices would bring the stripes back.
-    method = "tv-3d" if options.through_plane > 0 and problem.modality in ("mri", "ct") else "tv"
     with torch.inference_mode():
-        return run_baseline(method, problem.operator, problem.y, modality=problem.modality,
+        return run_baseline(blend_baseline(problem, options), problem.operator, problem.y, modality=problem.modality,
                             noise_level=problem.noise_level, slices=problem.slices)
 
 

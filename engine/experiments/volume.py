@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             label += f"@{w:g}" if len(weights) > 2 or (w > 0 and w != default_w) else ""
             tv_weight = None if args.tv_weight in (None, "auto") else float(args.tv_weight)
             setup = diffusion_setup(prior, args.modality, steps=args.steps, seed=args.seed, through_plane=w,
-                                    guidance=args.guidance, tv_weight=tv_weight)
+                                    guidance=args.guidance, tv_weight=tv_weight,
+                                    blend_tv=False if tv_weight is not None else None)
             start = time.perf_counter()
             run = run_to_end(ReconRequest(volume, settings, [DIFFUSION], simulate=True, slices=slices,
                                           diffusion=setup, batch_size=args.batch_size))
