@@ -193,6 +193,13 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
         return None, 1.0
     record = cal.provenance(extrapolated_from=missing)
     record["applied_to"] = task_key(modality, request.settings)
+    fitted_steps = cal.sampler.get("steps")
+    if fitted_steps is not None and int(fitted_steps) != setup.options.steps:
+        # σ's spread depends on the number of steps (6 steps spread about twice as far as 25):
+        # the scale still applies as the best estimate there is; the σ out-of-domain test does not
+        record["steps_note"] = (f"fitted at {int(fitted_steps)} steps, applied to a run of {setup.options.steps}: "
+                                f"σ's scale is approximate and σ's out-of-domain test is not made")
+        record["run_steps"] = setup.options.steps
     record["ood_threshold"] = cal.ood_threshold
     if cal.holdout_threshold is not None:
         record["holdout_threshold"] = cal.holdout_threshold
@@ -206,15 +213,18 @@ def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dic
                    diffusion: DiffusionSetup, adaptations: list[dict[str, Any]] | None = None
                    ) -> dict[str, Any] | None:
     """The out-of-domain scores of a run and, above a calibrated threshold, the warning sentence."""
+    from .diffusion.adaptation import SELECTION_STEPS
     from .diffusion.calibration import holdout_score, intensity_distance, ood_score
 
     cal = sigma_calibration or {}
     score = ood_score(estimate, std)
-    threshold = cal.get("ood_threshold")
+    # a run of other length than the calibration's: σ's threshold does not apply (resolve_calibration)
+    threshold = None if "run_steps" in cal else cal.get("ood_threshold")
     out: dict[str, Any] = {"score": score, "threshold": threshold, "warning": None}
     fired = threshold is not None and np.isfinite(score) and score > float(threshold)
     held = holdout_score(adaptations)
-    if held is not None:
+    if held is not None and int(cal.get("run_steps", SELECTION_STEPS)) >= SELECTION_STEPS:
+        # (the hold-out runs are min(steps, SELECTION_STEPS) long: shorter ones score worse)
         out["holdout_score"] = held
         out["holdout_threshold"] = cal.get("holdout_threshold")
         fired = fired or (out["holdout_threshold"] is not None and held > float(out["holdout_threshold"]))

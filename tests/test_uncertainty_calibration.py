@@ -327,3 +327,35 @@ def test_short_runs_still_branch_before_a_noisy_step():
     for steps, expected in ((1, 0), (2, 0), (3, 1), (25, 15)):
         options = DiffusionOptions(sampler="ddim", eta=1.0, steps=steps, samples=8, branch_t=0.4)
         assert trunk_steps(make_sampler(options, schedule), options) == expected, steps
+
+
+def test_sigma_out_of_domain_test_is_made_only_at_the_calibrated_number_of_steps(ct_prior):
+    """σ's spread depends on the number of steps (few steps spread far wider), so a threshold
+    fitted at 25 steps would call every short run out of domain: at another length the scale
+    still applies, provenance says it is approximate, and σ's test is not made."""
+    from dataclasses import replace
+
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import disks
+
+    hu = (disks(1, torch.Generator().manual_seed(7), False)[:, 0].numpy() * 1400.0 - 300.0).astype(np.float32)
+    volume = Volume(hu, (1.0, 1.0, 1.0), modality="CT", units="HU")
+    setup = diffusion_setup(ct_prior, "ct", steps=3, samples=2, seed=0, blend_tv=False)
+    sampler = {k: getattr(setup.options, k) for k in ("sampler", "eta", "symmetric", "guidance")}
+
+    def run(fitted_steps):
+        cal = SigmaCalibration("ct-views12", 1.0, sampler={**sampler, "steps": fitted_steps}, ood_threshold=1e-9)
+        prior = replace(ct_prior, metadata={METADATA_KEY: {"ct-views12": cal.to_dict()}})
+        return run_to_end(ReconRequest(volume, MeasurementSettings("ct", views=12, seed=0), [DIFFUSION],
+                                       simulate=True, diffusion=DiffusionSetup(prior, setup.options, setup.baseline)))
+
+    same = run(3)
+    assert same.outcomes[DIFFUSION].out_of_domain["warning"] is not None  # a tiny threshold fires
+    assert "steps_note" not in same.provenance["sigma_calibration"]
+    other = run(25)
+    ood = other.outcomes[DIFFUSION].out_of_domain
+    assert ood["warning"] is None and ood["threshold"] is None and ood["score"] > 0
+    assert "fitted at 25 steps" in other.provenance["sigma_calibration"]["steps_note"]
+    assert other.provenance["sigma_calibration"]["scale"] == 1.0  # the scale itself still applies

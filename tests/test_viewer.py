@@ -281,7 +281,13 @@ def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr
     options = c.diffusion_options()
     assert options.symmetric and options.eta == 0.0 and options.samples == 1  # a pair: variance at live speed
     assert (options.sampler, options.guidance) == ("ddim", REGISTRY["mri"].diffusion_defaults["guidance"])
+    assert options.blend_tv and c.blend.isChecked() and c.blend.isVisibleTo(c)  # MRI's hold-out blend with TV
+    c.blend.setChecked(False)  # the prior's own image
+    assert not c.diffusion_options().blend_tv
+    c.modality.setCurrentIndex(c.modality.findData("ct"))
+    assert c.diffusion_options().blend_tv  # each task starts from its own defaults
     c.modality.setCurrentIndex(c.modality.findData("denoise"))
     assert c.diffusion_options().guidance == REGISTRY["denoise"].diffusion_defaults["guidance"] == "projection"
+    assert not c.diffusion_options().blend_tv and not c.blend.isVisibleTo(c)  # nothing to hold out when A = I
     c.guidance.setCurrentIndex(c.guidance.findData("dps"))  # the user's choice wins
     assert c.diffusion_options().guidance == "dps" and c.diffusion_options().symmetric

@@ -42,6 +42,9 @@ mismatch.</dd>
 image, or the partly denoised state the sampler works on.</dd>
 <dt><b>Samples</b></dt><dd>independent reconstructions (each run with its mirrored-noise twin); their
 spread is the uncertainty σ.</dd>
+<dt><b>Blend with TV</b></dt><dd>(MRI, CT) 15 % of the measurements are set aside, the same settings run on
+the rest, and the result is mixed with TV by how well each predicted what was set aside; the status line
+says how much of each. A prior that does not know the scan then leans on TV instead of losing to it.</dd>
 <dt><b>PSNR, SSIM, NMSE</b></dt><dd>agreement with the ground truth: higher PSNR and SSIM, lower NMSE is better.</dd>
 </dl>
 """
