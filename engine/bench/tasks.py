@@ -196,7 +196,7 @@ def _diffusion_overrides(variant: str, token: str) -> dict[str, Any]:
 def _cfg_overrides(variant: str, token: str) -> dict[str, Any]:
     """``cfg/<w>[/steps]``: classifier-free guidance with scale ``w`` on the conditional prior
     (``--cfg-model``), DDIM with DDS data consistency: the same sampler and data consistency as
-    ``diffusion:ddim/dds/<steps>``, so the two differ only by the network and its condition."""
+    ``diffusion:ddim/dds/<steps>/noblend``, so the two differ only by the network and its condition."""
     parts = variant.split("/")
     if len(parts) not in (2, 3):
         raise SettingsError(f"--methods: {token!r} must look like diffusion:cfg/<w>[/steps], e.g. diffusion:cfg/2")
@@ -206,7 +206,8 @@ def _cfg_overrides(variant: str, token: str) -> dict[str, Any]:
         raise SettingsError(f"--methods: the guidance scale in {token!r} must be a number") from None
     if not 0 <= scale <= 20:
         raise SettingsError(f"--methods: the guidance scale in {token!r} must be from 0 to 20")
-    out: dict[str, Any] = {"sampler": "ddim", "guidance": "dds", "cfg_scale": scale}
+    # no blend with TV: its hold-out run would change the condition (the degraded input)
+    out: dict[str, Any] = {"sampler": "ddim", "guidance": "dds", "cfg_scale": scale, "blend_tv": False}
     if len(parts) == 3:
         if not parts[2].isdigit() or int(parts[2]) < 1:
             raise SettingsError(f"--methods: steps must be a positive whole number in {token!r}")
