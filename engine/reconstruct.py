@@ -248,10 +248,10 @@ class Reconstruction:
         setup = self.request.diffusion
         if DIFFUSION not in self.request.methods or setup is None:
             return 0
-        from .diffusion.reconstruction import make_sampler
+        from .diffusion.reconstruction import run_length
 
         batches = -(-len(self.source) // self.request.batch_size)
-        return make_sampler(setup.options, setup.prior.schedule).n_steps * batches
+        return run_length(setup.options, setup.prior.schedule, self.request.settings.modality) * batches
 
     def __iter__(self) -> Generator[RunEvent, None, None]:
         request, source = self.request, self.source

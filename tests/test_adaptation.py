@@ -170,3 +170,27 @@ def test_cli_blends_by_default_and_no_blend_tv_turns_it_off(tmp_path, mri_prior)
     assert '"blend_tv": true' in text["blend"] and '"blend_weight"' in text["blend"] and "same settings" in text["blend"]
     assert "same settings" not in text["plain"] and '"blend_tv": false' in text["plain"]
     assert '"blend_weight"' not in text["plain"]
+
+
+def test_the_blend_runs_after_the_reconstruction_and_can_be_cancelled_between_its_steps(mri_prior) -> None:
+    """The first frame comes at once: the hold-out run follows the reconstruction, one frame per
+    step that shows the finished result, and only the last frame (blended) is done. Closing the
+    stream during the hold-out run stops it there."""
+    from diffrecon.diffusion.reconstruction import stream_reconstruction
+
+    problem = mri_problem(12)
+    options = modality("mri").diffusion_options(steps=6, guidance="dds", blend_tv=True)
+    frames = list(stream_reconstruction(problem, mri_prior, options))
+    assert [f.step for f in frames] == list(range(1, 13)) and {f.total for f in frames} == {12}
+    assert [f.done for f in frames] == [False] * 11 + [True]
+    assert "blend" not in (frames[0].adaptation or {})  # nothing held out before the first frame
+    for f in frames[6:11]:  # the hold-out run's frames show the finished reconstruction
+        assert torch.equal(f.x0, frames[5].x0)
+    assert "blend" in frames[-1].adaptation and 0.0 <= frames[-1].adaptation["blend_weight"] <= 1.0
+
+    stream = stream_reconstruction(problem, mri_prior, options)
+    seen = [next(stream).step for _ in range(8)]  # into the hold-out run
+    stream.close()
+    assert seen == list(range(1, 9))
+    with pytest.raises(StopIteration):
+        next(stream)

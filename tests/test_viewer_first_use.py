@@ -168,10 +168,25 @@ def test_the_progress_says_what_it_does_before_the_first_step(qtbot, window, mr_
     window.runner.phaseShown.connect(phases.append)
     assert run_to_end(qtbot, window) is True
     assert phases[0].startswith("loading the prior")
-    # MRI's default (dds-tv, blended with TV) first runs on part of the data to choose its TV weight
-    # and blend; other settings start sampling.
-    assert "first sampling step" in phases or "learning from held-out measurements how much to trust the prior" in phases
+    # MRI's default (dds-tv) first chooses its TV weight from held-out data; other guidance starts sampling.
+    assert "first sampling step" in phases or "choosing the TV weight from held-out measurements" in phases
     assert "simulating the measurements" in phases
+
+
+def test_a_blended_run_streams_then_says_how_much_it_trusted_the_prior(qtbot, window, mr_nifti, tiny_prior, tmp_path):
+    """With Blend with TV (MRI's default) the reconstruction's frames come first, then the
+    hold-out run's; the status line and the export's provenance say what weight was chosen."""
+    open_scan(qtbot, window, mr_nifti)
+    quick_settings(window, tiny_prior, steps=5, samples=1, blend=True)
+    frames = []
+    window.runner.frameShown.connect(lambda *a: frames.append(window.session.run_state.done_steps))
+    assert run_to_end(qtbot, window) is True
+    assert "% TV by held-out data" in window.last_status and "% prior" in window.last_status
+    adaptation = window.session.run.provenance["adaptation"]
+    assert 0.0 <= adaptation[0]["blend_weight"] <= 1.0 and adaptation[0]["blend"]["steps"] == 5
+    written = window.commands.export("recon", tmp_path / "blended.nii.gz")
+    sidecar = json.loads(next(p for p in written if p.suffix == ".json").read_text())
+    assert "blend_weight" in json.dumps(sidecar)
 
 
 def test_cancel_labels_the_unfinished_result(qtbot, window, mr_nifti, tiny_prior, tmp_path):

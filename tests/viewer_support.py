@@ -89,11 +89,13 @@ def open_scan(qtbot, window, path, *, inputs: bool = True):
     return window.session
 
 
-def quick_settings(window, prior: Path, steps: int = 3, samples: int = 2, baseline=None) -> None:
+def quick_settings(window, prior: Path, steps: int = 3, samples: int = 2, baseline=None, blend: bool = False) -> None:
+    """Small, fast runs; without the blend with TV (its hold-out run doubles the frames) unless asked."""
     c = window.controls
     c.set_model(prior)
     c.steps.setValue(steps)
     c.samples.setValue(samples)
+    c.blend.setChecked(blend)
     c.baseline.setCurrentIndex(c.baseline.findData(baseline))
 
 

@@ -177,9 +177,9 @@ def diffusion_frames(volume: Volume, request: RunRequest,
             if request.options.hot_start:  # the hot start enters from the classical estimate
                 name = hot_start_from.upper() if hot_start_from == "tv" else hot_start_from
                 yield JobPhase(f"starting point: {name} estimate")
-            elif request.options.blend_tv or (request.options.guidance == "dds-tv" and request.options.tv_weight == "auto"):
-                # Runs on part of the data come first (diffusion.adaptation); no frame until they end.
-                yield JobPhase("learning from held-out measurements how much to trust the prior")
+            elif request.options.guidance == "dds-tv" and request.options.tv_weight == "auto":
+                # Short runs on part of the data come first (diffusion.adaptation); no frame until they end.
+                yield JobPhase("choosing the TV weight from held-out measurements")
             else:
                 yield JobPhase("first sampling step")
         elif isinstance(event, DiffusionFrame):

@@ -41,7 +41,8 @@ def _run_record(session: Session, command: str) -> dict:
         "command": command,
         "input": None if session.path is None else str(session.path),
         **{key: run.get(key) for key in ("settings", "simulate", "diffusion", "model", "slices", "device")},
-        **{key: run[key] for key in ("sigma_units", "sigma_calibration", "out_of_domain") if key in run},
+        # what the hold-outs chose per batch (dds-tv's TV weight, the blend with TV), as reconstruct's --report
+        **{key: run[key] for key in ("sigma_units", "sigma_calibration", "out_of_domain", "adaptation") if key in run},
     }
 
 

@@ -21,6 +21,7 @@ The chosen values then apply to all the data; the scores go into the result's pr
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -146,10 +147,11 @@ def choose_tv_weight(problem: "ReconProblem", prior: "Prior", options: "Diffusio
     return float(best), report
 
 
-def holdout_blend(problem: "ReconProblem", prior: "Prior", options: "DiffusionOptions",
-                  tv_weight: float | None = None) -> tuple[float, dict[str, Any]]:
+def holdout_blend_steps(problem: "ReconProblem", prior: "Prior", options: "DiffusionOptions",
+                        tv_weight: float | None = None) -> Generator[int, None, tuple[float, dict[str, Any]]]:
     """The weight ``w`` in [0, 1] for which ``w diffusion + (1 - w) TV`` best predicts held-out
-    measurements, and its report.
+    measurements, and its report, as the return value of a generator that yields the hold-out
+    run's step numbers (a caller can show progress and stop between steps).
 
     Both images are made from the kept measurements alone, the diffusion one with the final
     run's own settings (steps, sampler, guidance; ``tv_weight`` the dds-tv weight already
@@ -160,11 +162,11 @@ def holdout_blend(problem: "ReconProblem", prior: "Prior", options: "DiffusionOp
     """
     from ..baselines import run_baseline
     from ..measurements import ReconProblem
-    from .reconstruction import reconstruct_to_end
+    from .reconstruction import stream_reconstruction
 
     try:
         keep, held = holdout_masks(problem, seed=options.seed)
-    except ValueError as exc:
+    except ValueError as exc:  # e.g. a tiny image: nothing to learn from, so the prior's own result
         return 1.0, {"method": f"none ({exc})", "weight": 1.0}
     train = ReconProblem(problem.modality, HeldOutOperator(problem.operator, keep), problem.y * keep,
                          problem.observed, None, problem.noise_level, problem.slices)
@@ -176,13 +178,31 @@ def holdout_blend(problem: "ReconProblem", prior: "Prior", options: "DiffusionOp
     with torch.inference_mode():
         tv = run_baseline(blend_baseline(problem, options), train.operator, train.y, modality=problem.modality,
                           noise_level=problem.noise_level, slices=problem.slices)
-    frame = reconstruct_to_end(train, prior, run, baseline=tv if run.hot_start else None)
+    frame = None
+    frames = stream_reconstruction(train, prior, run, baseline=tv if run.hot_start else None)
+    try:
+        for frame in frames:
+            yield frame.step
+    finally:
+        frames.close()
+    assert frame is not None  # at least one step always runs
     weight = blend_weight(problem.operator, problem.y, held, frame.x0, tv)
     report = {"method": "self-supervised hold-out, same settings", "held_out_fraction": HOLDOUT_FRACTION,
               "steps": run.steps, "weight": round(weight, 4),
               "holdout_residual": round(holdout_residual(problem.operator, problem.y, held, frame.x0), 6),
               "tv_holdout_residual": round(holdout_residual(problem.operator, problem.y, held, tv), 6)}
     return weight, report
+
+
+def holdout_blend(problem: "ReconProblem", prior: "Prior", options: "DiffusionOptions",
+                  tv_weight: float | None = None) -> tuple[float, dict[str, Any]]:
+    """:func:`holdout_blend_steps` run to its end: ``(weight, report)``."""
+    steps = holdout_blend_steps(problem, prior, options, tv_weight)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 def blend_baseline(problem: "ReconProblem", options: "DiffusionOptions") -> str:

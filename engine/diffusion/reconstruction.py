@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -215,12 +215,6 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
             multiple, adaptation = choose_tv_weight(problem, prior, options)
         tv_lam = tv_weight_absolute(problem, float(multiple))
         adaptation = {**(adaptation or {}), "tv_weight": float(multiple), "tv_lam": tv_lam}
-    if options.blend_tv and problem.modality in ("mri", "ct"):
-        from .adaptation import holdout_blend
-
-        chosen = adaptation["tv_weight"] if adaptation is not None and "tv_weight" in adaptation else None
-        weight, blend_report = holdout_blend(problem, prior, options, tv_weight=chosen)
-        adaptation = {**(adaptation or {}), "blend_weight": weight, "blend": blend_report}
     through_plane, z_record = through_plane_term(problem, options, neighbours)
     if z_record is not None:
         adaptation = {**(adaptation or {}), **z_record}
@@ -278,10 +272,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     frames = sampler.frames(eps_model, shape, seed=options.seed, hook=guidance, x_init=x_init, device=device,
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance],
                             branch=(trunk, n_samples) if trunk > 0 else None)
-    total = sampler.n_steps
+    n_main = sampler.n_steps
+    total = run_length(options, schedule, problem.modality)
     start = time.perf_counter()
     try:
-        for index in range(total):
+        for index in range(n_main):
             # DPS differentiates through the network; everything else runs without autograd.
             with torch.inference_mode(not guidance.requires_grad):
                 frame = next(frames)
@@ -292,11 +287,50 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                 x_t = domain.from_model(frame.x_t[:batch])
             out = ReconFrame(step=index + 1, total=total, t=float(frame.t), x_t=x_t, x0=x0_mean, variance=variance,
                              elapsed=time.perf_counter() - start, adaptation=adaptation)
-            if out.done and adaptation is not None and adaptation.get("blend_weight", 1.0) < 1.0:
-                out = blend_with_baseline(out, _full_data_tv(problem, baseline, options), adaptation["blend_weight"])
             yield out
     finally:
         frames.close()  # cancellation: the sampler's generator ends here too
+    if total > n_main:
+        yield from _blended(problem, prior, options, out, baseline, start)
+
+
+def blends_with_tv(options: DiffusionOptions, modality: str) -> bool:
+    """Does a run end with the hold-out blend with TV (only measurements can be held out)?"""
+    return options.blend_tv and modality in ("mri", "ct")
+
+
+def run_length(options: DiffusionOptions, schedule: NoiseSchedule, modality: str) -> int:
+    """Frames a run yields: the sampler's steps, twice with the blend's hold-out run after them."""
+    steps = make_sampler(options, schedule).n_steps
+    return 2 * steps if blends_with_tv(options, modality) else steps
+
+
+def _blended(problem: ReconProblem, prior: Prior, options: DiffusionOptions, result: ReconFrame,
+             baseline: torch.Tensor | None, start: float) -> Generator[ReconFrame, None, None]:
+    """After the run: the hold-out run that fits the blend weight, one frame per step (showing the
+    finished result, so a viewer stays live and a cancel lands between steps), then the blend.
+
+    It runs after the reconstruction rather than before so that the first frames come at once.
+    """
+    from .adaptation import holdout_blend_steps
+
+    adaptation = result.adaptation
+    chosen = adaptation["tv_weight"] if adaptation is not None and "tv_weight" in adaptation else None
+    steps = holdout_blend_steps(problem, prior, options, tv_weight=chosen)
+    try:
+        while True:
+            step = result.step + next(steps)
+            if step < result.total:  # the last hold-out step is the blended frame below
+                yield replace(result, step=step, elapsed=time.perf_counter() - start)
+    except StopIteration as stop:
+        weight, report = stop.value
+    finally:
+        steps.close()
+    adaptation = {**(adaptation or {}), "blend_weight": weight, "blend": report}
+    final = replace(result, step=result.total, elapsed=time.perf_counter() - start, adaptation=adaptation)
+    if weight < 1.0:
+        final = blend_with_baseline(final, _full_data_tv(problem, baseline, options), weight)
+    yield final
 
 
 def _check_conditioning(problem: ReconProblem, prior: Prior, options: DiffusionOptions) -> str | None:
@@ -330,10 +364,8 @@ def blend_with_baseline(frame: ReconFrame, baseline: torch.Tensor, weight: float
     :func:`.adaptation.blend_weight`. The variance stays the diffusion samples' own: scaling
     it by ``weight²`` would claim certainty exactly where the prior was judged unfit (a
     blend leaning on TV says the prior does not know this scan, not that nothing is unknown)."""
-    from dataclasses import replace as _replace
-
     x0 = weight * frame.x0 + (1.0 - weight) * baseline.to(frame.x0.dtype)
-    return _replace(frame, x0=x0, prior_mean=frame.x0, baseline=baseline)
+    return replace(frame, x0=x0, prior_mean=frame.x0, baseline=baseline)
 
 
 def reconstruct_to_end(problem: ReconProblem, prior: Prior, options: DiffusionOptions, *,
