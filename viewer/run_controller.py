@@ -257,13 +257,16 @@ class RunController(QObject):
         if ok and s is not None:
             parts = [f"Done: {len(s.run.slices)} slice(s)"]
             if frame:
-                steps = f"{frame.total_steps} step{'' if frame.total_steps == 1 else 's'}"
                 run = s.run.provenance
+                blends = [float(a["blend_weight"]) for a in run.get("adaptation") or [] if "blend_weight" in a]
+                n = frame.total_steps // 2 if blends else frame.total_steps  # a blend's hold-out run has as many
+                steps = f"{n} step{'' if n == 1 else 's'}"
                 if run.get("model") and (run.get("diffusion") or {}).get("hot_start"):
                     # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
                     steps += " from the baseline (a hot start)"
+                if blends:
+                    steps += " and a hold-out run of as many"
                 parts.append(f"{steps} in {frame.elapsed:.1f} s")
-                blends = [float(a["blend_weight"]) for a in run.get("adaptation") or [] if "blend_weight" in a]
                 if blends:  # how far the held-out measurements let the prior's image count against TV's
                     prior_share = round(100 * sum(blends) / len(blends))
                     parts.append(f"{prior_share} % prior, {100 - prior_share} % TV by held-out data")
