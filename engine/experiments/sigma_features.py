@@ -70,10 +70,13 @@ def dump_case(prior, task: str, options, volume, s: int, path: Path) -> None:
     try:
         with torch.inference_mode():
             tv = solve("tv", problem)
+        # the reconstruction's own steps; a blend's hold-out run follows them (its samples are not these)
+        n_main = recon_module.make_sampler(options, prior.schedule).n_steps
         for frame in recon_module.stream_reconstruction(problem, prior, options):
-            means.append(_mag(crop(frame.x0))[0, 0])
             last = frame
-            pre_blend = captured["samples"]
+            if frame.step <= n_main:
+                means.append(_mag(crop(frame.x0))[0, 0])
+                pre_blend = captured["samples"]
     finally:
         recon_module._summarise = original
     n = options.samples * (2 if options.symmetric else 1)
