@@ -89,8 +89,8 @@ class ReconFrame:
     x0: torch.Tensor
     variance: torch.Tensor | None
     elapsed: float  # seconds since the run started
-    adaptation: dict | None = None  # what was chosen for this scan, and how (dds-tv's hold-out)
-    # after a blend with the classical estimate (dds-tv): the samples' own mean and that estimate
+    adaptation: dict | None = None  # what was chosen for this scan, and how (dds-tv's and the blend's hold-outs)
+    # after a blend with the classical estimate (blend_tv): the samples' own mean and that estimate
     # (a σ model compares them: calibration.SigmaModel); None when x0 is the samples' mean
     prior_mean: torch.Tensor | None = None
     baseline: torch.Tensor | None = None
