@@ -188,7 +188,7 @@ def test_train_command_writes_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "models" / "ct-tiny.safetensors"
     args = [tmp_path / "ct.npy", "--modality", "ct", "--size", "16", "--width", "8", "--batch", "2",
             "--out", out, "--quiet", "--threads", "1"]
-    code, stdout, err = run_train_cli(*args, "--steps", "2")
+    code, stdout, err = run_train_cli(*args, "--steps", "2", "--lr", "5e-4")
     assert code == 0, err
     assert str(out) in stdout and "ct-tiny.train.safetensors" in stdout
     assert load_prior(out).channels == 1 and load_prior(out).metadata["normalisation"]["kind"] == "hu"
@@ -197,6 +197,8 @@ def test_train_command_writes_and_resumes(tmp_path: Path) -> None:
     code, stdout, err = run_train_cli(*args, "--steps", "3", "--resume")
     assert code == 0, err
     assert "resuming at step 2" in stdout and read_metadata(out)["step"] == 3
+    # without --lr a resumed run keeps its own peak learning rate, not the default
+    assert read_metadata(out.with_name("ct-tiny.train.safetensors"))["config"]["lr"] == 5e-4
     code, _, err = run_train_cli(tmp_path / "ct.npy", "--modality", "mri", "--out", tmp_path / "x.safetensors")
     assert code == 2 and "--steps" in err
 

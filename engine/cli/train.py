@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import TYPE_CHECKING
 
 from ..errors import SettingsError
+
+if TYPE_CHECKING:
+    from ..diffusion.checkpoint import PriorPaths
+
+#: TrainConfig.lr's default, here so that --help needs no torch
+DEFAULT_LR = 2e-4
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--minutes", type=float, metavar="M", help="stop cleanly and save after M minutes")
     p.add_argument("--size", type=int, default=64, help="training crop size in pixels (default 64)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (default {DEFAULT_LR:g}; with --resume, the run's own)")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
     p.add_argument("--width", type=int, default=32, help="UNet base width (default 32: about 3.2 M parameters)")
     p.add_argument("--channels", type=int, choices=(1, 2), default=None,
@@ -136,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         modality=args.modality,
         channels=args.channels or (2 if args.modality == "mri" else 1),
-        size=args.size, batch=args.batch, lr=args.lr, total_steps=args.steps, max_minutes=args.minutes,
+        size=args.size, batch=args.batch, lr=_learning_rate(args, paths), total_steps=args.steps,
+        max_minutes=args.minutes,
         schedule=args.schedule, width=args.width, freq_loss=args.freq_loss, seed=args.seed,
         autocast=not args.no_autocast, checkpoint_minutes=args.checkpoint_minutes,
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
@@ -248,6 +257,20 @@ def _parse_augment(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise SettingsError(f"--augment: unknown {', '.join(unknown)}; choose from all, none, {', '.join(known)}")
     return names
+
+
+def _learning_rate(args: argparse.Namespace, paths: "PriorPaths") -> float:
+    """``--lr``, else a resumed run's own peak rate (a resume without --lr once restarted a
+    1e-4 fine-tune at the 2e-4 default), else the default."""
+    from ..diffusion.checkpoint import read_metadata
+
+    if args.lr is not None:
+        return float(args.lr)
+    if args.resume and paths.train_state.exists():
+        saved = (read_metadata(paths.train_state).get("config") or {}).get("lr")
+        if saved is not None:
+            return float(saved)
+    return DEFAULT_LR
 
 
 def _stop_cleanly(signum: int, frame: object) -> None:
