@@ -10,7 +10,7 @@ from diffrecon.diffusion.adaptation import (
     HeldOutOperator,
     blend_weight,
     choose_tv_weight,
-    holdout_blend,
+    holdout_blend_steps,
     holdout_masks,
     holdout_residual,
 )
@@ -126,7 +126,11 @@ def test_choose_tv_weight_prefers_tv_when_the_prior_is_useless() -> None:
     options = modality("mri").diffusion_options(steps=6)
     weight, report = choose_tv_weight(mri_problem(11), useless, options, steps=4)
     assert report["tv_holdout_residual"] < min(report["holdout_residual"].values())
-    blend, blend_report = holdout_blend(mri_problem(11), useless, options, tv_weight=weight)
+    steps = holdout_blend_steps(mri_problem(11), useless, options, tv_weight=weight)
+    with pytest.raises(StopIteration) as ended:
+        while True:
+            next(steps)
+    blend, blend_report = ended.value.value
     assert blend < 0.5 and blend_report["tv_holdout_residual"] < blend_report["holdout_residual"]
 
 

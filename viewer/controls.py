@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                QHBoxLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from diffrecon.diffusion.adaptation import HOLDOUT_MODALITIES
 from diffrecon.diffusion.guidance import GUIDANCE
 from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.diffusion.samplers import SAMPLERS
@@ -249,7 +250,7 @@ class ControlPanel(QWidget):
         # denoising and ultrasound start at the noise level: one step (8 network evaluations)
         self.steps.setValue(int(measured.get("steps", 25)))
         self.blend.setChecked(bool(measured.get("blend_tv", False)))
-        self._diffusion_form.setRowVisible(self.blend, task in ("mri", "ct"))  # a hold-out needs measurements
+        self._diffusion_form.setRowVisible(self.blend, task in HOLDOUT_MODALITIES)  # a hold-out needs measurements
         current = self.baseline.currentData()
         self.baseline.blockSignals(True)
         self.baseline.clear()
@@ -320,7 +321,7 @@ class ControlPanel(QWidget):
         return modalities.get(self.task).diffusion_options(
             sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
             samples=int(self.samples.value()), seed=int(self.seed.value()),
-            blend_tv=self.blend.isChecked() and self.task in ("mri", "ct"),
+            blend_tv=self.blend.isChecked() and self.task in HOLDOUT_MODALITIES,
             through_plane=0.0 if getattr(self, "independent_slices", False) else None)
 
     @property

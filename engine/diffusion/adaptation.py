@@ -10,7 +10,7 @@ image predicts what was set aside. Two choices are made this way:
   (:class:`.guidance.DDSTVGuidance`), among multiples of the TV baseline's tuned weight for
   the task, 0 being plain DDS. These runs are short (``SELECTION_STEPS`` steps): they rank
   weights, they do not have to be good images themselves.
-* :func:`holdout_blend` (``DiffusionOptions.blend_tv``): the weight ``w`` of the final
+* :func:`holdout_blend_steps` (``DiffusionOptions.blend_tv``): the weight ``w`` of the final
   ``w x + (1 - w) TV``. This one runs the *same* settings as the final run: a short run's
   image is worse than the final one, and a blend weight fitted to it leans on TV far more
   than the final image deserves (measured: 8-step runs gave ``w = 0`` on every MRI
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from .checkpoint import Prior
     from .options import DiffusionOptions
 
+#: modalities whose measurements can be held out (k-space columns, CT views); denoising's
+#: A = I measures each pixel once, so nothing can be set aside there
+HOLDOUT_MODALITIES = ("mri", "ct")
 #: fraction of the measured columns (MRI) or views (CT) set aside to score settings
 HOLDOUT_FRACTION = 0.15
 #: TV weights tried, as multiples of the TV baseline's tuned weight (0 = plain DDS)
@@ -192,17 +195,6 @@ def holdout_blend_steps(problem: "ReconProblem", prior: "Prior", options: "Diffu
               "holdout_residual": round(holdout_residual(problem.operator, problem.y, held, frame.x0), 6),
               "tv_holdout_residual": round(holdout_residual(problem.operator, problem.y, held, tv), 6)}
     return weight, report
-
-
-def holdout_blend(problem: "ReconProblem", prior: "Prior", options: "DiffusionOptions",
-                  tv_weight: float | None = None) -> tuple[float, dict[str, Any]]:
-    """:func:`holdout_blend_steps` run to its end: ``(weight, report)``."""
-    steps = holdout_blend_steps(problem, prior, options, tv_weight)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
 
 
 def blend_baseline(problem: "ReconProblem", options: "DiffusionOptions") -> str:

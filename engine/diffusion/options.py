@@ -32,7 +32,7 @@ class DiffusionOptions:
     tv_weight: float | str = "auto"
     # Blend the result with TV on all the data, ``w x + (1 - w) TV``, ``w`` chosen per scan by
     # self-supervised hold-out from a run of these same settings on the other measurements
-    # (.adaptation.holdout_blend): never much worse than TV where the prior does not fit the
+    # (.adaptation.holdout_blend_steps): never much worse than TV where the prior does not fit the
     # scan. One extra run.
     blend_tv: bool = False
     # Test-time adaptation (.scan_adaptation): gradient steps per sampling step that tune a copy

@@ -296,7 +296,9 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
 
 def blends_with_tv(options: DiffusionOptions, modality: str) -> bool:
     """Does a run end with the hold-out blend with TV (only measurements can be held out)?"""
-    return options.blend_tv and modality in ("mri", "ct")
+    from .adaptation import HOLDOUT_MODALITIES
+
+    return options.blend_tv and modality in HOLDOUT_MODALITIES
 
 
 def run_length(options: DiffusionOptions, schedule: NoiseSchedule, modality: str) -> int:
@@ -315,8 +317,7 @@ def _blended(problem: ReconProblem, prior: Prior, options: DiffusionOptions, res
     from .adaptation import holdout_blend_steps
 
     adaptation = result.adaptation
-    chosen = adaptation["tv_weight"] if adaptation is not None and "tv_weight" in adaptation else None
-    steps = holdout_blend_steps(problem, prior, options, tv_weight=chosen)
+    steps = holdout_blend_steps(problem, prior, options, tv_weight=(adaptation or {}).get("tv_weight"))
     try:
         while True:
             step = result.step + next(steps)
