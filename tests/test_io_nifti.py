@@ -140,6 +140,22 @@ def test_sliced_volume_keeps_world_positions_when_written(tmp_path):
     assert np.allclose(world(back.affine, (0, 3, 5)), world(vol.affine, (2, 3, 5)))
 
 
+def test_slices_are_placed_on_the_finest_grid_one_affine_describes():
+    from diffrecon.io.volume import slice_grid
+
+    assert list(slice_grid([12, 3, 9])) == [3, 6, 9, 12]
+    assert list(slice_grid([4])) == [4]
+    vol = Volume(make_phantom(9, 8, 8), spacing=(2.5, 1.0, 1.0))
+    images = np.stack([np.full((8, 8), v, np.float32) for v in (1.0, 2.0, 3.0)])
+    placed = vol.on_slice_grid([7, 1, 3], images)  # uneven: on 1, 3, 5, 7
+    assert placed.n_slices == 4
+    assert [float(placed.data[k, 0, 0]) for k in range(4)] == [2.0, 3.0, 0.0, 1.0]
+    np.testing.assert_allclose(world(placed.affine, (3, 0, 0)), world(vol.affine, (7, 0, 0)))
+    even = vol.on_slice_grid([6, 4, 2], images)  # evenly spaced, descending: as chosen, in that order
+    np.testing.assert_array_equal(even.data, images)
+    np.testing.assert_allclose(even.affine, vol.select_slices([6, 4, 2]).affine)
+
+
 def test_scaling_is_applied_and_hu_range_guesses_ct(tmp_path):
     stored = np.linspace(0, 2000, 16 * 16 * 4).reshape(16, 16, 4).astype(np.int16)
     img = nib.Nifti1Image(stored, np.eye(4))

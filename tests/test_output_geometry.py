@@ -86,6 +86,35 @@ def test_nifti_slice_selection_stays_on_the_source_grid(tmp_path):
     np.testing.assert_allclose(_slice_signature(out.get_fdata(), 2), _slice_signature(data, 2)[2:6], rtol=0.05)
 
 
+def test_unevenly_chosen_slices_are_written_where_they_lay(tmp_path):
+    """--slices 1,4,5: no affine holds 1, 4 and 5 as consecutive slices; they are written on
+    the grid 1..5 with slices 2 and 3 empty, not at 1, 2, 3 (where the affine would put them)."""
+    data = _graded((64, 48, 8), axis=2)
+    affine = np.diag([0.9, 0.8, 3.0, 1.0])
+    affine[:3, 3] = [-30.0, -20.0, -12.0]
+    _nifti(tmp_path / "in.nii", data, affine, qcode=1, scode=1)
+
+    _denoise(tmp_path / "in.nii", tmp_path / "part.nii", "--slices", "5,1,4")
+
+    out = nib.load(tmp_path / "part.nii")
+    assert out.shape == (64, 48, 5)
+    shift = np.eye(4)
+    shift[2, 3] = 1  # output voxel (i, j, k) is source voxel (i, j, k + 1)
+    np.testing.assert_allclose(out.affine, affine @ shift, atol=1e-4)
+    written = _slice_signature(out.get_fdata(), 2)
+    np.testing.assert_allclose(written[[0, 3, 4]], _slice_signature(data, 2)[[1, 4, 5]], rtol=0.05)
+    assert np.all(written[[1, 2]] == 0)
+
+    _denoise(tmp_path / "in.nii", tmp_path / "dcm", "--slices", "1,4,5")  # DICOM: every position true
+    derived = sorted((pydicom.dcmread(p) for p in (tmp_path / "dcm").glob("*.dcm")),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    z = [float(ds.ImagePositionPatient[2]) for ds in derived]
+    np.testing.assert_allclose(z, -12.0 + 3.0 * np.arange(1, 6), atol=1e-4)
+    means = [float(np.mean(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))) for ds in derived]
+    np.testing.assert_allclose(np.array(means)[[0, 3, 4]], _slice_signature(data, 2)[[1, 4, 5]], rtol=0.05)
+    assert max(abs(means[1]), abs(means[2])) < 1e-3
+
+
 def test_nifti_in_a_permuted_flipped_voxel_order_comes_back_in_that_order(tmp_path):
     """Voxel axes (A->P, S->I... ) as a sagittally stored file has them: kept, not made axial."""
     data = _graded((10, 40, 36), axis=0)

@@ -2,7 +2,8 @@
 
 Volumes go through the engine's ``save_volume`` (NIfTI, DICOM derived series, HDF5)
 with provenance: the run's settings, the model, the diffrecon version and the input
-file. Only the slices the run computed are written, with their true positions.
+file. Only the slices the run computed are written, with their true positions (unevenly
+spaced ones on the finest even grid that holds them, the slices between them zero).
 The four-pane PNG is grabbed by the window (it needs Qt); everything here is headless.
 """
 
@@ -69,16 +70,16 @@ def export_volume(session: Session, layer: str, path: str | Path) -> list[Path]:
     from diffrecon.io import save_volume
 
     slices = computed_slices(session, layer)
-    geometry = session.volume.select_slices(slices)
     data = session.layers[layer].data[slices].astype(np.float32)
     window = session.volume.window if layer not in ("sigma", "flags") else None
-    out = geometry.derived(data, window=window)
+    # each slice where it lay: unevenly spaced computed slices go on their grid (Volume.on_slice_grid)
+    out = session.volume.on_slice_grid(slices, data, window=window)
     variance = None
     path = Path(path)
     if layer == "recon" and path.name.lower().endswith((".h5", ".hdf5")):
         sigma = session.layers["sigma"]
-        if sigma.filled[slices].all():
-            variance = sigma.data[slices] ** 2  # HDF5 keeps the uncertainty next to the image
+        if sigma.filled[slices].all():  # HDF5 keeps the uncertainty next to the image
+            variance = session.volume.on_slice_grid(slices, sigma.data[slices] ** 2).data
     label = EXPORTS[layer][0]
     description = f"diffrecon {label} ({session.run.provenance.get('settings', {}).get('modality', '')})".strip()
     return save_volume(out, path, provenance=provenance(session, layer), variance=variance, description=description)

@@ -36,6 +36,7 @@ from .choices import (
 )
 
 if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
+    from ..io.volume import Volume
     from ..reconstruct import DiffusionSetup, ReconRun
 
 
@@ -259,26 +260,30 @@ def _provenance(args: argparse.Namespace, result: ReconRun, method: str) -> dict
 
 
 def _write_outputs(args, volume, source, result: ReconRun, methods: list[str]) -> list[Path]:
-    sub = volume.select_slices(source.slice_index)
+    # each slice where it lay, on one affine (unevenly chosen slices: on their grid, see on_slice_grid)
+    def placed(data: np.ndarray, **changes) -> "Volume":
+        return volume.on_slice_grid(source.slice_index, data, **changes)
+
     written: list[Path] = []
     several = len(methods) > 1
     for m in methods:
         out = _output_path(args.out, m, several)
         outcome = result.outcomes[m]
-        derived = sub.derived(outcome.volume, window=volume.window)
+        derived = placed(outcome.volume, window=volume.window)
         written += save_volume(
-            derived, out, provenance=_provenance(args, result, m), variance=outcome.variance,
+            derived, out, provenance=_provenance(args, result, m),
+            variance=None if outcome.variance is None else placed(outcome.variance).data,
             description=f"diffrecon {m} ({source.settings.describe()})",
         )
         if outcome.variance is not None:
-            variance = sub.derived(outcome.variance, window=None, units=f"({volume.units})^2")
+            variance = placed(outcome.variance, window=None, units=f"({volume.units})^2")
             written += save_volume(
                 variance, _variance_path(out), provenance={**_provenance(args, result, m), "map": "variance"},
                 description=f"diffrecon {m} variance ({source.settings.describe()})",
             )
     if args.save_input:
         out = _output_path(args.out, "input", True)
-        derived = sub.derived(result.observed.astype(np.float32), window=volume.window)
+        derived = placed(result.observed.astype(np.float32), window=volume.window)
         written += save_volume(derived, out, provenance=_provenance(args, result, "input"),
                                description=f"diffrecon input ({source.settings.describe()})")
     return written

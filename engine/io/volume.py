@@ -107,8 +107,29 @@ class Volume:
             raise ValueError(f"derived data must have shape (n, {self.shape[1]}, {self.shape[2]}); got {data.shape}")
         return replace(self, data=data, kspace=None, reference=None, **changes)
 
+    def on_slice_grid(self, slices: list[int] | np.ndarray, data: np.ndarray, **changes: Any) -> "Volume":
+        """``data`` (one image per entry of ``slices``, in that order) where those slices lie.
+
+        Evenly spaced slices are the volume of :meth:`select_slices`. Unevenly spaced ones
+        (``--slices 3,9,12``; the viewer's computed slices) cannot share one affine, so
+        they are written on :func:`slice_grid` (here 3, 6, 9, 12) with the grid's other
+        slices zero: every file format then places every slice where it lay, instead of
+        claiming consecutive positions.
+        """
+        idx = np.arange(self.n_slices)[np.asarray(slices, int)]
+        if _evenly_spaced(idx):
+            return self.select_slices(idx).derived(data, **changes)
+        grid = slice_grid(idx)
+        placed = np.zeros((grid.size, *data.shape[1:]), dtype=data.dtype)
+        placed[np.searchsorted(grid, idx)] = data
+        return self.select_slices(grid).derived(placed, **changes)
+
     def select_slices(self, index: slice | list[int] | np.ndarray) -> "Volume":
-        """The chosen slices, with the affine moved so positions stay true."""
+        """The chosen slices, with the affine moved so positions stay true.
+
+        Only an evenly spaced choice has one affine; for any other, the affine is that of
+        the first slice with the source's own slice step, so writers take
+        :meth:`on_slice_grid` instead."""
         idx = np.arange(self.n_slices)[index]
         if idx.size == 0:
             raise ValueError("no slices selected")
@@ -134,6 +155,20 @@ class Volume:
         spacing = (float(np.linalg.norm(affine[:3, 0])), self.spacing[1], self.spacing[2])
         # source_ornt/source_affine stay: the slices still lie on the source file's grid.
         return replace(self, data=self.data[idx], affine=affine, spacing=spacing, kspace=ks, reference=ref)
+
+
+def _evenly_spaced(idx: np.ndarray) -> bool:
+    return idx.size <= 2 or bool(np.all(np.diff(idx) == idx[1] - idx[0]))
+
+
+def slice_grid(indices: list[int] | np.ndarray) -> np.ndarray:
+    """The evenly spaced slice indices from the lowest to the highest of ``indices`` whose
+    step divides every gap between them: the finest grid one affine can describe that holds
+    them all (3, 9, 12 -> 3, 6, 9, 12)."""
+    idx = np.unique(np.asarray(indices, int))
+    if idx.size < 2:
+        return idx
+    return np.arange(idx[0], idx[-1] + 1, int(np.gcd.reduce(np.diff(idx))))
 
 
 def axis_codes(affine: np.ndarray) -> tuple[str, str, str]:
