@@ -88,3 +88,35 @@ def test_denoising_with_the_self_supervised_prior_and_its_refusals(cli, self_sup
     tampered = self_supervised_prior.with_name("ss-blindspot.safetensors").read_bytes()[:-4] + b"\0\0\0\0"
     (copy / "ss-blindspot.safetensors").write_bytes(tampered)
     assert_one_sentence_error(cli(*base, "--model", copy / "ss.safetensors"), mentions="hash")
+
+
+def test_a_complex_prior_starts_the_real_self_supervised_diffusion_stage(tmp_path: Path) -> None:
+    """--init-from a 2-channel (complex) MRI prior: the 1-channel conditional network takes its
+    real channel's stem filters and head output, zero weights on the condition, the rest as is."""
+    from diffrecon.diffusion.checkpoint import _read
+    from test_training import run_train_cli
+
+    np.save(tmp_path / "mr.npy", make_phantom(24, 32, 32))
+    small = ["--size", "16", "--width", "8", "--batch", "4", "--quiet", "--threads", "1", "--val-every", "1000"]
+    complex_prior = tmp_path / "complex.safetensors"
+    code, _, err = run_train_cli(tmp_path / "mr.npy", "--modality", "mri", "--steps", "2", "--out", complex_prior,
+                                 *small)
+    assert code == 0, err
+    out = tmp_path / "ss.safetensors"
+    code, stdout, err = run_train_cli(tmp_path / "mr.npy", "--modality", "mri", "--self-supervised",
+                                      "--simulate-noise", "0.1", "--minutes", "0.05", "--init-from", complex_prior,
+                                      "--lr", "1e-12", "--out", out, *small)
+    assert code == 0, err
+    assert "fine-tuning" in stdout
+    (source, _), (started, meta) = _read(complex_prior), _read(out)
+    assert meta["initialised_from"]["path"] == complex_prior.name
+    assert source["stem.weight"].shape[1] == 2 and started["stem.weight"].shape[1] == 2  # image + condition
+    # a learning rate of 1e-12 leaves the started network where it began
+    torch.testing.assert_close(started["stem.weight"][:, :1], source["stem.weight"][:, :1], atol=1e-6, rtol=0)
+    assert float(started["stem.weight"][:, 1:].abs().max()) < 1e-6  # the condition starts unread
+    head = [k for k in source if k.startswith("head.") and source[k].ndim >= 1 and source[k].shape[0] == 2]
+    assert head
+    for k in head:
+        torch.testing.assert_close(started[k], source[k][:1], atol=1e-6, rtol=0)
+    rest = [k for k in source if k not in head and k != "stem.weight" and not k.startswith("time")]
+    torch.testing.assert_close(started[rest[0]], source[rest[0]], atol=1e-6, rtol=0)

@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "noise prediction instead of the noise")
     p.add_argument("--init-from", metavar="PRIOR.safetensors",
                    help="start from this trained prior's weights with a fresh optimizer (fine-tuning; how a "
-                        "shipped prior is trained further in a new session, since resume states stay out of git)")
+                        "shipped prior is trained further in a new session, since resume states stay out of git; "
+                        "with --self-supervised, the diffusion stage starts from it, a complex MRI prior giving "
+                        "its real channel)")
     p.add_argument("--conditional", metavar="TASK",
                    help="train a conditional prior for classifier-free guidance: the degraded image of TASK "
                         "(mri-4x: the zero-filled image of 4x undersampling; denoise: the noisy image) is an "
@@ -122,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.self_supervised:
         if args.minutes is None:
             raise SettingsError("--self-supervised trains two networks in turn: give the time for both with --minutes")
-        if args.conditional or args.distill_from or args.init_from or args.packed:
-            raise SettingsError("--self-supervised takes none of --conditional, --distill-from, --init-from, --packed")
+        if args.conditional or args.distill_from or args.packed or args.prune is not None:
+            raise SettingsError("--self-supervised takes none of --conditional, --distill-from, --packed, --prune")
         args.conditional, args.augment = "blind-spot", "none"
         args.channels = args.channels or 1
     elif args.simulate_noise is not None:
