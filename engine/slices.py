@@ -34,7 +34,8 @@ def parse_slices(text: str | None) -> slice | list[int] | None:
 
 def slice_indices(text: str | None, n: int, what: str = "the volume's") -> np.ndarray:
     """The slice indices ``text`` selects of ``n`` slices (all of them when empty), checked:
-    an index outside the volume or a range that selects nothing is a one-sentence error."""
+    an index outside the volume or a range that selects nothing is a one-sentence error, and
+    a slice named twice is kept once (in the order first named)."""
     selection = parse_slices(text)
     if selection is None:
         return np.arange(n)
@@ -42,7 +43,8 @@ def slice_indices(text: str | None, n: int, what: str = "the volume's") -> np.nd
         bad = [i for i in selection if not -n <= i < n]
         if bad:
             raise SettingsError(f"slice {bad[0]} is outside {what} {n} slices (--slices {text})")
-        return np.asarray([i % n for i in selection], dtype=np.int64)
+        # a slice named twice (3,3 or 9,-1 of 10) is one slice: two copies would share one position
+        return np.asarray(list(dict.fromkeys(i % n for i in selection)), dtype=np.int64)
     chosen = np.arange(n)[selection]
     if chosen.size == 0:
         raise SettingsError(f"--slices {text} selects none of {what} {n} slices")

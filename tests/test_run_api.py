@@ -91,7 +91,8 @@ def test_measurements_come_in_the_inputs_units():
 
 
 @pytest.mark.parametrize("text, expected", [(None, [0, 1, 2, 3, 4, 5]), ("2:4", [2, 3]), ("0:6:2", [0, 2, 4]),
-                                            ("-1", [5]), ("3,1,4", [3, 1, 4]), (":2", [0, 1])])
+                                            ("-1", [5]), ("3,1,4", [3, 1, 4]), (":2", [0, 1]),
+                                            ("3,3", [3]), ("5,1,-1", [5, 1])])  # a slice named twice is one
 def test_one_slices_parser_for_every_command(text, expected):
     from diffrecon.slices import slice_indices
 
