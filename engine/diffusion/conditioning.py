@@ -163,8 +163,8 @@ def load_unconditional_into(path: str | Path, model: torch.nn.Module) -> dict[st
     source_channels = int(meta.get("unet_config", {}).get("in_channels", 0) or 0)
     if stem is not None and source_channels == 2 and image_channels == 1 and stem.shape[1] == 2:
         stem = stem[:, :1]
-        head = {k: v for k, v in tensors.items() if k.startswith("head.") and v.ndim >= 1 and v.shape[0] == 2}
-        tensors = {**tensors, **{k: v[:1] for k, v in head.items()}}
+        out_conv = ("head.2.weight", "head.2.bias")  # UNet.head = GroupNorm, SiLU, the output convolution
+        tensors = {**tensors, **{k: tensors[k][:1] for k in out_conv if k in tensors}}
     if stem is None or stem.shape[0] != wanted.shape[0] or stem.shape[2:] != wanted.shape[2:] \
             or stem.shape[1] >= wanted.shape[1]:
         raise DiffreconError(f"{path}: its stem does not fit a conditional network of this shape")
