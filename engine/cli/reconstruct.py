@@ -270,13 +270,14 @@ def _write_outputs(args, volume, source, result: ReconRun, methods: list[str]) -
         out = _output_path(args.out, m, several)
         outcome = result.outcomes[m]
         derived = placed(outcome.volume, window=volume.window)
+        variance = None if outcome.variance is None else placed(outcome.variance, window=None,
+                                                                 units=f"({volume.units})^2")
         written += save_volume(
             derived, out, provenance=_provenance(args, result, m),
-            variance=None if outcome.variance is None else placed(outcome.variance).data,
+            variance=None if variance is None else variance.data,
             description=f"diffrecon {m} ({source.settings.describe()})",
         )
-        if outcome.variance is not None:
-            variance = placed(outcome.variance, window=None, units=f"({volume.units})^2")
+        if variance is not None:
             written += save_volume(
                 variance, _variance_path(out), provenance={**_provenance(args, result, m), "map": "variance"},
                 description=f"diffrecon {m} variance ({source.settings.describe()})",

@@ -273,7 +273,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance],
                             branch=(trunk, n_samples) if trunk > 0 else None)
     n_main = sampler.n_steps
-    total = run_length(options, schedule, problem.modality)
+    total = 2 * n_main if blends_with_tv(options, problem.modality) else n_main  # as run_length counts
     start = time.perf_counter()
     try:
         for index in range(n_main):
