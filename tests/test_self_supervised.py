@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import nibabel as nib
@@ -75,7 +77,11 @@ def test_denoising_with_the_self_supervised_prior_and_its_refusals(cli, self_sup
     report = tmp_path / "d.json"
     result = cli(*base, "--model", self_supervised_prior, "--report", report)
     assert result.code == 0, result.err
-    assert "blind-spot condition" in report.read_text()
+    record = json.loads(report.read_text())
+    text = json.dumps(record)
+    assert "hot start from the blind-spot estimate" in text
+    # entered at t = 0.1: round(0.1 x 2 steps) = 0 -> one step, one +-eps pair over the 4 flips of the default
+    assert '"start_t": 0.1' in text and '"network_evaluations": 8' in text
     assert_one_sentence_error(cli(*base, "--model", self_supervised_prior.with_name("ss-blindspot.safetensors")),
                               mentions="blind-spot network")
     mri = ["reconstruct", scan, "--simulate", "--modality", "mri", "--method", "diffusion", "--steps", "1",
