@@ -165,3 +165,28 @@ def test_simulated_bmode_like_is_a_speckled_sector_in_unit_range():
     inside = img[30:, 20:44]
     assert inside.std() > 0.03  # speckle, not a flat image
     assert SIZE == 16  # the tiny priors' size (imported for the disks)
+
+
+def test_a_denoising_prior_denoises_and_refuses_what_it_never_learned():
+    """A prior trained on a noise range only (``train --noise-range``) enters at the noise level,
+    but cannot reconstruct from pure noise or denoise noise above its range."""
+    import dataclasses
+
+    from diffrecon.diffusion.reconstruction import stream_reconstruction
+    from diffrecon.errors import SettingsError
+
+    from tiny_priors import train_tiny_prior
+
+    base = train_tiny_prior(1)
+    prior = dataclasses.replace(base, normalisation={"kind": "percentile", "percentile": 99.5}, modality="mri",
+                                metadata={"step": 30, "noise_range": [0.01, 0.2]})
+    vol = _disk_volume(1)
+    problem = ProblemSource(vol, MeasurementSettings("denoise", noise_sigma=0.1), simulate=True).problem(np.arange(1))
+    result = reconstruct_to_end(problem, prior, modalities.get("denoise").diffusion_options())
+    assert float((result.x0 - problem.reference).square().mean()) < float((problem.y - problem.reference).square().mean())
+    loud = ProblemSource(vol, MeasurementSettings("denoise", noise_sigma=0.4), simulate=True).problem(np.arange(1))
+    with pytest.raises(SettingsError, match="above the levels"):
+        reconstruct_to_end(loud, prior, modalities.get("denoise").diffusion_options())
+    mri = ProblemSource(vol, MeasurementSettings("mri"), simulate=True).problem(np.arange(1))
+    with pytest.raises(SettingsError, match="denoising prior"):
+        next(stream_reconstruction(mri, prior, modalities.get("mri").diffusion_options()))

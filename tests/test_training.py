@@ -240,3 +240,33 @@ def test_distillation_refuses_a_teacher_of_another_kind(tmp_path: Path) -> None:
     with pytest.raises(DiffreconError, match="cannot teach"):
         Trainer(tiny_config(channels=1, teacher=str(tmp_path / "mri.safetensors")), [blob_source()],
                 tmp_path / "s.safetensors")
+
+
+def test_a_noise_range_trains_and_validates_only_the_levels_denoising_enters_at(tmp_path: Path) -> None:
+    from diffrecon.diffusion.training import trained_times
+
+    trainer = Trainer(tiny_config(channels=1, noise_range=(0.02, 0.3)), [blob_source()], tmp_path / "d.safetensors")
+    lo, hi = trainer.t_range
+    levels = torch.expm1(-trainer.schedule.log_alpha_bar(torch.tensor([lo, hi], dtype=torch.float64))).sqrt()
+    assert 0.02 <= float(levels[0]) < 0.025 and 0.28 < float(levels[1]) <= 0.3
+    assert hi < 0.1  # a linear schedule's denoising levels are its first tenth
+    assert float(trainer.val_t.min()) == pytest.approx(lo) and float(trainer.val_t.max()) == pytest.approx(hi)
+    record = trainer.run(progress=False, stop_after=2)
+    assert list(record["val_loss_ema_by_t"]) == ["t<0.33"]  # no empty bands (they were NaN)
+    assert load_prior(trainer.paths.weights).noise_range == (0.02, 0.3)
+    assert trained_times(trainer.schedule, None) == (1 / 1000, 1.0)
+    with pytest.raises(DiffreconError, match="noise range"):
+        trained_times(trainer.schedule, (0.3, 0.02))
+
+
+def test_a_complex_prior_starts_a_real_one_from_its_real_channel(tmp_path: Path) -> None:
+    parent = Trainer(tiny_config(channels=2), [blob_source()], tmp_path / "complex.safetensors")
+    parent.run(progress=False, stop_after=1)
+    child = Trainer(tiny_config(channels=1, init_from=str(parent.paths.weights)), [blob_source()],
+                    tmp_path / "real.safetensors")
+    weights = load_prior(parent.paths.weights).model.state_dict()
+    mine = child.model.state_dict()
+    assert mine["stem.weight"].shape[1] == 1 and torch.equal(mine["stem.weight"], weights["stem.weight"][:, :1])
+    assert torch.equal(mine["head.2.weight"], weights["head.2.weight"][:1])
+    assert torch.equal(mine["head.2.bias"], weights["head.2.bias"][:1])
+    assert torch.equal(child.ema.state_dict()["stem.weight"], mine["stem.weight"])

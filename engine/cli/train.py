@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune", type=float, metavar="FRACTION",
                    help="with --init-from: keep this fraction of the prior's channels (structured pruning by the "
                         "L1 norm of each channel's filters, e.g. 0.75), then fine-tune the narrower network")
+    p.add_argument("--noise-range", metavar="LO,HI",
+                   help="a denoising prior: train only the noise levels LO..HI (std relative to the image's "
+                        "99.5th percentile, e.g. 0.01,0.5) that denoising enters at, not every diffusion time; "
+                        "such a prior denoises and cannot reconstruct")
     p.add_argument("--augment", default="all", metavar="LIST",
                    help="generalising augmentations: 'all', 'none', or a comma list of "
                         "resolution,rotation,elastic,contrast,bias,noise (contrast and bias apply to MRI only; "
@@ -139,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"--sizes takes whole numbers separated by commas; got {args.sizes!r}") from None
     if any(v < 8 for v in sizes):
         raise SettingsError("every --sizes entry must be at least 8")
+    noise_range = _parse_noise_range(args.noise_range)
+    if noise_range and (args.self_supervised or args.conditional):
+        raise SettingsError("--noise-range trains an unconditional denoising prior; drop --self-supervised "
+                            "or --conditional")
     paths = PriorPaths.for_weights(args.out)
     if paths.train_state.exists() and not args.resume:
         raise SettingsError(f"{paths.train_state} already exists; pass --resume to continue it, "
@@ -153,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         exact_moments=args.exact_moments, data=list(args.data), teacher=args.distill_from,
         init_from=args.init_from, prune=args.prune, augment=augment, sizes=sizes, val_every=args.val_every,
         device=_device(args.device), conditional=args.conditional, p_uncond=args.p_uncond,
+        noise_range=noise_range,
     )
     if args.conditional:
         from ..diffusion.conditioning import ConditioningTask
@@ -198,6 +207,18 @@ def run(args: argparse.Namespace) -> int:
                         ("model card", paths.card), ("validation log", paths.log)):
         print(f"{label}: {path}")
     return 0
+
+
+def _parse_noise_range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SettingsError(f"--noise-range takes two noise levels LO,HI (e.g. 0.01,0.5); got {text!r}") from None
+    if not 0 < lo < hi <= 10:
+        raise SettingsError(f"--noise-range needs 0 < LO < HI <= 10; got {text!r}")
+    return lo, hi
 
 
 def _blind_spot_stage(args: argparse.Namespace, config, sources, paths):

@@ -74,6 +74,17 @@ class Prior:
         """Maps a volume into this prior's intensity domain and back."""
         return Normalisation.from_metadata(self.normalisation)
 
+    @property
+    def name(self) -> str:
+        """The file's name for messages (a prior built in memory has none)."""
+        return Path(self.path).name if self.path else "this prior"
+
+    @property
+    def noise_range(self) -> tuple[float, float] | None:
+        """A denoising prior's trained noise levels (``train --noise-range``); None for a full prior."""
+        value = self.metadata.get("noise_range")
+        return (float(value[0]), float(value[1])) if isinstance(value, list) and len(value) == 2 else None
+
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Write beside the target and rename: a crash never leaves a half-written checkpoint."""
@@ -411,6 +422,26 @@ def load_ema_weights(path: str | Path, ema_model: nn.Module) -> dict[str, Any]:
     """Load a prior file's weights into an existing network (used when resuming)."""
     tensors, meta = _read(Path(path))
     load_fitting(ema_model, tensors, f"{path}: the EMA weights do not fit this network")
+    return meta
+
+
+def real_channel_weights(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A complex (2-channel: real, imaginary) prior's weights cut to its real channel: the
+    stem keeps the real channel's filters, the head its real output. That is a start for a
+    real (1-channel) network, not the same network: the complex prior always saw noise in
+    the imaginary channel, and here it sees none. Other priors' weights come back as they are."""
+    stem = tensors.get("stem.weight")
+    if int(meta.get("unet_config", {}).get("in_channels", 0) or 0) != 2 or stem is None or stem.shape[1] != 2:
+        return tensors
+    out_conv = ("head.2.weight", "head.2.bias")  # UNet.head = GroupNorm, SiLU, the output convolution
+    return {**tensors, "stem.weight": stem[:, :1], **{k: tensors[k][:1] for k in out_conv if k in tensors}}
+
+
+def load_real_channel_into(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load a prior's weights into a real (1-channel) network of the same shape, a complex
+    prior giving its real channel (:func:`real_channel_weights`); return its metadata."""
+    tensors, meta = _read(Path(path))
+    load_fitting(model, real_channel_weights(tensors, meta), f"{path}: its weights do not fit this network")
     return meta
 
 

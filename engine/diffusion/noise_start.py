@@ -158,6 +158,10 @@ def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOp
     steps = max(1, min(options.steps, k0 + 1))
     grid = torch.linspace(k0, 0, steps).round().long().tolist() if steps > 1 else [k0]
     sigma_k = math.sqrt(float((1 - abar[k0]) / abar[k0]))
+    if prior.noise_range is not None and sigma_k > 1.05 * prior.noise_range[1]:
+        raise SettingsError(f"this noise (std {sigma_k:.3g} where denoising enters, in the prior's units) is "
+                            f"above the levels {prior.name} learned (up to {prior.noise_range[1]:g}); "
+                            "use a full prior (--model)")
 
     z = noise.forward(problem.y.float())
     batch = int(z.shape[0])

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..errors import SettingsError
 from ..measurements import ReconProblem
 from .checkpoint import Prior
 from .guidance import Guidance, ModelDomain, ThroughPlane, make_guidance
@@ -186,6 +187,10 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
 
         yield from stream_noise_start(problem, prior, options)
         return
+    if prior.noise_range is not None:
+        raise SettingsError(f"{prior.name} is a denoising prior (it learned noise levels up to "
+                            f"{prior.noise_range[1]:g} only): it denoises from the noise level, and cannot "
+                            "reconstruct or start from pure noise; use a full prior")
     operator, y = problem.operator, problem.y
     complex_working = operator.image_dtype.is_complex
     domain = ModelDomain(prior.normalisation, prior.channels, problem.modality, complex_working)
@@ -238,8 +243,6 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
 
     model: torch.nn.Module = prior.model
     if hasattr(model, "backend_info") and (guidance.requires_grad or options.adapt_steps > 0):
-        from ..errors import SettingsError
-
         raise SettingsError("the int8 backend has no gradients: DPS guidance and scan adaptation need "
                             "--backend torch")
     model.to(device=device)

@@ -42,6 +42,7 @@ from ..errors import DiffreconError
 from .checkpoint import (
     PriorPaths,
     load_ema_weights,
+    load_real_channel_into,
     load_training_state,
     read_metadata,
     save_prior,
@@ -91,13 +92,34 @@ class TrainConfig:
     # image is its extra input, and the condition dropout rate that keeps it unconditional too
     conditional: str | None = None
     p_uncond: float = 0.15
+    # a denoising prior: train only the noise levels sqrt((1 - abar) / abar) in [lo, hi] (model
+    # units) that a noise-matched start enters at, instead of every t (they are t < 0.15 of a
+    # linear schedule, so a full prior spends about a seventh of its steps there)
+    noise_range: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["augment"] = list(self.augment)
         d["sizes"] = list(self.sizes)
+        d["noise_range"] = list(self.noise_range) if self.noise_range else None
         return d
+
+
+def trained_times(schedule: NoiseSchedule, noise_range: tuple[float, float] | None) -> tuple[float, float]:
+    """The continuous times ``t`` a run draws from: all of ``[1/T, 1]``, or those whose noise
+    level ``sqrt((1 - abar) / abar)`` lies in ``noise_range``."""
+    if noise_range is None:
+        return 1 / schedule.steps, 1.0
+    lo, hi = noise_range
+    if not 0 < lo < hi:
+        raise DiffreconError(f"a noise range is two levels 0 < low < high; got {lo:g}, {hi:g}")
+    ts = torch.linspace(1 / schedule.steps, 1.0, 4096, dtype=torch.float64)
+    level = torch.expm1(-schedule.log_alpha_bar(ts).double()).sqrt()  # (1 - abar) / abar = 1/abar - 1
+    inside = ts[(level >= lo) & (level <= hi)]
+    if len(inside) < 2:
+        raise DiffreconError(f"no training time of this schedule has a noise level in [{lo:g}, {hi:g}]")
+    return float(inside[0]), float(inside[-1])
 
 
 def learning_rate(step: int, peak: float, warmup: int, horizon: int) -> float:
@@ -131,6 +153,7 @@ class Trainer:
         self.sources = sources
         self.paths = PriorPaths.for_weights(out)
         self.schedule: NoiseSchedule = make_schedule(config.schedule)
+        self.t_range = trained_times(self.schedule, config.noise_range)
         self.normalisation = Normalisation.for_modality(config.modality)
         self.conditioning = None
         if config.conditional:
@@ -167,7 +190,10 @@ class Trainer:
         self.val_x0 = torch.from_numpy(val).to(self.device)
         val_rng = torch.Generator().manual_seed(4321)  # fixed t and noise: losses comparable across runs
         self.val_noise = torch.randn(self.val_x0.shape, generator=val_rng).to(self.device)
-        self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
+        if config.noise_range:  # the trained range only, so the loss measures what the prior is for
+            self.val_t = torch.linspace(*self.t_range, len(val))
+        else:
+            self.val_t = torch.linspace(0.02, 0.98, len(val))  # on the CPU with the schedule's tables
         self.val_cond = None
         if self.conditioning is not None:
             fixed = np.random.default_rng(4322)  # fixed conditions too (never dropped in validation)
@@ -220,6 +246,8 @@ class Trainer:
             from .conditioning import load_unconditional_into
 
             meta = load_unconditional_into(path, self.model)
+        elif self.config.channels == 1:  # a complex prior may start a real one
+            meta = load_real_channel_into(path, self.model)
         else:
             meta = load_ema_weights(path, self.model)
         cfg = self.config
@@ -246,7 +274,8 @@ class Trainer:
         cfg = self.config
         size, batch = self._crop_size_and_batch()
         x0 = torch.from_numpy(self.crops.sample(batch, size))
-        t = torch.rand(batch, generator=self.noise_rng) * (1 - 1 / self.schedule.steps) + 1 / self.schedule.steps
+        lo, hi = self.t_range
+        t = torch.rand(batch, generator=self.noise_rng) * (hi - lo) + lo
         noise = torch.randn(x0.shape, generator=self.noise_rng)
         # The schedule's tables live on the CPU: t stays there for them, t_dev feeds the network.
         x0, noise, t_dev = x0.to(self.device), noise.to(self.device), t.to(self.device)
@@ -323,7 +352,8 @@ class Trainer:
             if label == "val_loss_ema":
                 bands = {"t<0.33": self.val_t < 1 / 3, "0.33-0.67": (self.val_t >= 1 / 3) & (self.val_t < 2 / 3),
                          "t>=0.67": self.val_t >= 2 / 3}
-                out["val_loss_ema_by_t"] = {k: round(float(per_t[m].mean()), 5) for k, m in bands.items()}
+                out["val_loss_ema_by_t"] = {k: round(float(per_t[m].mean()), 5) for k, m in bands.items()
+                                            if bool(m.any())}  # a --noise-range run fills one band only
         return out
 
     # ----- the loop -----
@@ -403,6 +433,7 @@ class Trainer:
                                  **(self.condition_network[1] if self.condition_network else {})}}
                if self.conditioning is not None else {}),
             **({"pruned": self.pruning} if self.pruning else {}),
+            **({"noise_range": list(self.config.noise_range)} if self.config.noise_range else {}),
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
