@@ -119,6 +119,8 @@ def test_checkpoint_round_trip_and_model_card(tmp_path: Path) -> None:
     assert [r["step"] for r in read_log(paths.log)] == [3]
     card = paths.card.read_text()
     assert "blob" in card and "slices 8-11" in card and RESULTS_HEADING in card
+    # what the arithmetic was (autocast off here: float32), and the whole range of t
+    assert "Arithmetic: float32;" in card and "t ~ U[1/T, 1]" in card
     # Results that later work records in the card survive the next checkpoint.
     paths.card.write_text(card.replace("_Not measured yet", "PSNR 40 dB on 4x MRI. _Not measured yet"))
     trainer.save()
@@ -254,6 +256,7 @@ def test_a_noise_range_trains_and_validates_only_the_levels_denoising_enters_at(
     record = trainer.run(progress=False, stop_after=2)
     assert list(record["val_loss_ema_by_t"]) == ["t<0.33"]  # no empty bands (they were NaN)
     assert load_prior(trainer.paths.weights).noise_range == (0.02, 0.3)
+    assert "only at the noise levels sqrt((1 - abar) / abar) from 0.02 to 0.3" in trainer.paths.card.read_text()
     assert trained_times(trainer.schedule, None) == (1 / 1000, 1.0)
     with pytest.raises(DiffreconError, match="noise range"):
         trained_times(trainer.schedule, (0.3, 0.02))

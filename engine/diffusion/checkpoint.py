@@ -457,6 +457,16 @@ def load_fitting(model: nn.Module, tensors: dict[str, torch.Tensor], mismatch: s
 RESULTS_HEADING = "## Reconstruction results"
 
 
+def _arithmetic(cfg: dict[str, Any], training: dict[str, Any]) -> str:
+    """What the card says about bf16: what ran (recorded since 2026-12-02), else what was asked."""
+    if "bf16" not in training:
+        return f"bf16 autocast {'asked for' if cfg['autocast'] else 'off'}"
+    if training["bf16"]:
+        return "bf16 autocast"
+    return "float32" + (" (bf16 autocast asked for; this device emulates bf16, so it was not used)"
+                        if cfg["autocast"] else "")
+
+
 def write_model_card(paths: PriorPaths, metadata: dict[str, Any], parameter_count: int) -> Path:
     """(Re)write ``NAME.md`` from the run's metadata and validation log.
 
@@ -492,8 +502,10 @@ def write_model_card(paths: PriorPaths, metadata: dict[str, Any], parameter_coun
         "",
         f"- UNet: width {cfg['width']}, channel multipliers {cfg['channel_mult']}, {cfg['res_blocks']} residual "
         f"blocks per level, self-attention ({cfg['attention_heads']} heads) at the lowest resolution only",
-        f"- Noise schedule: {metadata['schedule']['kind']}, T = {metadata['schedule']['steps']}; "
-        "trained at continuous t ~ U[1/T, 1]",
+        f"- Noise schedule: {metadata['schedule']['kind']}, T = {metadata['schedule']['steps']}; " + (
+            "trained at continuous t ~ U[1/T, 1]" if not metadata.get("noise_range") else
+            "trained **only at the noise levels sqrt((1 - abar) / abar) from {} to {}** (a denoising prior: it "
+            "denoises from the noise level and cannot reconstruct)".format(*metadata["noise_range"])),
         f"- AdamW, peak learning rate {cfg['lr']:g}, warm-up "
         f"{min(cfg['warmup_steps'], (training['horizon'] or 10**9) // 10)} steps, cosine decay to 10% "
         f"over {training['horizon']} steps; batch {cfg['batch']}; gradient clipping {cfg['grad_clip']:g}; "
@@ -502,12 +514,13 @@ def write_model_card(paths: PriorPaths, metadata: dict[str, Any], parameter_coun
          f"{metadata['distilled_from']['step']}; distillation) + {cfg['freq_loss']:g} x abar(t)-weighted L1 on "
          "|FFT| of the x0 estimate" if metadata.get("distilled_from") else
          f"- Loss: noise MSE + {cfg['freq_loss']:g} x abar(t)-weighted L1 on |FFT| of the x0 estimate"),
-        f"- bf16 autocast: {cfg['autocast']}; seed {cfg['seed']}",
+        f"- Arithmetic: {_arithmetic(cfg, training)}; seed {cfg['seed']}",
         "",
         "## Training run",
         "",
-        f"- Steps: {training['steps']} ({training['steps'] * cfg['batch']} crops) in {hours:.2f} h on a CPU "
-        f"with {training['threads']} torch thread(s)",
+        f"- Steps: {training['steps']} ({training['steps'] * cfg['batch']} crops) in {hours:.2f} h on "
+        + ("a CUDA GPU" if str(cfg.get("device", "cpu")).startswith("cuda") else
+           f"a CPU with {training['threads']} torch thread(s)"),
     ]
     if log:
         first, best, last = log[0], min(log, key=lambda r: r["val_loss_ema"]), log[-1]

@@ -146,7 +146,8 @@ def _load_one(item: str, modality: str, norm: Normalisation, val_fraction: float
             name = item if k == 0 else f"{item}#{k}"
             if info.role == "validation":
                 idx = evaluation_slices(vol, item)
-                blocks, held = [], f"validation subject {info.subject}: axial slices {idx[0]}-{idx[-1]}"
+                blocks, held = [], (f"all of it (validation subject {info.subject}; its axial slices {idx[0]}-{idx[-1]} "
+                                "score the validation loss)")
             else:
                 blocks = [norm.to_model(b, scale) for b in training_blocks(vol, item)]
                 idx = validation_slices(vol, item)

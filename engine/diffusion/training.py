@@ -52,6 +52,7 @@ from .checkpoint import (
 from .augment import Augmentation
 from .data import CropSampler, Normalisation, TrainingSource, validation_crops
 from .schedules import NoiseSchedule, make_schedule
+from ..runtime import bf16_is_fast
 from .unet import UNet, autocast_context
 
 
@@ -437,6 +438,8 @@ class Trainer:
             "training": {
                 "steps": self.step, "horizon": self.horizon, "elapsed_s": round(elapsed_s, 1),
                 "threads": torch.get_num_threads(), "config": self.config.to_json(),
+                # what the arithmetic was, not what was asked for: autocast is a no-op where bf16 is emulated
+                "bf16": bool(self.config.autocast and bf16_is_fast(self.device.type)),
                 "sources": [{"name": s.name, "role": s.role, "held_out": s.held_out, "provenance": s.provenance}
                             for s in self.sources],
                 "augmentation": self.crops.aug.enabled(),
