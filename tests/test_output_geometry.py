@@ -113,6 +113,8 @@ def test_unevenly_chosen_slices_are_written_where_they_lay(tmp_path):
     means = [float(np.mean(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))) for ds in derived]
     np.testing.assert_allclose(np.array(means)[[0, 3, 4]], _slice_signature(data, 2)[[1, 4, 5]], rtol=0.05)
     assert max(abs(means[1]), abs(means[2])) < 1e-3
+    # the blank images say they are gaps; the computed ones carry the provenance
+    assert [ds.ImageComments.startswith("No image") for ds in derived] == [False, True, True, False, False]
 
 
 def test_nifti_in_a_permuted_flipped_voxel_order_comes_back_in_that_order(tmp_path):

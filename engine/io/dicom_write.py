@@ -42,13 +42,17 @@ from pydicom.valuerep import format_number_as_ds
 from .. import __version__
 from ..errors import VolumeWriteError
 from .sidecar import jsonable, write_json
-from .volume import Volume
+from .volume import SLICES_WITH_DATA, Volume
 
 _STORAGE = {"MR": MRImageStorage, "CT": CTImageStorage}
 _UINT16_TOP = 65535
 # ImageComments holds a short JSON copy of the provenance; the full one is the sidecar.
 _COMMENT_LIMIT = 1024
 _SIDECAR = "provenance.json"
+
+
+#: ImageComments of a blank image between unevenly chosen slices
+GAP_COMMENT = "No image: diffrecon computed no slice here (a gap between the slices chosen)"
 
 
 def _ds(value: float) -> str:
@@ -266,6 +270,10 @@ def write_dicom_series(
     if provenance is not None:
         shared.ImageComments = provenance_comment(provenance)
 
+    # unevenly chosen slices lie on a grid with gaps (Volume.on_slice_grid); the gaps stay in
+    # the series (diffrecon's reader, like many, wants one spacing) but each says what it is
+    kept = volume.metadata.get(SLICES_WITH_DATA)
+    gaps = set(range(n)) - {int(k) for k in kept} if isinstance(kept, list) and kept else set()
     written: list[Path] = []
     try:
         for index in range(n):
@@ -282,6 +290,8 @@ def write_dicom_series(
             references = _source_references(source, match) if match is not None else None
             if references is not None:
                 ds.SourceImageSequence = references
+            if index in gaps:  # a new element: update() shares the header's elements between images
+                ds.add_new(0x00204000, "LT", GAP_COMMENT)  # ImageComments
             ds.PixelData = np.ascontiguousarray(stored[index]).astype(stored.dtype.newbyteorder("<")).tobytes()
             ds.file_meta = FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -114,15 +114,19 @@ class Volume:
         (``--slices 3,9,12``; the viewer's computed slices) cannot share one affine, so
         they are written on :func:`slice_grid` (here 3, 6, 9, 12) with the grid's other
         slices zero: every file format then places every slice where it lay, instead of
-        claiming consecutive positions.
+        claiming consecutive positions. The grid slices that hold an image are listed in
+        ``metadata["slices_with_data"]``, so a DICOM series (which places each image on its
+        own) writes those images only, not blank ones between them.
         """
         idx = np.arange(self.n_slices)[np.asarray(slices, int)]
         if _evenly_spaced(idx):
             return self.select_slices(idx).derived(data, **changes)
         grid = slice_grid(idx)
         placed = np.zeros((grid.size, *data.shape[1:]), dtype=data.dtype)
-        placed[np.searchsorted(grid, idx)] = data
-        return self.select_slices(grid).derived(placed, **changes)
+        filled = np.searchsorted(grid, idx)
+        placed[filled] = data
+        metadata = {**self.metadata, SLICES_WITH_DATA: sorted(int(k) for k in filled)}
+        return self.select_slices(grid).derived(placed, **{"metadata": metadata, **changes})
 
     def select_slices(self, index: slice | list[int] | np.ndarray) -> "Volume":
         """The chosen slices, with the affine moved so positions stay true.
@@ -155,6 +159,10 @@ class Volume:
         spacing = (float(np.linalg.norm(affine[:3, 0])), self.spacing[1], self.spacing[2])
         # source_ornt/source_affine stay: the slices still lie on the source file's grid.
         return replace(self, data=self.data[idx], affine=affine, spacing=spacing, kspace=ks, reference=ref)
+
+
+#: Volume.metadata key: the slices that hold an image when the others are gaps (on_slice_grid)
+SLICES_WITH_DATA = "slices_with_data"
 
 
 def _evenly_spaced(idx: np.ndarray) -> bool:
