@@ -114,6 +114,27 @@ def test_the_engines_default_prior_comes_first_for_its_modality(tmp_path, monkey
     assert default_model_for("ct") is None  # no CT prior there
 
 
+def test_a_denoising_prior_is_labelled_and_never_picked_to_reconstruct(tmp_path, monkeypatch):
+    from diffrecon.diffusion.checkpoint import _read, save_prior
+    from diffrecon.diffusion.unet import build_unet
+    from diffrecon.viewer.paths import default_model_for, prior_label
+    from viewer_support import write_tiny_prior
+
+    models = tmp_path / "models"
+    models.mkdir()
+    tensors, meta = _read(write_tiny_prior(tmp_path / "full.safetensors"))
+    net = build_unet(meta["unet_config"])
+    net.load_state_dict(tensors)
+    denoiser = save_prior(models / "a-denoiser.safetensors", net, {**meta, "noise_range": [0.01, 0.5]})
+    monkeypatch.setenv("DIFFRECON_RESOURCES", str(tmp_path))
+    assert prior_label(denoiser) == "a-denoiser (MRI denoising)"
+    assert default_model_for("mri") is None  # an MRI prior, but one that cannot reconstruct
+    assert default_model_for("denoise") == denoiser
+    write_tiny_prior(models / "b-full.safetensors")
+    assert default_model_for("mri").name == "b-full.safetensors"
+    assert prior_label(models / "b-full.safetensors") == "b-full (MRI)"
+
+
 def test_the_session_announces_what_changes():
     from diffrecon.viewer.session import Session
     from diffrecon.viewer.state import RunState

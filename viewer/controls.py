@@ -20,7 +20,7 @@ from diffrecon import modalities
 from diffrecon.measurements import MeasurementSettings
 from diffrecon.physics.masks import MASK_KINDS
 
-from .paths import available_models, default_model_for, prior_modality
+from .paths import available_models, default_model_for, prior_label
 from .state import RunRequest, baselines_for, simulate_for
 
 TASKS = (("mri", "MRI reconstruction"), ("ct", "CT reconstruction"), ("denoise", "Denoising"),
@@ -191,11 +191,9 @@ class ControlPanel(QWidget):
         self.model.blockSignals(True)
         self.model.clear()
         for path in available_models():
-            modality = prior_modality(path)
-            self.model.addItem(f"{path.stem} ({modality.upper() if modality else '?'})", str(path))
+            self.model.addItem(prior_label(path), str(path))
         if select is not None and self.model.findData(str(select)) < 0:
-            modality = prior_modality(Path(select))
-            self.model.addItem(f"{Path(select).stem} ({modality.upper() if modality else '?'})", str(select))
+            self.model.addItem(prior_label(Path(select)), str(select))
         self.model.addItem("none (baseline only)", "")
         self.model.addItem(BROWSE, None)
         if select is not None:
