@@ -190,3 +190,17 @@ def test_a_denoising_prior_denoises_and_refuses_what_it_never_learned():
     mri = ProblemSource(vol, MeasurementSettings("mri"), simulate=True).problem(np.arange(1))
     with pytest.raises(SettingsError, match="denoising prior"):
         next(stream_reconstruction(mri, prior, modalities.get("mri").diffusion_options()))
+
+
+def test_auto_wiener_refines_every_noise_but_white_gaussian():
+    from diffrecon.diffusion.noise_start import refines
+    from diffrecon.diffusion.options import DiffusionOptions
+    from diffrecon.errors import SettingsError
+
+    auto = DiffusionOptions(wiener="auto")
+    kinds = {"gaussian": {}, "poisson": {"peak": 30.0}, "gamma": {"looks": 1.0}, "correlated": {"correlation_px": 1.5}}
+    assert {k: refines(auto, NoiseModel(kind=k, sigma=0.1, **extra)) for k, extra in kinds.items()} == \
+        {"gaussian": False, "poisson": True, "gamma": True, "correlated": True}
+    assert refines(DiffusionOptions(wiener=True), NoiseModel(kind="gaussian", sigma=0.1))
+    with pytest.raises(SettingsError, match="wiener"):
+        DiffusionOptions(wiener="sometimes")

@@ -22,7 +22,7 @@ actually there, in 1-5 network evaluations instead of 25+. One run:
    the mean over all of them is the estimate, their spread the uncertainty map. DDIM
    runs ``options.steps`` steps from the matched step (1: Tweedie's estimate, the
    posterior mean itself). Network evaluations per image: ``steps * 2 * ensemble``.
-4. **Wiener refinement** (``options.wiener``): the estimate is a pilot for an empirical
+4. **Wiener refinement** (``options.wiener``, :func:`refines`): the estimate is a pilot for an empirical
    Wiener filter of ``y`` on overlapping 4x4 DCT patches (BM3D's second stage, with the
    diffusion estimate as pilot): each coefficient of ``y`` is kept in proportion
    ``p^2 / (p^2 + v)``, ``v`` the noise variance of that coefficient (``sigma^2`` for white
@@ -61,6 +61,17 @@ def start_factor(noise: NoiseModel) -> float:
     at low frequencies, where the prior reads it as stronger noise (validation subjects,
     correlation 1.5 px, sigma 0.1: x1 28.0 dB, x2 28.9, x2.5 29.1, x3 29.2)."""
     return CORRELATED_START_FACTOR if noise.kind == "correlated" else 1.0
+
+
+def refines(options: DiffusionOptions, noise: NoiseModel) -> bool:
+    """Whether the run ends with the Wiener refinement. ``"auto"``: for every noise but white
+    Gaussian. The prior removes exactly white Gaussian noise, so its estimate needs no
+    correction there; after a variance-stabilising transform (Poisson, Gamma) or for correlated
+    noise the prior's noise model is only approximate, and the Wiener step, which uses the exact
+    noise variance per coefficient, corrects part of the mismatch (validation numbers: modalities)."""
+    if options.wiener == "auto":
+        return noise.kind != "gaussian"
+    return bool(options.wiener)
 
 
 def matched_step(alphas_cumprod: torch.Tensor, sigma: float) -> int:
@@ -182,7 +193,7 @@ def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOp
     start = time.perf_counter()
     adaptation = {"noise": noise.describe(), "stabilised_sigma": sigma, "start_step": k0,
                   "start_sigma_model": sigma_k, "network_evaluations": steps * pairs * members,
-                  "ensemble": members, "wiener": options.wiener}
+                  "ensemble": members, "wiener": refines(options, noise)}
 
     def estimate(x0s: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.stack([undo_dihedral(domain.from_model(x), i // pairs) for i, x in enumerate(x0s)])
@@ -205,7 +216,7 @@ def stream_noise_start(problem: ReconProblem, prior: Prior, options: DiffusionOp
                 a_next = float(abar[grid[index + 1]])
                 xs = [math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * e for x0, e in zip(x0s, eps_all)]
             mean_z, var_z = estimate(x0s)
-            if last and options.wiener:
+            if last and adaptation["wiener"]:
                 mean_z = wiener_refine(z, mean_z, coefficient_variance(noise))
             x0 = noise.inverse(mean_z)
             # first-order spread through the inverse transform

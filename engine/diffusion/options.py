@@ -52,7 +52,9 @@ class DiffusionOptions:
     noise_start: bool = False
     noise_start_scale: float = 1.0  # start where the model's sigma_t = this x the noise std
     ensemble: int = 1  # noise start: flips/transposes of the image denoised and averaged (1-8)
-    wiener: bool = False  # noise start: empirical Wiener refinement with the estimate as pilot
+    # noise start: empirical Wiener refinement with the estimate as pilot (True, False, or "auto":
+    # for every noise but white Gaussian, the one the prior was trained to remove; see .noise_start)
+    wiener: bool | str = False
     # classifier-free guidance with a conditional prior (.conditioning): eps_uncond + w (eps_cond -
     # eps_uncond), the condition being the problem's degraded image; None = an unconditional prior
     cfg_scale: float | None = None
@@ -75,6 +77,8 @@ class DiffusionOptions:
             raise SettingsError(f"the TV weight must be 'auto' or a number >= 0; got {self.tv_weight!r}")
         if not (isinstance(self.through_plane, (int, float)) and self.through_plane >= 0):
             raise SettingsError(f"the through-plane weight must be a number >= 0; got {self.through_plane!r}")
+        if self.wiener not in (True, False, "auto"):
+            raise SettingsError(f"wiener must be true, false or 'auto'; got {self.wiener!r}")
         if not 0.0 < self.noise_start_scale <= 10.0 or not 1 <= self.ensemble <= 8:
             raise SettingsError(f"noise_start_scale must be in (0, 10] and ensemble in 1..8; got "
                                 f"{self.noise_start_scale} and {self.ensemble}")

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import DiffreconError
+from ..runtime import bf16_is_fast
 from .checkpoint import (
     PriorPaths,
     load_ema_weights,
@@ -52,7 +53,6 @@ from .checkpoint import (
 from .augment import Augmentation
 from .data import CropSampler, Normalisation, TrainingSource, validation_crops
 from .schedules import NoiseSchedule, make_schedule
-from ..runtime import bf16_is_fast
 from .unet import UNet, autocast_context
 
 
