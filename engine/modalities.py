@@ -115,13 +115,16 @@ REGISTRY: dict[str, Modality] = {
                   "blend_tv": True},
                  "ct-head.safetensors", ("ct",)),
         # A = I: start at the noise level (diffusion.noise_start), symmetric pairs x 4 flips, one
-        # step, Wiener refinement: 8 network evaluations (chosen on the validation subjects:
-        # resources/results/denoise-test/tuning.md). The MRI prior is the default: it has seen
-        # the most anatomy and contrasts (its 2 channels read a real image as real + 0j).
+        # step: 8 network evaluations, with the denoising prior (mri-brain's real channel trained
+        # on the noise levels denoising enters at). Entered at the matched level (x1.0) and
+        # refined by Wiener for every noise but white Gaussian: on 5 validation slices sigma = 0.1
+        # x0.9 30.62 dB, x1.0 30.79, x1.1 30.76, x1.0 + Wiener 30.48; correlated x1.0 + Wiener
+        # 26.08, without 25.66 (resources/results/denoise-test/tuning.md). Other priors of MRI and
+        # CT (mri-brain: 2 channels read a real image as real + 0j) can be chosen with --model.
         Modality("denoise", BUILDERS["denoise"], "noisy", "colin27",
                  "sigma=0.05,sigma=0.1,noise=poisson,noise=correlated",
-                 {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START}, "mri-brain.safetensors",
-                 ("mri", "ct")),
+                 {**_SYMMETRIC_DDIM, "guidance": "projection", **_NOISE_START, "noise_start_scale": 1.0,
+                  "wiener": "auto"}, "mri-brain-denoise.safetensors", ("mri", "ct")),
         # log-speckle is additive in the B-mode domain: denoised from its level like denoising,
         # with the echo prior (one subject: resources/models/us-echo.md). It enters 1.5x above
         # the log-speckle std (skewed, heavier than Gaussian): chosen on B-mode-like images

@@ -123,6 +123,8 @@ def test_denoise_and_ultrasound_have_default_priors():
     from diffrecon.reconstruct import default_prior_path
 
     assert default_prior_path("denoise").exists()
+    denoiser = read_metadata(default_prior_path("denoise"))  # a real prior trained where denoising enters
+    assert denoiser["noise_range"][1] >= 0.3 and denoiser["unet_config"]["in_channels"] == 1
     assert read_metadata(default_prior_path("ultrasound")).get("modality") == "ultrasound"
 
 
@@ -182,7 +184,7 @@ def test_a_denoising_prior_denoises_and_refuses_what_it_never_learned():
                                 metadata={"step": 30, "noise_range": [0.01, 0.2]})
     vol = _disk_volume(1)
     problem = ProblemSource(vol, MeasurementSettings("denoise", noise_sigma=0.1), simulate=True).problem(np.arange(1))
-    result = reconstruct_to_end(problem, prior, modalities.get("denoise").diffusion_options())
+    result = reconstruct_to_end(problem, prior, modalities.get("denoise").diffusion_options(wiener=True))
     assert float((result.x0 - problem.reference).square().mean()) < float((problem.y - problem.reference).square().mean())
     loud = ProblemSource(vol, MeasurementSettings("denoise", noise_sigma=0.4), simulate=True).problem(np.arange(1))
     with pytest.raises(SettingsError, match="above the levels"):

@@ -182,3 +182,6 @@ def test_a_scripted_run_request_has_the_panels_defaults_and_refuses_what_does_no
     assert list(engine_request.slices) == [3, 4, 5, 0, 1, 2] and engine_request.methods == ()
     with pytest.raises(DiffreconError, match="does not apply to mri"):
         request_for(volume, 3, RunChoices(baseline="bm3d"))
+    # denoising starts at the noise level: one step by default, as the panel's task change sets
+    _, denoise = request_for(volume, 3, RunChoices(modality="denoise"), default_model=lambda task: None)
+    assert denoise.options.steps == 1 and denoise.options.noise_start
