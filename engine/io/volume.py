@@ -115,8 +115,8 @@ class Volume:
         they are written on :func:`slice_grid` (here 3, 6, 9, 12) with the grid's other
         slices zero: every file format then places every slice where it lay, instead of
         claiming consecutive positions. The grid slices that hold an image are listed in
-        ``metadata["slices_with_data"]``, so a DICOM series (which places each image on its
-        own) writes those images only, not blank ones between them.
+        ``metadata["slices_with_data"]``, so a DICOM series can say in each blank image that
+        it is a gap.
         """
         idx = np.arange(self.n_slices)[np.asarray(slices, int)]
         if _evenly_spaced(idx):
