@@ -271,6 +271,13 @@ def test_first_start_opens_the_bundled_sample_ready_to_run(qtbot, window):
     assert window.controls.task == "mri" and window.controls.simulate.isChecked()
     assert window.controls.model_path == default_model_for("mri")  # the bundled prior, when it is there
     assert window.commands.recent() == []  # the sample is not a "recent file"
+    from PySide6.QtCore import Qt
+
+    box = window.controls.model  # every prior's whole label and file in its tooltip (the panel may cut it)
+    for i in range(box.count()):
+        if box.itemData(i):
+            assert box.itemText(i) in box.itemData(i, Qt.ItemDataRole.ToolTipRole)
+            assert box.itemData(i) in box.itemData(i, Qt.ItemDataRole.ToolTipRole)
 
 
 def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr_nifti):

@@ -190,10 +190,12 @@ class ControlPanel(QWidget):
         """Priors found in resources/models (labelled with their modality), 'none', 'Browse...'."""
         self.model.blockSignals(True)
         self.model.clear()
-        for path in available_models():
+        priors = available_models()
+        if select is not None and str(select) not in map(str, priors):
+            priors.append(Path(select))
+        for path in priors:  # the panel may cut a long label short: the tooltip has it whole, with the file
             self.model.addItem(prior_label(path), str(path))
-        if select is not None and self.model.findData(str(select)) < 0:
-            self.model.addItem(prior_label(Path(select)), str(select))
+            self.model.setItemData(self.model.count() - 1, f"{prior_label(path)}\n{path}", Qt.ItemDataRole.ToolTipRole)
         self.model.addItem("none (baseline only)", "")
         self.model.addItem(BROWSE, None)
         if select is not None:
