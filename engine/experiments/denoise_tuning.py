@@ -1,5 +1,8 @@
 """The noise-start settings of denoising, chosen on the validation subjects:
-``python -m diffrecon.experiments.denoise_tuning PRIOR.safetensors [--anchors]``.
+``python -m diffrecon.experiments.denoise_tuning PRIOR.safetensors [--anchors] [--modality ultrasound]``.
+
+``--modality ultrasound`` scores one-look speckle on the B-mode-like images the ultrasound
+task simulates from the same (MRI validation) slices, never on the echo frames.
 
 Scores PSNR (dB, mean over the validation subjects' bench slices: 1 of ``dipy-t1``, 4 of
 ``heudiconv-axasc35``; noise seed 0) of the noise start
@@ -29,25 +32,28 @@ from ..reconstruct import solve
 NOISES: dict[str, dict[str, Any]] = {"sigma=0.05": {"noise_sigma": 0.05}, "sigma=0.1": {"noise_sigma": 0.1},
           "poisson": {"noise": "poisson", "noise_peak": 30.0},
           "correlated": {"noise": "correlated", "noise_sigma": 0.1}}
+ULTRASOUND_NOISES: dict[str, dict[str, Any]] = {"looks=1": {"looks": 1.0}}
 #: (entry scale, Wiener) tried per noise
 VARIANTS = {"sigma=0.05": [(0.9, False), (1.0, False), (1.1, False), (1.0, True)],
             "sigma=0.1": [(0.9, False), (1.0, False), (1.1, False), (1.0, True)],
             "poisson": [(1.0, True), (1.1, True), (1.2, True), (1.3, True), (1.5, True), (1.2, False)],
-            "correlated": [(0.9, True), (1.0, True), (1.1, True), (1.2, True), (1.0, False)]}
+            "correlated": [(0.9, True), (1.0, True), (1.1, True), (1.2, True), (1.0, False)],
+            "looks=1": [(1.0, True), (1.25, True), (1.5, True), (2.0, True), (1.5, False)]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prior")
     parser.add_argument("--anchors", action="store_true", help="TV, BM3D and the shipped defaults instead")
+    parser.add_argument("--modality", choices=("denoise", "ultrasound"), default="denoise")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior)
-    data = [load_bench_data(s, "denoise", per_subject=4) for s in ("dipy-t1", "heudiconv-axasc35")]  # validation only
-    task = modalities.get("denoise")
-    for name, noise in NOISES.items():
-        problems = [ProblemSource(d.volume, MeasurementSettings("denoise", seed=0, **noise), simulate=True)
+    data = [load_bench_data(s, args.modality, per_subject=4) for s in ("dipy-t1", "heudiconv-axasc35")]  # validation
+    task = modalities.get(args.modality)
+    for name, noise in (NOISES if args.modality == "denoise" else ULTRASOUND_NOISES).items():
+        problems = [ProblemSource(d.volume, MeasurementSettings(args.modality, seed=0, **noise), simulate=True)
                     .problem(np.array([s])) for d in data for s in d.slices]
 
         def score(estimate) -> float:
