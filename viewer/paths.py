@@ -53,8 +53,9 @@ def default_model_for(modality: str) -> Path | None:
     own = [p for p in models if p.name == DEFAULT_PRIORS.get(modality)]
     if own:
         return own[0]
-    denoises = modality in ("denoise", "ultrasound")
-    wanted = modalities.REGISTRY[modality].prior_modalities if modality in modalities.REGISTRY else ()
+    task = modalities.REGISTRY.get(modality)
+    denoises = bool(task and task.diffusion_defaults.get("noise_start"))  # starts at the noise level
+    wanted = task.prior_modalities if task else ()
     for want in wanted:
         preferred = [p for p in models if p.name == DEFAULT_PRIORS.get(want)]
         for path in preferred + [p for p in models if p not in preferred]:
