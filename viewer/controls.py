@@ -194,8 +194,9 @@ class ControlPanel(QWidget):
         if select is not None and str(select) not in map(str, priors):
             priors.append(Path(select))
         for path in priors:  # the panel may cut a long label short: the tooltip has it whole, with the file
-            self.model.addItem(prior_label(path), str(path))
-            self.model.setItemData(self.model.count() - 1, f"{prior_label(path)}\n{path}", Qt.ItemDataRole.ToolTipRole)
+            label = prior_label(path)
+            self.model.addItem(label, str(path))
+            self.model.setItemData(self.model.count() - 1, f"{label}\n{path}", Qt.ItemDataRole.ToolTipRole)
         self.model.addItem("none (baseline only)", "")
         self.model.addItem(BROWSE, None)
         if select is not None:

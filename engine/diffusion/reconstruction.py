@@ -276,7 +276,7 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
                             autocast=AUTOCAST, clip_x0=CLIP_X0[options.guidance],
                             branch=(trunk, n_samples) if trunk > 0 else None)
     n_main = sampler.n_steps
-    total = 2 * n_main if blends_with_tv(options, problem.modality) else n_main  # as run_length counts
+    total = frames_for(n_main, options, problem.modality)
     start = time.perf_counter()
     try:
         for index in range(n_main):
@@ -304,10 +304,15 @@ def blends_with_tv(options: DiffusionOptions, modality: str) -> bool:
     return options.blend_tv and modality in HOLDOUT_MODALITIES
 
 
+def frames_for(n_steps: int, options: DiffusionOptions, modality: str) -> int:
+    """Frames a run of ``n_steps`` sampler steps yields: twice as many with the blend's
+    hold-out run (as long as the main run) after them."""
+    return 2 * n_steps if blends_with_tv(options, modality) else n_steps
+
+
 def run_length(options: DiffusionOptions, schedule: NoiseSchedule, modality: str) -> int:
-    """Frames a run yields: the sampler's steps, twice with the blend's hold-out run after them."""
-    steps = make_sampler(options, schedule).n_steps
-    return 2 * steps if blends_with_tv(options, modality) else steps
+    """Frames a run of ``options`` yields, before it starts (:func:`frames_for` of its sampler)."""
+    return frames_for(make_sampler(options, schedule).n_steps, options, modality)
 
 
 def _blended(problem: ReconProblem, prior: Prior, options: DiffusionOptions, result: ReconFrame,

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from .. import modalities
-from ..bench.runner import load_bench_data
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.reconstruction import reconstruct_to_end
 from ..diffusion.self_supervised import blind_spot_estimate
-from ..measurements import MeasurementSettings, ProblemSource
-from ..metrics import psnr
+from .denoise_tuning import mean_psnr, validation_data, validation_problems
 
 #: (entry time, pairs, flips) tried
 VARIANTS = ((0.05, 1, 4), (0.07, 1, 8), (0.1, 1, 4), (0.15, 1, 4), (0.1, 4, 1), (0.1, 1, 8), (0.1, 2, 8))
@@ -35,25 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior)
-    problems = []
-    for subject in ("dipy-t1", "heudiconv-axasc35"):  # the validation subjects, never the test ones
-        data = load_bench_data(subject, "denoise", per_subject=2)
-        settings = MeasurementSettings("denoise", noise_sigma=args.sigma, seed=0)
-        problems += [ProblemSource(data.volume, settings, simulate=True).problem(np.array([s])) for s in data.slices]
-
-    def score(estimate) -> float:
-        values = []
-        for p in problems:
-            assert p.reference is not None  # simulated problems carry their reference
-            values.append(psnr(p.reference[:, 0].numpy(), estimate(p)[:, 0].real.numpy()))
-        return float(np.mean(values))
-
+    problems = validation_problems(validation_data("denoise", 2), "denoise", noise_sigma=args.sigma)
     print(f"{len(problems)} validation slices, sigma {args.sigma:g}")
-    print(f"blind-spot network alone: {score(lambda p: blind_spot_estimate(p, prior)):.2f} dB", flush=True)
+    print(f"blind-spot network alone: {mean_psnr(problems, lambda p: blind_spot_estimate(p, prior)):.2f} dB", flush=True)
     for start_t, pairs, flips in VARIANTS:
         options = modalities.get("denoise").diffusion_options(steps=10, cfg_scale=1.0, hot_start=True,
                                                               hot_start_t=start_t, samples=pairs, ensemble=flips)
-        value = score(lambda p: reconstruct_to_end(p, prior, options).x0)
+        value = mean_psnr(problems, lambda p: reconstruct_to_end(p, prior, options).x0)
         print(f"enter at t = {start_t:g}, {pairs} pair(s), {flips} flip(s): {value:.2f} dB", flush=True)
 
 
