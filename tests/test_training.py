@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from diffrecon.diffusion.checkpoint import (
-    RESULTS_HEADING,
     PriorPaths,
     load_prior,
     read_metadata,
@@ -23,6 +22,7 @@ from diffrecon.diffusion.data import (
     load_sources,
     validation_crops,
 )
+from diffrecon.diffusion.model_card import RESULTS_HEADING
 from diffrecon.diffusion.training import TrainConfig, Trainer, learning_rate, read_log
 from diffrecon.errors import DiffreconError
 from safetensors.torch import save_file

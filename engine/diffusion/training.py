@@ -48,10 +48,10 @@ from .checkpoint import (
     read_metadata,
     save_prior,
     save_training_state,
-    write_model_card,
 )
 from .augment import Augmentation
 from .data import CropSampler, Normalisation, TrainingSource, validation_crops
+from .model_card import write_model_card
 from .schedules import NoiseSchedule, make_schedule
 from .unet import UNet, autocast_context
 
