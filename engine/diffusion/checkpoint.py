@@ -76,8 +76,8 @@ class Prior:
 
     @property
     def name(self) -> str:
-        """The file's name for messages (a prior built in memory has none)."""
-        return Path(self.path).name if self.path else "this prior"
+        """The file's name for messages ("the prior" for one built in memory, which has none)."""
+        return Path(self.path).name if self.path else "the prior"
 
     @property
     def noise_range(self) -> tuple[float, float] | None:

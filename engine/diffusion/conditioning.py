@@ -23,12 +23,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import SettingsError
+
+if TYPE_CHECKING:  # the functions below import .checkpoint lazily; the type is for the checker only
+    from .checkpoint import Prior
 
 #: condition dropout rate of `diffrecon train --conditional` (Ho & Salimans use 0.1-0.2)
 DEFAULT_P_UNCOND = 0.15
@@ -187,9 +190,9 @@ def problem_task(modality: str, acceleration: float | None = None) -> str:
     return modality
 
 
-def check_task(prior, modality: str, acceleration: float | None = None) -> str:
+def check_task(prior: Prior, modality: str, acceleration: float | None = None) -> str:
     """Refuse (one sentence) a prior that is not conditioned on this task; return the task."""
-    name = Path(str(prior.path)).name if getattr(prior, "path", None) else "the prior"
+    name = prior.name
     have = prior_task(prior.metadata)
     want = problem_task(modality, acceleration)
     trained = TASK_PATTERN.match(have or "")
@@ -210,15 +213,14 @@ def check_task(prior, modality: str, acceleration: float | None = None) -> str:
     return have
 
 
-def refuse_without_guidance(prior) -> None:
+def refuse_without_guidance(prior: Prior) -> None:
     """A conditional prior used as a plain (unconditional) prior: refused in one sentence."""
-    name = Path(str(prior.path)).name if getattr(prior, "path", None) else "the prior"
+    name = prior.name
     if prior.metadata.get("role") == "blind-spot":
         raise SettingsError(f"{name} is a blind-spot network (stage 1 of diffrecon train --self-supervised), not a "
                             "diffusion prior; use the prior trained beside it")
     task = prior_task(prior.metadata)
     if task is not None:
-        name = Path(str(prior.path)).name if getattr(prior, "path", None) else "the prior"
         raise SettingsError(f"{name} is a conditional prior (task {task}); run it with classifier-free guidance "
                             f"(--cfg W, or diffusion:cfg/W in bench)")
 

@@ -159,12 +159,12 @@ def load_blind_spot(prior: Prior) -> torch.nn.Module:
 
     info = (prior.metadata.get("conditioning") or {}).get("blind_spot_file") or {}
     if not prior.path or not info.get("name"):
-        raise SettingsError(f"{Path(str(prior.path)).name}: its metadata names no blind-spot network")
+        raise SettingsError(f"{prior.name}: its metadata names no blind-spot network")
     path = Path(prior.path).parent / str(info["name"])
     if not path.is_file():
-        raise SettingsError(f"{Path(prior.path).name} needs its blind-spot network {path.name} beside it; it is missing")
+        raise SettingsError(f"{prior.name} needs its blind-spot network {path.name} beside it; it is missing")
     if info.get("sha256") and file_digest(path) != info["sha256"]:
-        raise SettingsError(f"{path.name} is not the blind-spot network {Path(prior.path).name} was trained with "
+        raise SettingsError(f"{path.name} is not the blind-spot network {prior.name} was trained with "
                             "(its hash differs)")
     return load_prior(path).model
 
