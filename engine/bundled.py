@@ -49,9 +49,32 @@ def presets_file() -> Path:
     return resources_dir() / "presets" / "window_level.json"
 
 
+#: bundled priors that have a bundled low-noise expert (diffusion.experts): the expert takes
+#: over their last sampling steps unless the options name another or "" (measured on the
+#: validation subjects: README, Results)
+LOW_NOISE_EXPERTS = {"mri-brain.safetensors": "mri-brain-lowt.safetensors"}
+
+
 def available_models() -> list[Path]:
-    """Shipped priors (``NAME.safetensors``; resume files ``NAME.train.safetensors`` are not priors)."""
+    """Shipped priors (``NAME.safetensors``; resume files ``NAME.train.safetensors`` are not
+    priors, and a low-noise expert is part of the prior it serves, not one to choose)."""
     folder = models_dir()
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.safetensors") if not p.name.endswith(".train.safetensors"))
+    experts = set(LOW_NOISE_EXPERTS.values())
+    return sorted(p for p in folder.glob("*.safetensors")
+                  if not p.name.endswith(".train.safetensors") and p.name not in experts)
+
+
+def bundled_low_noise_expert(prior_path: str | Path | None) -> str | None:
+    """The bundled expert of a bundled prior (by its file), or None for any other prior."""
+    if not prior_path:
+        return None
+    expert = LOW_NOISE_EXPERTS.get(Path(prior_path).name)
+    if expert is None or not (models_dir() / expert).is_file():
+        return None
+    try:
+        bundled = Path(prior_path).resolve() == (models_dir() / Path(prior_path).name).resolve()
+    except OSError:
+        return None
+    return expert if bundled else None

@@ -50,8 +50,6 @@ if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is 
 
 #: the prior each modality uses unless another is given (under resources/models/)
 DEFAULT_PRIORS = {name: m.default_prior for name, m in modalities.REGISTRY.items() if m.default_prior}
-
-
 def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = None) -> torch.Tensor:
     """One method on one batch: a working-domain image ``(B, 1, H, W)``."""
     return run_baseline(method, problem.operator, problem.y, modality=problem.modality, params=params,
@@ -78,6 +76,9 @@ class DiffusionSetup:
     #: apply the prior's split-conformal σ scale for the task (off only to fit one)
     calibrate: bool = True
 
+    def __post_init__(self) -> None:
+        self.options = with_bundled_expert(self.options, self.prior.path)
+
     def describe(self) -> dict[str, Any]:
         """The prior's file and metadata, for provenance (``"model"``) and reports."""
         from .diffusion.unet import fast_inference
@@ -97,6 +98,17 @@ class DiffusionSetup:
             "backend": getattr(self.prior.model, "backend_info", {"backend": "torch"}),
             "network_fast_path": fast_inference(),
         }
+
+
+def with_bundled_expert(options: "DiffusionOptions", prior_path: str | Path | None) -> "DiffusionOptions":
+    """``options`` with a bundled prior's own low-noise expert (:data:`.bundled.LOW_NOISE_EXPERTS`)
+    when they chose none (None; ``""`` is "off"), so that the run and its provenance name it."""
+    if options.low_noise_expert is not None or options.cfg_scale is not None:
+        return options
+    from .bundled import bundled_low_noise_expert
+
+    expert = bundled_low_noise_expert(prior_path)
+    return options if expert is None else replace(options, low_noise_expert=expert)
 
 
 def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:

@@ -188,7 +188,12 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
     from .diffusion.calibration import lookup, task_key
 
     modality = request.settings.modality
-    cal, missing = lookup(setup.prior.metadata, modality, request.settings, setup.options)
+    metadata = setup.prior.metadata
+    if setup.options.low_noise_expert:  # σ of the pair was fitted for the pair: its scale is in the expert's file
+        from .diffusion.experts import load_expert
+
+        metadata = load_expert(setup.options.low_noise_expert, setup.prior).metadata
+    cal, missing = lookup(metadata, modality, request.settings, setup.options)
     if cal is None:
         return None, 1.0
     record = cal.provenance(extrapolated_from=missing)

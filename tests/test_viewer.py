@@ -298,3 +298,22 @@ def test_the_controls_run_each_task_with_its_measured_defaults(qtbot, window, mr
     assert not c.diffusion_options().blend_tv and not c.blend.isVisibleTo(c)  # nothing to hold out when A = I
     c.guidance.setCurrentIndex(c.guidance.findData("dps"))  # the user's choice wins
     assert c.diffusion_options().guidance == "dps" and c.diffusion_options().symmetric
+
+
+def test_a_bundled_expert_runs_the_last_steps_and_the_status_line_says_so(qtbot, window, mr_nifti, tmp_path,
+                                                                         monkeypatch):
+    from diffrecon.diffusion.checkpoint import update_metadata
+
+    from viewer_support import write_tiny_prior
+
+    models = tmp_path / "resources" / "models"
+    models.mkdir(parents=True)
+    prior = write_tiny_prior(models / "mri-brain.safetensors")
+    expert = write_tiny_prior(models / "mri-brain-lowt.safetensors")
+    update_metadata(expert, {"noise_range": [0.01, 1.0]})
+    monkeypatch.setenv("DIFFRECON_RESOURCES", str(tmp_path / "resources"))
+    open_scan(qtbot, window, mr_nifti)
+    quick_settings(window, prior, steps=10, samples=1)
+    assert run_to_end(qtbot, window) is True
+    assert "(the last 3 by mri-brain-lowt)" in window.last_status, window.last_status
+    assert window.session.run.provenance["diffusion"]["low_noise_expert"] == "mri-brain-lowt.safetensors"

@@ -264,6 +264,10 @@ class RunController(QObject):
                 if run.get("model") and (run.get("diffusion") or {}).get("hot_start"):
                     # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
                     steps += " from the baseline (a hot start)"
+                experts = [a for a in run.get("adaptation") or [] if a.get("low_noise_expert_steps")]
+                if experts:  # a bundled prior's low-noise expert took the last steps (diffusion.experts)
+                    name = str(experts[0]["low_noise_expert"]).removesuffix(".safetensors")
+                    steps += f" (the last {int(experts[0]['low_noise_expert_steps'])} by {name})"
                 if blends:
                     steps += " and a hold-out run of as many"
                 parts.append(f"{steps} in {frame.elapsed:.1f} s")

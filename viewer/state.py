@@ -22,7 +22,7 @@ from diffrecon import modalities
 from diffrecon.diffusion.options import DiffusionOptions
 from diffrecon.errors import DiffreconError
 from diffrecon.measurements import MeasurementSettings
-from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest
+from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, with_bundled_expert
 
 FRAME_LAYERS = ("recon", "sample", "sigma")  # what a diffusion frame fills, drawn at most 30 times a second
 
@@ -182,7 +182,7 @@ class RunRequest:
             "simulate": self.simulate,
             "slices": sorted(int(s) for s in self.slices),
             "baseline": self.baseline,
-            "diffusion": self.options.to_dict(),
+            "diffusion": with_bundled_expert(self.options, self.model).to_dict(),  # as the run has them
             "model": None if self.model is None else str(self.model),
             "device": describe_device(self.device),
             "backend": _prior_backend(),

@@ -42,6 +42,7 @@ FLAGS: dict[str, dict[str, Any]] = {
     "hot": {"hot_start": True},  # a hot start from TV
     "blend": {"blend_tv": True},  # the hold-out blend with TV (the MRI and CT default)
     "noblend": {"blend_tv": False},  # the diffusion result alone
+    "noexpert": {"low_noise_expert": ""},  # the prior alone at every step (no low-noise expert)
 }
 
 

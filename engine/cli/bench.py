@@ -45,8 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "sigma=0.05,sigma=0.1 (denoise); looks=1 (ultrasound); join settings of "
                                       "one task with + (default: all of the modality's)")
     p.add_argument("--methods", help="comma-separated: the modality's baselines (zero-filled, fbp, tv, l1-wavelet, "
-                                     "median, bm3d) and diffusion[:sampler/guidance/steps[/hot+blend+noblend]] "
-                                     "(default: every baseline and diffusion)")
+                                     "median, bm3d) and diffusion[:sampler/guidance/steps[/hot+blend+noblend+noexpert]] "
+                                     "(default: every baseline and diffusion; noexpert: without the prior's "
+                                     "low-noise expert)")
     p.add_argument("--slices", help="slices of each scan, Python style: 88:92 (default: the held-out block, or all)")
     p.add_argument("--slices-per-subject", type=int, default=8, metavar="N",
                    help="slices scored per test or validation subject, spread evenly over its object slices "
@@ -58,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-model", metavar="PRIOR.safetensors",
                    help="the conditional prior (diffrecon train --conditional TASK) that diffusion:cfg/<w> methods "
                         "run with classifier-free guidance scale w")
+    p.add_argument("--low-noise-expert", metavar="PRIOR",
+                   help="the low-noise expert (diffrecon train --noise-range --init-from MODEL) that diffusion "
+                        "methods without '+noexpert' run their last steps with (default: the bundled prior's own, "
+                        "when it has one)")
     p.add_argument("--steps", dest="ablation", metavar="N,N,...",
                    help="steps ablation of the first diffusion method on the first task: e.g. 10,25,50,100,250,1000")
     p.add_argument("--ablation-slices", type=int, default=2,
@@ -113,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     chosen = modalities.get(modality)
     have_default_prior = chosen.default_prior is not None or args.model is not None
     methods = parse_methods(args.methods, modality, have_prior=have_default_prior)
+    if args.low_noise_expert:
+        for m in methods:
+            if m.is_diffusion and "cfg_scale" not in m.overrides:
+                m.overrides.setdefault("low_noise_expert", args.low_noise_expert)
     ablation_steps = parse_steps(args.ablation)
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")

@@ -94,6 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "conditional, >1 leans further on the condition): --model must be a conditional prior "
                          "(diffrecon train --conditional TASK) of this task; the condition is the degraded input "
                          "(MRI: the zero-filled image); guidance dds unless --guidance says otherwise")
+    df.add_argument("--low-noise-expert", default=None, metavar="PRIOR",
+                    help="a prior trained only at low noise levels (diffrecon train --noise-range --init-from "
+                         "MODEL) that takes over the last sampling steps, where it learned the noise levels; a "
+                         "file or a bundled prior's name, or 'none' (default: the modality's)")
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
@@ -219,9 +223,16 @@ def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
                            through_plane=0.0 if args.independent_slices else args.through_plane,
-                           cfg_scale=args.cfg,
+                           cfg_scale=args.cfg, low_noise_expert=_expert(args.low_noise_expert),
                            # a guided run's hold-out would change its condition (the degraded input)
                            blend_tv=args.blend_tv if args.blend_tv is not None or args.cfg is None else False)
+
+
+def _expert(text: str | None) -> str | None:
+    """``--low-noise-expert``: None keeps the modality's default; 'none' turns it off."""
+    if text is None:
+        return None
+    return "" if text.lower() == "none" else text
 
 
 def _tv_weight(text: str | None) -> float | str | None:

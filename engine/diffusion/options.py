@@ -58,6 +58,9 @@ class DiffusionOptions:
     # classifier-free guidance with a conditional prior (.conditioning): eps_uncond + w (eps_cond -
     # eps_uncond), the condition being the problem's degraded image; None = an unconditional prior
     cfg_scale: float | None = None
+    # a prior trained only at low noise levels (train --noise-range) that takes over every step
+    # whose noise level it learned (.experts); a file or a bundled prior's name; None or "" = off
+    low_noise_expert: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +99,11 @@ class DiffusionOptions:
                 raise SettingsError(f"the guidance scale w must be a number from 0 to 20; got {self.cfg_scale!r}")
             if self.adapt_steps > 0:
                 raise SettingsError("classifier-free guidance and test-time adaptation (adapt_steps) do not combine")
+            if self.low_noise_expert:
+                raise SettingsError("classifier-free guidance and a low-noise expert do not combine")
+
+        if self.low_noise_expert is not None and not isinstance(self.low_noise_expert, str):
+            raise SettingsError(f"the low-noise expert must be a prior's file or name; got {self.low_noise_expert!r}")
 
         from .scan_adaptation import ADAPT_PARAMETERS
 

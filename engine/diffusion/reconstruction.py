@@ -245,6 +245,13 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     if hasattr(model, "backend_info") and (guidance.requires_grad or options.adapt_steps > 0):
         raise SettingsError("the int8 backend has no gradients: DPS guidance and scan adaptation need "
                             "--backend torch")
+    if options.low_noise_expert:
+        from .experts import LowNoiseExperts, load_expert
+
+        expert = load_expert(options.low_noise_expert, prior)
+        model = LowNoiseExperts.for_prior(model, prior, expert)
+        taken = int(model.expert_items(torch.tensor(sampler.times()[:sampler.n_steps])).sum())
+        adaptation = {**(adaptation or {}), "low_noise_expert": expert.name, "low_noise_expert_steps": taken}
     model.to(device=device)
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if options.adapt_steps > 0:

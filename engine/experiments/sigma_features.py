@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..diffusion import reconstruction as recon_module
+from ..diffusion.experts import resolve_expert_path
 from ..diffusion.calibration import (
     OOD_MARGIN, SigmaModel, conformal_scale, coverage_curve, holdout_score, object_mask, ood_score,
 )
@@ -98,7 +99,7 @@ def dump(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for task in args.task:
         prior = _prior_for(task, args.model)
-        options = _options(task, SETTINGS[args.setting], args.seed, args.steps)
+        options = _options(task, SETTINGS[args.setting], args.seed, args.steps, args.low_noise_expert)
         for name, volume, s in validation_cases(task):
             path = out / f"{task}_{args.setting}_{name.replace(':', '-')}.npz"
             if path.exists():
@@ -178,9 +179,11 @@ def fit(args: argparse.Namespace) -> None:
         row = score_model(cases, model)
         summary = {**row, "slices": len(cases), "spearman": row["spearman_mean"],
                    "loo_coverage_mean": statistics.fmean(row["loo_coverage"])}
-        options = _options(task, SETTINGS[args.setting], args.seed, args.steps).to_dict()
+        options = _options(task, SETTINGS[args.setting], args.seed, args.steps, args.low_noise_expert).to_dict()
         subjects = sorted({f.stem.split("_", 2)[2].rsplit("-", 1)[0] for f in files})
-        entry = calibration_entry(task, summary, options, subjects, Path(prior.path), command)
+        # a run with a low-noise expert is calibrated as the pair: its entry goes into the expert's file
+        target = resolve_expert_path(args.low_noise_expert) if args.low_noise_expert else Path(prior.path)
+        entry = calibration_entry(task, summary, options, subjects, target, command)
         entry["sigma_model"] = model.to_dict()
         scored = [holdout_score([json.loads(str(c["adaptation"]))]) for c in cases if "adaptation" in c]
         held = [h for h in scored if h is not None]
@@ -188,7 +191,7 @@ def fit(args: argparse.Namespace) -> None:
             entry["holdout_scores"] = held
             entry["holdout_threshold"] = OOD_MARGIN * max(held)
         entry["spearman_per_slice"] = row["spearman"]
-        entries.setdefault(Path(prior.path), {})[task] = entry
+        entries.setdefault(target, {})[task] = entry
         print(json.dumps({k: v for k, v in entry.items() if k not in ("intensity_reference",)}, indent=1), flush=True)
     write_fits(entries, args.write, args.json)
 
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setting", default="ddim-eta1", choices=list(SETTINGS))
     parser.add_argument("--out", default="/tmp/sigma-features")
     parser.add_argument("--model")
+    parser.add_argument("--low-noise-expert", help="the prior's low-noise expert (fit: written into its file)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--threads", type=int, default=1)

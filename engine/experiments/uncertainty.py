@@ -161,9 +161,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _options(task: str, setting: dict[str, Any], seed: int, steps: int | None) -> DiffusionOptions:
+def _options(task: str, setting: dict[str, Any], seed: int, steps: int | None, expert: str | None = None
+             ) -> DiffusionOptions:
     modality = TASKS[task][0]
-    overrides = {**setting, "seed": seed}
+    overrides = {**setting, "seed": seed, "low_noise_expert": expert}
     if steps is not None:
         overrides["steps"] = steps
     return modalities.get(modality).diffusion_options(**overrides)

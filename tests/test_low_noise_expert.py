@@ -1,0 +1,164 @@
+"""The low-noise expert (diffusion.experts): which steps it takes, which priors it refuses,
+and a reconstruction that uses it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffrecon import modalities
+from diffrecon.diffusion.checkpoint import save_prior
+from diffrecon.diffusion.experts import LowNoiseExperts, load_expert
+from diffrecon.diffusion.options import DiffusionOptions
+from diffrecon.diffusion.reconstruction import reconstruct_to_end
+from diffrecon.diffusion.schedules import make_schedule
+from diffrecon.errors import SettingsError
+from diffrecon.io.volume import Volume
+from diffrecon.measurements import MeasurementSettings, ProblemSource
+
+from tiny_priors import disks, train_tiny_prior
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, self.value)
+
+
+def test_the_expert_predicts_exactly_the_items_whose_noise_level_it_learned():
+    schedule = make_schedule("linear")
+    experts = LowNoiseExperts(Constant(0.0), Constant(1.0), schedule, sigma_max=0.5)
+    t = torch.linspace(0.01, 0.99, 99)
+    abar = schedule.alpha_bar(t).double()
+    sigma = ((1 - abar) / abar).sqrt()
+    out = experts(torch.zeros(99, 2, 4, 4), t)
+    by_expert = out[:, 0, 0, 0] == 1.0
+    assert torch.equal(by_expert, sigma <= 0.5 + 1e-6)
+    assert 5 < int(by_expert.sum()) < 30  # a linear schedule's t below ~0.15
+    # a batch that lies on one side runs one network only
+    assert float(experts(torch.zeros(3, 2, 4, 4), torch.full((3,), 0.05)).mean()) == 1.0
+    assert float(experts(torch.zeros(3, 2, 4, 4), torch.full((3,), 0.9)).mean()) == 0.0
+
+
+def _expert_file(tmp_path, prior, noise_range=(0.01, 0.3), name="expert.safetensors"):
+    meta = {"schedule": prior.schedule.to_metadata(), "normalisation": prior.normalisation,
+            "modality": prior.modality, "step": 30}
+    if noise_range is not None:
+        meta["noise_range"] = list(noise_range)
+    return save_prior(tmp_path / name, prior.model, meta)
+
+
+def test_an_expert_must_be_a_noise_range_prior_of_the_same_kind(tmp_path):
+    complex_prior = train_tiny_prior(2)
+    with pytest.raises(SettingsError, match="every noise level"):
+        load_expert(str(_expert_file(tmp_path, complex_prior, None, "full.safetensors")), complex_prior)
+    real = train_tiny_prior(1)
+    other = _expert_file(tmp_path, dataclasses.replace(real, normalisation=complex_prior.normalisation,
+                                                       modality="mri"), name="real.safetensors")
+    with pytest.raises(SettingsError, match="channels"):
+        load_expert(str(other), complex_prior)
+    with pytest.raises(SettingsError, match="neither a file nor a bundled prior"):
+        load_expert(str(tmp_path / "missing.safetensors"), complex_prior)
+    with pytest.raises(SettingsError, match="do not combine"):
+        DiffusionOptions(cfg_scale=1.0, low_noise_expert="x")
+
+
+def test_a_reconstruction_with_an_expert_runs_it_on_the_last_steps_only(tmp_path):
+    prior = train_tiny_prior(2)
+    # the "expert" is a differently trained network, so the steps it takes change the result
+    torch.manual_seed(3)
+    expert_prior = dataclasses.replace(prior, model=train_tiny_prior(2, steps=10).model)
+    path = _expert_file(tmp_path, expert_prior, (0.01, 0.3))
+    img = disks(1, torch.Generator().manual_seed(5), False)[:, 0].numpy().astype(np.float32)
+    problem = ProblemSource(Volume(img), MeasurementSettings("mri"), simulate=True).problem(np.arange(1))
+    options = modalities.get("mri").diffusion_options(guidance="dds", blend_tv=False, steps=10)
+    calls = []
+    original = LowNoiseExperts.forward
+
+    def spy(self, x, t):
+        calls.append(bool(self.expert_items(t).all()))
+        return original(self, x, t)
+
+    LowNoiseExperts.forward = spy
+    try:
+        plain = reconstruct_to_end(problem, prior, options).x0
+        with_expert = reconstruct_to_end(problem, prior, dataclasses.replace(options, low_noise_expert=str(path))).x0
+    finally:
+        LowNoiseExperts.forward = original
+    assert len(calls) == 10 and calls[-1] and not calls[0]  # the last steps, not the first
+    assert 0 < sum(calls) < 10
+    assert not torch.allclose(plain, with_expert)
+    assert math.isfinite(float(with_expert.abs().mean()))
+    saved = load_expert(str(path), prior)
+    assert saved.noise_range == (0.01, 0.3)
+
+
+def test_a_bundled_prior_takes_its_bundled_expert_unless_told_otherwise(tmp_path, monkeypatch):
+    from diffrecon.bundled import available_models
+    from diffrecon.diffusion.checkpoint import load_prior
+    from diffrecon.reconstruct import DiffusionSetup
+
+    from tiny_priors import save_tiny_prior
+
+    models = tmp_path / "resources" / "models"
+    models.mkdir(parents=True)
+    monkeypatch.setenv("DIFFRECON_RESOURCES", str(tmp_path / "resources"))
+    prior = train_tiny_prior(2)
+    save_tiny_prior(models / "mri-brain.safetensors", prior)
+    options = modalities.get("mri").diffusion_options()
+    assert DiffusionSetup(load_prior(models / "mri-brain.safetensors"), options).options.low_noise_expert is None
+    _expert_file(models.parent.parent, prior, name="resources/models/mri-brain-lowt.safetensors")
+    bundled = DiffusionSetup(load_prior(models / "mri-brain.safetensors"), options)
+    assert bundled.options.low_noise_expert == "mri-brain-lowt.safetensors"
+    assert options.low_noise_expert is None  # the caller's options are not changed
+    assert bundled.describe()["options"]["low_noise_expert"] == "mri-brain-lowt.safetensors"  # in provenance
+    # turned off, or another copy of the same weights outside the bundle: no expert
+    off = dataclasses.replace(options, low_noise_expert="")
+    assert DiffusionSetup(load_prior(models / "mri-brain.safetensors"), off).options.low_noise_expert == ""
+    save_tiny_prior(tmp_path / "mri-brain.safetensors", prior)
+    assert DiffusionSetup(load_prior(tmp_path / "mri-brain.safetensors"), options).options.low_noise_expert is None
+    # an expert is part of its prior, not a prior to choose
+    assert [p.name for p in available_models()] == ["mri-brain.safetensors"]
+
+
+def test_the_cli_runs_a_named_expert_and_records_it(cli, tmp_path):
+    import json
+
+    from conftest import make_phantom
+    from diffrecon.io import save_volume
+
+    from tiny_priors import save_tiny_prior
+
+    prior = train_tiny_prior(2)
+    model = save_tiny_prior(tmp_path / "prior.safetensors", prior)
+    expert = _expert_file(tmp_path, prior, (0.01, 0.3))
+    scan = tmp_path / "phantom.npy"
+    save_volume(Volume(make_phantom(1, 16, 16), modality="MR"), scan)
+    args = ("reconstruct", scan, "--simulate", "--modality", "mri", "--method", "diffusion", "--model", model,
+            "--steps", "6", "--guidance", "dds", "--no-blend-tv", "--out", tmp_path / "r.npy")
+    result = cli(*args, "--low-noise-expert", expert, "--report", tmp_path / "report.json")
+    assert result.code == 0, result.err
+    provenance = json.loads((tmp_path / "r.json").read_text())
+    assert provenance["model"]["options"]["low_noise_expert"] == str(expert)
+    adaptation = json.loads((tmp_path / "report.json").read_text())["methods"]["diffusion"]["params"]["adaptation"]
+    assert any(a.get("low_noise_expert") == "expert.safetensors" and a["low_noise_expert_steps"] >= 1
+               for a in adaptation)
+    off = cli(*args[:-1], tmp_path / "off.npy", "--low-noise-expert", "none")
+    assert off.code == 0, off.err
+    assert json.loads((tmp_path / "off.json").read_text())["model"]["options"]["low_noise_expert"] == ""
+    from conftest import assert_one_sentence_error
+
+    assert_one_sentence_error(cli(*args, "--low-noise-expert", model), mentions="every noise level")
+
+
+def test_bench_methods_turn_the_expert_off_by_a_flag():
+    from diffrecon.bench.tasks import parse_methods
+
+    plain, without = parse_methods("diffusion,diffusion:ddim/dds/25/noblend+noexpert", "mri", have_prior=True)
+    assert "low_noise_expert" not in plain.overrides and without.overrides["low_noise_expert"] == ""
