@@ -230,6 +230,8 @@ def test_whole_volume_runs_the_slice_on_screen_first_and_display_toggles(qtbot, 
     assert run_to_end(qtbot, window)
     batches = [start for start, step in session.run.steps_seen if step == 1]
     assert batches == [2, 1]  # order 2, 3, 4, 0, 1 in batches of 4: [2, 3, 4, 0], then [1]
+    steps_per_batch = max(step for _, step in session.run.steps_seen)
+    assert f"{steps_per_batch} step{'s' if steps_per_batch > 1 else ''} per batch of 4 slices" in window.last_status
     assert session.layers["recon"].filled.all() and session.run.slices == [0, 1, 2, 3, 4]
 
     window.set_slice(0)

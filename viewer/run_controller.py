@@ -53,6 +53,7 @@ class RunController(QObject):
         self._pending: set[str] = set()
         self._dirty = False
         self._last_frame: DisplayFrame | None = None
+        self._batches = (1, 1)  # (batches, slices per batch) of the current run
         self._input_args: tuple[MeasurementSettings, bool] | None = None  # the preview's settings, to resume it
         self._ok = True
         self._closed = False
@@ -127,6 +128,7 @@ class RunController(QObject):
         self._ok = True
         self._last_frame = None
         n_batches = -(-len(request.slices) // request.batch_size)
+        self._batches = (n_batches, request.batch_size)  # the status line counts steps per batch
         self._pending = {"baseline"}
         total = 0
         if request.model is not None:
@@ -259,8 +261,12 @@ class RunController(QObject):
             if frame:
                 run = s.run.provenance
                 blends = [float(a["blend_weight"]) for a in run.get("adaptation") or [] if "blend_weight" in a]
-                n = frame.total_steps // 2 if blends else frame.total_steps  # a blend's hold-out run has as many
+                n_batches, batch_size = self._batches
+                n = frame.total_steps // max(n_batches, 1)  # the run's total counts every batch
+                n = n // 2 if blends else n  # a blend's hold-out run has as many
                 steps = f"{n} step{'' if n == 1 else 's'}"
+                if n_batches > 1:
+                    steps += f" per batch of {batch_size} slices"
                 if run.get("model") and (run.get("diffusion") or {}).get("hot_start"):
                     # fewer steps than asked (modalities.MIN_STEPS_FROM_NOISE): say why
                     steps += " from the baseline (a hot start)"
