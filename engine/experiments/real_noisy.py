@@ -76,14 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     default_prior = load_prior(default_prior_path("denoise"))
     ss_prior = load_prior(args.ss_model) if args.ss_model else None
-    rows, report = [], {"command": "python -m diffrecon.experiments.real_noisy " + " ".join(argv or []), "cases": {}}
+    rows = []
+    cases: dict[str, Any] = {}
+    report = {"command": "python -m diffrecon.experiments.real_noisy " + " ".join(argv or []), "cases": cases}
     for case in args.cases:
         name, _, index = case.partition(":")
         volume = datasets.load_dataset(name)
         noisy, results, sigma = denoise_case(volume, int(index), ss_prior, default_prior)
         mask = noisy > 0.1 * np.percentile(noisy, 99.5)
         figures = {m: method_noise(noisy, r, sigma, mask) for m, r in results.items()}
-        report["cases"][case] = {"role": datasets.DATASETS[name].role, "sigma_estimated": sigma, "methods": figures}
+        cases[case] = {"role": datasets.DATASETS[name].role, "sigma_estimated": sigma, "methods": figures}
         print(case, f"σ estimated {sigma:.4g}", " | ".join(f"{m}: residual/σ {f['residual_over_sigma']:.2f}, "
                                                           f"structure {f['structure']:.2f}" for m, f in figures.items()),
               flush=True)
