@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     ss_prior = load_prior(args.ss_model) if args.ss_model else None
     rows = []
     cases: dict[str, Any] = {}
-    report = {"command": "python -m diffrecon.experiments.real_noisy " + " ".join(argv or []), "cases": cases}
+    report = {"command": "python -m diffrecon.experiments.real_noisy " + " ".join(argv if argv is not None else sys.argv[1:]), "cases": cases}
     for case in args.cases:
         name, _, index = case.partition(":")
         volume = datasets.load_dataset(name)
