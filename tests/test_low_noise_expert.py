@@ -162,3 +162,24 @@ def test_bench_methods_turn_the_expert_off_by_a_flag():
 
     plain, without = parse_methods("diffusion,diffusion:ddim/dds/25/noblend+noexpert", "mri", have_prior=True)
     assert "low_noise_expert" not in plain.overrides and without.overrides["low_noise_expert"] == ""
+
+
+def test_a_run_with_an_expert_takes_the_sigma_scale_fitted_for_the_pair(tmp_path):
+    """σ of prior + expert is calibrated as a pair: the scale lives in the expert's file."""
+    from diffrecon.diffusion.calibration import SigmaCalibration, store_entries
+    from diffrecon.reconstruct import DiffusionSetup, ReconRequest, resolve_calibration
+
+    prior = train_tiny_prior(2)
+    expert = _expert_file(tmp_path, prior, (0.01, 0.3))
+    options = modalities.get("mri").diffusion_options(samples=4, low_noise_expert=str(expert))
+    sampler = {k: getattr(options, k) for k in ("sampler", "eta", "symmetric", "guidance", "branch_t")}
+    store_entries(expert, {"mri-4x": SigmaCalibration(task="mri-4x", scale=1.7, sampler=sampler).to_dict()})
+    volume = Volume(np.ones((1, 16, 16), np.float32))
+    request = ReconRequest(volume, MeasurementSettings("mri"), ["diffusion"], simulate=True,
+                           diffusion=DiffusionSetup(prior, options))
+    record, scale = resolve_calibration(request)
+    assert scale == pytest.approx(1.7) and record is not None and record["task"] == "mri-4x"
+    # the prior alone (no expert) has no scale of its own here
+    alone = ReconRequest(volume, MeasurementSettings("mri"), ["diffusion"], simulate=True,
+                         diffusion=DiffusionSetup(prior, dataclasses.replace(options, low_noise_expert="")))
+    assert resolve_calibration(alone) == (None, 1.0)

@@ -44,6 +44,7 @@ from ..diffusion.calibration import (
 from ..diffusion.uncertainty import calibration
 from ..measurements import MeasurementSettings, ProblemSource
 from ..reconstruct import solve
+from ..diffusion.checkpoint import tensor_bytes_digest
 from .uncertainty import SETTINGS, TASKS, _options, _prior_for, validation_cases
 
 
@@ -185,6 +186,8 @@ def fit(args: argparse.Namespace) -> None:
         target = resolve_expert_path(args.low_noise_expert) if args.low_noise_expert else Path(prior.path)
         entry = calibration_entry(task, summary, options, subjects, target, command)
         entry["sigma_model"] = model.to_dict()
+        if args.low_noise_expert:  # the pair's scale: the prior whose last steps the expert takes
+            entry["with_prior"] = {"path": Path(prior.path).name, "weights_sha256": tensor_bytes_digest(prior.path)}
         scored = [holdout_score([json.loads(str(c["adaptation"]))]) for c in cases if "adaptation" in c]
         held = [h for h in scored if h is not None]
         if held and len(held) == len(cases):  # dds-tv's hold-out ran on every slice (MRI)
