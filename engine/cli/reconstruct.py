@@ -97,7 +97,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--low-noise-expert", default=None, metavar="PRIOR",
                     help="a prior trained only at low noise levels (diffrecon train --noise-range --init-from "
                          "MODEL) that takes over the last sampling steps, where it learned the noise levels; a "
-                         "file or a bundled prior's name, or 'none' (default: the modality's)")
+                         "file or a bundled prior's name, or 'none' (default: the bundled prior's own expert, "
+                         "when it has one: mri-brain-lowt for mri-brain)")
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")
@@ -229,7 +230,7 @@ def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu
 
 
 def _expert(text: str | None) -> str | None:
-    """``--low-noise-expert``: None keeps the modality's default; 'none' turns it off."""
+    """``--low-noise-expert``: None keeps the bundled prior's own expert; 'none' turns it off."""
     if text is None:
         return None
     return "" if text.lower() == "none" else text

@@ -83,7 +83,9 @@ class LowNoiseExperts(torch.nn.Module):
         return self.schedule.log_alpha_bar(t.detach().double().cpu()) >= self._log_abar_min - 1e-12
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 else t
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:  # one time for the whole batch
+            t = t.expand(x.shape[0])
         use = self.expert_items(t).to(x.device)
         if bool(use.all()):
             return self.expert(x, t)  # type: ignore[no-any-return]

@@ -32,8 +32,7 @@ from scipy import ndimage
 from .. import datasets, modalities
 from ..baselines.denoise import bm3d_available
 from ..diffusion.checkpoint import load_prior
-from ..measurements import MeasurementSettings
-from ..measurements import ProblemSource
+from ..measurements import MeasurementSettings, ProblemSource
 from ..reconstruct import default_prior_path, solve
 
 #: real noisy scans (DWI, EPI) and the slice shown; someones-epi is a test subject (never trained on)
