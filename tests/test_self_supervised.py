@@ -145,3 +145,32 @@ def test_method_noise_tells_noise_removed_from_signal_removed():
     blurred = method_noise(noisy, ndimage.gaussian_filter(noisy, 3.0), 0.05, mask)
     assert 0.95 < exact["residual_over_sigma"] < 1.05 and abs(exact["structure"]) < 0.2
     assert blurred["residual_over_sigma"] > 1.5 and blurred["structure"] > 0.5
+
+
+def test_the_sampler_enters_at_a_noise_level_that_follows_the_scans_noise():
+    """t = 0.1 was chosen at sigma = 0.1; a scan with less noise enters lower (never far above its
+    noise), and one whose noise is unknown keeps the chosen t."""
+    import dataclasses
+
+    from diffrecon.diffusion.guidance import ModelDomain
+    from diffrecon.diffusion.schedules import make_schedule
+    from diffrecon.diffusion.self_supervised import SELF_SUPERVISED_START_T, self_supervised_start
+    from diffrecon.measurements import ReconProblem
+    from diffrecon.physics.noise import IdentityOperator
+
+    from tiny_priors import train_tiny_prior
+
+    prior = dataclasses.replace(train_tiny_prior(1, steps=1), normalisation={"kind": "percentile", "percentile": 99.5})
+    domain = ModelDomain(prior.normalisation, 1, "denoise", False)
+    schedule = make_schedule("linear")
+
+    def entry(sigma: float) -> float:
+        y = torch.zeros(1, 1, 8, 8)
+        problem = ReconProblem("denoise", IdentityOperator(), y, y, None, sigma / domain.gain, np.arange(1))
+        return self_supervised_start(problem, prior, domain)
+
+    assert entry(0.1) == pytest.approx(SELF_SUPERVISED_START_T, abs=0.003)
+    low = entry(0.02)
+    abar = float(schedule.alpha_bar(low))
+    assert low < 0.05 and 0.06 <= ((1 - abar) / abar) ** 0.5 <= 0.075  # 3.4x its noise
+    assert entry(0.0) == SELF_SUPERVISED_START_T

@@ -51,6 +51,11 @@ BLIND_SPOT_T = 0.0  # the blind-spot network is a UNet at diffusion time 0 (its 
 #: 4 pairs: t = 0.1 27.97 dB, 0.2 27.49, 0.35 26.88, 0.5 26.60; the blind-spot network alone
 #: 27.53; from pure noise a pair's mean is a noisy image, 7.8 dB in 10 steps on the test subjects)
 SELF_SUPERVISED_START_T = 0.1
+#: ... as a multiple of the scan's noise std: t = 0.1 is a noise level of 0.339 (linear schedule),
+#: 3.4x the sigma = 0.1 it was chosen at. A fixed t entered real scans with sigma 0.02-0.03 at 10x
+#: their noise and blurred them (residual 2-5x the noise: README, DiffDenoise on real noisy scans),
+#: so the entry follows the noise: the grid step whose noise level is 3.4x the scan's (estimated) std
+SELF_SUPERVISED_START_FACTOR = 3.4
 
 
 # --------------------------------------------------------------------------- stage 1: the blind-spot network
@@ -195,7 +200,7 @@ def stream_self_supervised(problem: ReconProblem, prior: Prior, options: Diffusi
     yield a ReconFrame per step.
 
     The run enters at ``t0`` (``options.hot_start_t`` with ``options.hot_start``, else
-    :data:`SELF_SUPERVISED_START_T`) from the blind-spot estimate noised to ``t0`` with
+    :func:`self_supervised_start`) from the blind-spot estimate noised to ``t0`` with
     ``+eps`` and ``-eps``, and takes ``round(t0 * options.steps)`` DDIM steps (at least one)
     down to 0, guidance scale ``options.cfg_scale`` (default 1: the plain conditional
     model). ``options.samples`` pairs per image, each over ``options.ensemble``
@@ -213,7 +218,7 @@ def stream_self_supervised(problem: ReconProblem, prior: Prior, options: Diffusi
     bsn = load_blind_spot(prior)
     y = domain.to_model(problem.y.float())
     batch = int(y.shape[0])
-    start_t = float(options.hot_start_t) if options.hot_start else SELF_SUPERVISED_START_T
+    start_t = float(options.hot_start_t) if options.hot_start else self_supervised_start(problem, prior, domain)
     sampler = DDIMSampler.for_run(prior.schedule, max(1, round(start_t * options.steps)), start_t=start_t)
     abar = float(prior.schedule.alpha_bar(sampler.times()[0]))
     pairs, members = max(1, options.samples), max(1, min(options.ensemble, 8))
@@ -247,6 +252,19 @@ def stream_self_supervised(problem: ReconProblem, prior: Prior, options: Diffusi
     finally:
         for frames in runs:
             frames.close()
+
+
+def self_supervised_start(problem: ReconProblem, prior: Prior, domain: Any) -> float:
+    """Where stage 3 enters: the grid time whose noise level is :data:`SELF_SUPERVISED_START_FACTOR`
+    times the problem's noise std (in the prior's units); :data:`SELF_SUPERVISED_START_T` when the
+    noise std is unknown (0)."""
+    from .noise_start import matched_step
+
+    sigma = float(problem.noise_level) * float(domain.gain)
+    if sigma <= 0:
+        return SELF_SUPERVISED_START_T
+    step = matched_step(prior.schedule.alphas_cumprod.double(), SELF_SUPERVISED_START_FACTOR * sigma)
+    return float(prior.schedule.time_of_step(step))
 
 
 def blind_spot_estimate(problem: ReconProblem, prior: Prior) -> torch.Tensor:

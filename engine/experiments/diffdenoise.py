@@ -5,7 +5,8 @@ PRIOR is a ``diffrecon train --self-supervised`` prior (its blind-spot network b
 Scores, as PSNR (dB) over the validation subjects' bench slices (2 per subject) at white
 Gaussian noise ``--sigma``: the blind-spot network alone, then the hot start from its
 estimate (:func:`diffrecon.diffusion.self_supervised.stream_self_supervised`) at several
-entry times, pairs and flips. ``SELF_SUPERVISED_START_T`` was chosen with it.
+entry times, pairs and flips. ``SELF_SUPERVISED_START_T`` was chosen with it (and
+``SELF_SUPERVISED_START_FACTOR`` is that entry over the sigma it was chosen at).
 """
 
 from __future__ import annotations
