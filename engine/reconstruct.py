@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # torch-heavy diffusion modules load only when the method is 
 
 #: the prior each modality uses unless another is given (under resources/models/)
 DEFAULT_PRIORS = {name: m.default_prior for name, m in modalities.REGISTRY.items() if m.default_prior}
+
+
 def solve(method: str, problem: ReconProblem, params: dict[str, Any] | None = None) -> torch.Tensor:
     """One method on one batch: a working-domain image ``(B, 1, H, W)``."""
     return run_baseline(method, problem.operator, problem.y, modality=problem.modality, params=params,

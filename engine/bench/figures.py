@@ -19,7 +19,8 @@ BACKGROUND = "#161616"
 TEXT = "#e8e8e8"
 
 
-def _pyplot():
+def headless_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed): every figure diffrecon draws."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -32,7 +33,7 @@ def _save(fig, path: Path, **savefig: Any) -> Path:
     """Write ``fig`` to ``path`` (its folder made if missing) at 100 dpi and free it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, **savefig)
-    _pyplot().close(fig)
+    headless_pyplot().close(fig)
     return path
 
 
@@ -53,7 +54,7 @@ def _tile_title(label: str, metrics: dict[str, float] | None) -> str:
 def save_grid(images: SliceImages, path: Path, *, tile_inches: float = 2.4) -> Path:
     """Top row: truth, input, every method (same window); bottom row: the diffusion std and
     every column's |error| against the truth (same scale)."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     columns = list(images.images)  # the input (if shown) first, then the methods
     n = len(columns) + 1
     low, high = display_range(images)
@@ -94,7 +95,7 @@ def save_grid(images: SliceImages, path: Path, *, tile_inches: float = 2.4) -> P
 def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
                        reference: tuple[str, float] | None = None) -> Path:
     """PSNR (left axis) and seconds per slice (right axis) against sampling steps (log scale)."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     steps = [r["steps"] for r in table]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.errorbar(steps, [r["psnr"] for r in table], yerr=[r["psnr_sd"] for r in table], marker="o",
@@ -123,7 +124,7 @@ def save_ablation_plot(table: list[dict[str, Any]], path: Path, *, title: str,
 def save_calibration_plot(per_method: dict[str, dict[str, Any]], path: Path, *, title: str) -> Path:
     """Nominal against observed coverage of ±z(p)σ intervals over the object's pixels, one line
     per diffusion method (mean over slices); a calibrated σ lies on the diagonal."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot([0, 1], [0, 1], color="#7f7f7f", linestyle="--", label="calibrated")
     for method, entry in per_method.items():

@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _picture(rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], path: Path) -> None:
-    import matplotlib
+    from ..bench.figures import headless_pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     columns = ["input"] + list(rows[0][2])
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns), 2.6 * len(rows)), squeeze=False)

@@ -157,10 +157,9 @@ def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spaci
     """The middle sagittal reformat (slices running down, one row per image) of the truth and
     every method, at the voxels' aspect ratio, in one window (``window``, else 0 to the 99.5th
     percentile of the truth)."""
-    import matplotlib
+    from ..bench.figures import headless_pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     column = reference.shape[2] // 2
     images = {"ground truth": reference, **volumes}
