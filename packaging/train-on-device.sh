@@ -4,8 +4,11 @@
 #
 #   bash packaging/train-on-device.sh pack
 #       here: pack every prior's training scans (normalised, cropped, quantised; see
-#       engine/diffusion/packed.py) into .device/ (ignored by git; ~15 MiB, so the working
-#       tree the device receives stays under its 64 MiB).
+#       engine/diffusion/packed.py) into .device/ (ignored by git; ~13 MiB), then `size`.
+#   bash packaging/train-on-device.sh size
+#       here: what would travel to the device (tracked files, untracked files git does not
+#       ignore, .device/) against its 64 MiB; exits 1 when over. The bundled priors are
+#       stored as float16 to keep this under the limit (packaging/ship-prior.sh).
 #   bash packaging/train-on-device.sh train [MINUTES] [DEVICE]
 #       there (device tool: command "bash packaging/train-on-device.sh train 8", carry
 #       [".device"], timeout_s 600): fine-tune mri-brain and ct-head from the shipped weights
@@ -26,7 +29,18 @@ case "${1:-}" in
     grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
     "$PY" -m diffrecon.cli.train --modality mri --pack-to .device/mri.npz "${MRI_DATA[@]}"
     "$PY" -m diffrecon.cli.train --modality ct --pack-to .device/ct.npz "${CT_DATA[@]}"
-    du -sh .device
+    exec bash "$0" size
+    ;;
+  size)
+    limit=$((64 * 1024 * 1024))
+    sum() { xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+    tracked=$(git ls-files -z | sum)
+    untracked=$(git ls-files -z --others --exclude-standard | sum)
+    packed=0; [ -d .device ] && packed=$(find .device -maxdepth 1 -type f -print0 | sum)
+    total=$((tracked + untracked + packed))
+    mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
+    echo "travels to the device: $(mib "$total") of $(mib $limit) (tracked $(mib "$tracked"), untracked $(mib "$untracked"), .device $(mib "$packed"))"
+    [ "$total" -le "$limit" ] || { echo "over the device's limit: the run would be refused" >&2; exit 1; }
     ;;
   train)
     minutes="${2:-8}"
@@ -58,7 +72,7 @@ case "${1:-}" in
     exit $status
     ;;
   *)
-    echo "usage: $0 pack | train [MINUTES] [DEVICE]" >&2
+    echo "usage: $0 pack | size | train [MINUTES] [DEVICE]" >&2
     exit 2
     ;;
 esac

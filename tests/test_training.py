@@ -14,6 +14,8 @@ from diffrecon.diffusion.checkpoint import (
     PriorPaths,
     load_prior,
     read_metadata,
+    save_half_precision,
+    tensor_bytes_digest,
 )
 from diffrecon.diffusion.data import (
     CropSampler,
@@ -127,6 +129,25 @@ def test_checkpoint_round_trip_and_model_card(tmp_path: Path) -> None:
     assert "PSNR 40 dB" in paths.card.read_text()
     total = paths.weights.stat().st_size + paths.train_state.stat().st_size
     assert total < 4 * (4 + 4 + 8) * trainer.model.parameter_count()  # fp32 weights + EMA + moments
+
+
+def test_a_prior_stored_as_float16_is_half_the_bytes_and_predicts_as_before(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(total_steps=2), [blob_source()], tmp_path / "p.safetensors")
+    trainer.run(progress=False)
+    half = save_half_precision(tmp_path / "p.safetensors", tmp_path / "half.safetensors")
+    assert half.stat().st_size < 0.6 * (tmp_path / "p.safetensors").stat().st_size
+    full, small = load_prior(tmp_path / "p.safetensors"), load_prior(half)
+    assert all(p.dtype == torch.float32 for p in small.model.parameters())  # widened on loading
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        a, b = full.model(x, 0.3), small.model(x, 0.3)
+    assert not torch.equal(a, b) and float((a - b).norm() / a.norm()) < 2e-3
+    meta = read_metadata(half)
+    assert meta["stored_as"] == {"dtype": "float16",
+                                 "float32_weights_sha256": tensor_bytes_digest(tmp_path / "p.safetensors")}
+    assert meta["unet_config"] == read_metadata(tmp_path / "p.safetensors")["unet_config"]
+    with pytest.raises(DiffreconError, match="already stored as float16"):
+        save_half_precision(half, tmp_path / "again.safetensors")
 
 
 def test_loading_refuses_files_that_are_not_priors(tmp_path: Path) -> None:

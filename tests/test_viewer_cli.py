@@ -44,10 +44,13 @@ def test_run_and_screenshot_then_exit(tmp_path, mr_nifti, tiny_prior):
     out = tmp_path / "shots" / "panes.png"
     result = _view(tmp_path, mr_nifti, "--run", "--screenshot", out, "--steps", "3", "--samples", "2",
                    "--model", tiny_prior, "--baseline", "tv", "--slice", "1", "--acceleration", "6",
-                   "--mask", "equispaced", "--seed", "3")
+                   "--mask", "equispaced", "--seed", "3", "--hallucination-map")
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
     assert "frames/s" in result.stderr and "longest event-loop stall" in result.stderr
+    rgb = np.asarray(Image.open(out).convert("RGB"), dtype=float)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 120) & (rgb[..., 2] < 120)
+    assert red.sum() > 20  # --hallucination-map: the overlay's red flags on the reconstruction
     image = np.asarray(Image.open(out).convert("L"), dtype=float)
     h, w = image.shape
     quadrants = [image[rows, cols] for rows in (slice(0, h // 2), slice(h // 2, h))

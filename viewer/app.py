@@ -40,6 +40,7 @@ class ViewOptions(RunChoices):
     slice: int | None = None
     layout: str | None = None
     error_maps: bool = False
+    hallucination_map: bool = False  # the H toggle on from the start
     preset: str | None = None
     size: tuple[int, int] = (1500, 950)
     threads_chosen: bool = False  # --threads given: do not second-guess it
@@ -124,6 +125,8 @@ def apply_options(window, o: ViewOptions) -> RunRequest:
         window.commands.set_layout(o.layout, remember=False)
     if o.error_maps:
         window.commands.set_error_maps(True)
+    if o.hallucination_map:
+        window.hallucination.action.setChecked(True)
     if o.preset:
         window.apply_preset(matches[0])
     return request

@@ -62,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="pane layout (default 2x2); mpr: axial, coronal and sagittal planes of every image, "
                            "mpr-one: of the reconstruction alone")
     disp.add_argument("--error-maps", action="store_true", help="show |error| maps instead of images")
+    disp.add_argument("--hallucination-map", action="store_true",
+                      help="mark on the reconstruction what the prior may have invented (the H toggle)")
     disp.add_argument("--preset", help="window preset by name, e.g. brain, bone, lung")
     p.set_defaults(run=run)
 
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, sampler=args.sampler, guidance=args.guidance, seed=args.seed, slice=args.slice,
         model=args.model, baseline=args.baseline, whole_volume=args.whole_volume,
         independent_slices=args.independent_slices, layout=args.layout, error_maps=args.error_maps,
+        hallucination_map=args.hallucination_map,
         preset=args.preset, threads_chosen=args.threads is not None, device=args.device,
         backend=args.backend,
     )

@@ -2,7 +2,8 @@
 
 Each prior ``NAME`` lives in ``resources/models/`` as
 
-* ``NAME.safetensors``: the EMA weights (float32), what the app ships and loads, plus the
+* ``NAME.safetensors``: the EMA weights (float32 as trained; the bundled ones are stored as
+  float16, :func:`save_half_precision`), what the app ships and loads, plus the
   metadata that rebuilds everything from the file alone: ``unet_config``, ``schedule``,
   ``normalisation``, ``modality``, ``channels``, ``training`` (a summary);
 * ``NAME.train.safetensors``: what resuming needs besides the EMA weights above: raw
@@ -142,6 +143,24 @@ SCHEDULE_STEPS = (2, 100_000)
 MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
 PRIOR_MODALITIES = ("mri", "ct", "ultrasound")  # what `diffrecon train --modality` makes
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def save_half_precision(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite a prior file with float16 weights: half the bytes, which is how the bundled
+    priors ship (the repository, and the working tree a lent GPU receives, must stay small).
+    :func:`load_prior` widens them back to float32, so only the stored values are rounded
+    (relative error below 2^-11). The header is kept; ``stored_as`` records the conversion
+    and the float32 weights' digest, which is what any ``weights_sha256`` in the header (a
+    calibration's, say) was measured with."""
+    src, dst = Path(src), Path(dst)
+    validate_prior_file(src)
+    tensors, meta = _read(src)
+    if meta.get("stored_as", {}).get("dtype") == "float16":
+        raise DiffreconError(f"{src}: is already stored as float16")
+    meta["stored_as"] = {"dtype": "float16", "float32_weights_sha256": tensor_bytes_digest(src)}
+    half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
+    _atomic_save(half, _encode(meta), dst)
+    return dst
 
 
 class PriorFileError(DiffreconError):

@@ -1,12 +1,14 @@
-"""Does a low-noise expert help? MRI on the validation subjects, with and without it:
-``python -m diffrecon.experiments.low_noise_expert EXPERT.safetensors [--acceleration 4] [--variants ...]``.
+"""Does a low-noise expert help? Validation slices, with and without it:
+``python -m diffrecon.experiments.low_noise_expert EXPERT.safetensors [--modality ct] [--acceleration 4 | --views 60] [--variants ...]``.
 
-Scores PSNR (dB, mean over the validation subjects' bench slices: 1 of ``dipy-t1``, 4 of
-``heudiconv-axasc35``; mask seed 0) of MRI reconstruction with ``--model`` (default the bundled
-``mri-brain``) alone and with ``EXPERT`` taking the steps whose noise level it learned
-(:mod:`diffrecon.diffusion.experts`). Variants: ``tv``; ``dds`` (DDS alone, no blend with TV)
-and ``default`` (the MRI default: dds-tv blended with TV by hold-out), each also with ``+e``
-(the expert). The bundled ``mri-brain-lowt`` was chosen with it (its card has the figures).
+Scores PSNR (dB, mean over the validation slices; mask/noise seed 0) of reconstruction with
+``--model`` (default the modality's bundled prior) alone and with ``EXPERT`` taking the
+steps whose noise level it learned (:mod:`diffrecon.diffusion.experts`). MRI: the validation
+subjects' bench slices (1 of ``dipy-t1``, 4 of ``heudiconv-axasc35``). CT has one training
+subject, so its validation slices are ``cranium``'s held-out slab (4 bench slices), never
+the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV) and ``default``
+(the modality's default, blended with TV by hold-out), each also with ``+e`` (the expert).
+The bundled ``mri-brain-lowt`` was chosen with it (its card has the figures).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .. import modalities
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.reconstruction import reconstruct_to_end
 from ..reconstruct import default_prior_path, solve
+from ..bench.runner import load_bench_data
 from .denoise_tuning import mean_psnr, validation_data, validation_problems
 
 VARIANTS = ("tv", "dds", "dds+e", "default", "default+e")
@@ -29,15 +32,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("expert")
     parser.add_argument("--model", help="the prior (default: the bundled MRI prior)")
-    parser.add_argument("--acceleration", type=float, default=4.0)
+    parser.add_argument("--modality", choices=("mri", "ct"), default="mri")
+    parser.add_argument("--acceleration", type=float, default=4.0, help="MRI")
+    parser.add_argument("--views", type=int, default=60, help="CT")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    prior = load_prior(args.model or default_prior_path("mri"))
-    task = modalities.get("mri")
-    problems = validation_problems(validation_data("mri", 4), "mri", acceleration=args.acceleration)
-    print(f"{len(problems)} validation slices, MRI {args.acceleration:g}x", flush=True)
+    prior = load_prior(args.model or default_prior_path(args.modality))
+    task = modalities.get(args.modality)
+    if args.modality == "mri":
+        problems = validation_problems(validation_data("mri", 4), "mri", acceleration=args.acceleration)
+        print(f"{len(problems)} validation slices, MRI {args.acceleration:g}x", flush=True)
+    else:
+        problems = validation_problems([load_bench_data("cranium", "ct", per_subject=4)], "ct", views=args.views)
+        print(f"{len(problems)} held-out cranium slices, CT {args.views} views", flush=True)
     for variant in args.variants.split(","):
         started = time.perf_counter()
         if variant == "tv":

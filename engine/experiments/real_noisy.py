@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _picture(rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], path: Path) -> None:
-    from ..bench.figures import headless_pyplot
+    from ..bench.figures import headless_pyplot, save_figure
 
     plt = headless_pyplot()
 
@@ -113,8 +113,7 @@ def _picture(rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], path: Pa
                 ax.imshow(image, cmap="gray", vmin=low, vmax=high)
             ax.set_title(f"{case}\n{label}" if c == 0 else label, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

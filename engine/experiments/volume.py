@@ -157,7 +157,7 @@ def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spaci
     """The middle sagittal reformat (slices running down, one row per image) of the truth and
     every method, at the voxels' aspect ratio, in one window (``window``, else 0 to the 99.5th
     percentile of the truth)."""
-    from ..bench.figures import headless_pyplot
+    from ..bench.figures import headless_pyplot, save_figure
 
     plt = headless_pyplot()
 
@@ -173,8 +173,7 @@ def sagittal_figure(reference: np.ndarray, volumes: dict[str, np.ndarray], spaci
         ax.set_title(name, fontsize=8, loc="left")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 if __name__ == "__main__":
