@@ -52,7 +52,7 @@ def presets_file() -> Path:
 #: bundled priors that have a bundled low-noise expert (diffusion.experts): the expert takes
 #: over their last sampling steps unless the options name another or "" (measured on the
 #: validation subjects: README, Results)
-LOW_NOISE_EXPERTS = {"mri-brain.safetensors": "mri-brain-lowt.safetensors"}
+LOW_NOISE_EXPERTS = {"mri-brain.safetensors": "mri-brain-lowt.safetensors", "ct-head.safetensors": "ct-head-lowt.safetensors"}
 
 
 def available_models() -> list[Path]:

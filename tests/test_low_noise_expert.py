@@ -185,15 +185,16 @@ def test_a_run_with_an_expert_takes_the_sigma_scale_fitted_for_the_pair(tmp_path
     assert resolve_calibration(alone) == (None, 1.0)
 
 
-def test_the_bundled_mri_prior_has_a_calibrated_expert_that_fits_it():
+@pytest.mark.parametrize(("modality", "task"), [("mri", "mri-4x"), ("ct", "ct-views60")])
+def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task):
     from diffrecon.bundled import LOW_NOISE_EXPERTS, bundled_low_noise_expert, models_dir
     from diffrecon.diffusion.calibration import calibrations
     from diffrecon.diffusion.checkpoint import load_prior
     from diffrecon.reconstruct import default_prior_path
 
-    path = default_prior_path("mri")
+    path = default_prior_path(modality)
     assert bundled_low_noise_expert(path) == LOW_NOISE_EXPERTS[path.name]
     expert = load_expert(LOW_NOISE_EXPERTS[path.name], load_prior(path))  # refuses one that does not fit
     assert expert.path == models_dir() / LOW_NOISE_EXPERTS[path.name]
     assert expert.noise_range is not None and expert.noise_range[1] >= 0.5
-    assert "mri-4x" in calibrations(expert.metadata)  # the pair's σ scale, in the expert's file
+    assert task in calibrations(expert.metadata)  # the pair's σ scale, in the expert's file

@@ -8,7 +8,7 @@ subjects' bench slices (1 of ``dipy-t1``, 4 of ``heudiconv-axasc35``). CT has on
 subject, so its validation slices are ``cranium``'s held-out slab (slices 61, 64, 67, 70, as in its card), never
 the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV) and ``default``
 (the modality's default, blended with TV by hold-out), each also with ``+e`` (the expert).
-The bundled ``mri-brain-lowt`` was chosen with it (its card has the figures).
+The bundled ``mri-brain-lowt`` and ``ct-head-lowt`` were chosen with it (their cards have the figures).
 """
 
 from __future__ import annotations
