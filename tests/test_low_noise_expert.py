@@ -185,16 +185,19 @@ def test_a_run_with_an_expert_takes_the_sigma_scale_fitted_for_the_pair(tmp_path
     assert resolve_calibration(alone) == (None, 1.0)
 
 
-@pytest.mark.parametrize(("modality", "task"), [("mri", "mri-4x"), ("ct", "ct-views60")])
-def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task):
-    from diffrecon.bundled import LOW_NOISE_EXPERTS, bundled_low_noise_expert, models_dir
+@pytest.mark.parametrize(("modality", "task", "by_default"), [("mri", "mri-4x", True), ("ct", "ct-views60", False)])
+def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task, by_default):
+    from diffrecon.bundled import (LOW_NOISE_EXPERTS, OPT_IN_EXPERTS, available_models, bundled_low_noise_expert,
+                                   models_dir)
     from diffrecon.diffusion.calibration import calibrations
     from diffrecon.diffusion.checkpoint import load_prior
     from diffrecon.reconstruct import default_prior_path
 
     path = default_prior_path(modality)
-    assert bundled_low_noise_expert(path) == LOW_NOISE_EXPERTS[path.name]
-    expert = load_expert(LOW_NOISE_EXPERTS[path.name], load_prior(path))  # refuses one that does not fit
-    assert expert.path == models_dir() / LOW_NOISE_EXPERTS[path.name]
+    name = (LOW_NOISE_EXPERTS if by_default else OPT_IN_EXPERTS)[path.name]
+    assert bundled_low_noise_expert(path) == (name if by_default else None)
+    assert models_dir() / name not in available_models()  # part of its prior, never a Model box entry
+    expert = load_expert(name, load_prior(path))  # refuses one that does not fit
+    assert expert.path == models_dir() / name
     assert expert.noise_range is not None and expert.noise_range[1] >= 0.5
     assert task in calibrations(expert.metadata)  # the pair's σ scale, in the expert's file

@@ -1,5 +1,5 @@
 """Does a low-noise expert help? Validation slices, with and without it:
-``python -m diffrecon.experiments.low_noise_expert EXPERT.safetensors [--modality ct] [--acceleration 4 | --views 60] [--variants ...]``.
+``python -m diffrecon.experiments.low_noise_expert EXPERT.safetensors [--modality ct] [--acceleration 4 | --views 60 | --dose 0.25]``.
 
 Scores PSNR (dB, mean over the validation slices; mask/noise seed 0) of reconstruction with
 ``--model`` (default the modality's bundled prior) alone and with ``EXPERT`` taking the
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modality", choices=("mri", "ct"), default="mri")
     parser.add_argument("--acceleration", type=float, default=4.0, help="MRI")
     parser.add_argument("--views", type=int, default=60, help="CT")
+    parser.add_argument("--dose", type=float, help="CT: low dose (180 views with Poisson noise) instead of --views")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         problems = validation_problems(validation_data("mri", 4), "mri", acceleration=args.acceleration)
         print(f"{len(problems)} validation slices, MRI {args.acceleration:g}x", flush=True)
     else:
-        problems = validation_problems([load_bench_data("cranium", "ct", slices="61:71:3")], "ct", views=args.views)
-        print(f"{len(problems)} held-out cranium slices, CT {args.views} views", flush=True)
+        setting = {"dose": args.dose} if args.dose else {"views": args.views}
+        problems = validation_problems([load_bench_data("cranium", "ct", slices="61:71:3")], "ct", **setting)
+        print(f"{len(problems)} held-out cranium slices, CT {setting}", flush=True)
     for variant in args.variants.split(","):
         started = time.perf_counter()
         if variant == "tv":
