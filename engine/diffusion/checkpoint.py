@@ -150,12 +150,13 @@ def save_half_precision(src: str | Path, dst: str | Path) -> Path:
     priors ship (the repository, and the working tree a lent GPU receives, must stay small).
     :func:`load_prior` widens them back to float32, so only the stored values are rounded
     (relative error below 2^-11). The header is kept; ``stored_as`` records the conversion
-    and the float32 weights' digest, which is what any ``weights_sha256`` in the header (a
-    calibration's, say) was measured with."""
+    and the float32 weights' digest, which is what a ``weights_sha256`` written into the
+    header before the conversion (a calibration's, say) refers to."""
     src, dst = Path(src), Path(dst)
     validate_prior_file(src)
     tensors, meta = _read(src)
-    if meta.get("stored_as", {}).get("dtype") == "float16":
+    stored = meta.get("stored_as")
+    if isinstance(stored, dict) and stored.get("dtype") == "float16":
         raise DiffreconError(f"{src}: is already stored as float16")
     meta["stored_as"] = {"dtype": "float16", "float32_weights_sha256": tensor_bytes_digest(src)}
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}
