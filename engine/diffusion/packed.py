@@ -4,9 +4,9 @@ A lent GPU machine receives only a 64 MiB copy of the repository and cannot inst
 Debian packages or wheels the scans come from. :func:`pack_sources` writes what
 training reads (each source's model-domain blocks and validation slices, already
 normalised) into one ``.npz`` compressed with LZMA (np.load reads it like any ``.npz``;
-LZMA is 15-20 % smaller than numpy's zlib here, and every MiB counts): arrays cropped to their non-air bounding box
-and quantised, MRI magnitude-and-phase to 8 bits each, CT to 16 bits (0.05 HU steps are
-far below CT noise; 8-bit MRI steps, 0.6 % of the 99.5th percentile, are below MRI noise).
+LZMA is 15-20 % smaller than numpy's zlib here, and every MiB counts): arrays cropped to
+their non-air bounding box and quantised, MRI magnitude-and-phase to 8 bits each, CT to
+16 bits (0.05 HU steps are far below CT noise; 8-bit MRI steps, 0.6 % of the 99.5th percentile, are below MRI noise).
 :func:`load_packed` gives back :class:`~.data.TrainingSource` objects, so training runs
 the same code on the packed file as on the scans. Nothing is unpickled.
 """

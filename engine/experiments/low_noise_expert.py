@@ -5,8 +5,8 @@ Scores PSNR (dB, mean over the validation slices; mask/noise seed 0) of reconstr
 ``--model`` (default the modality's bundled prior) alone and with ``EXPERT`` taking the
 steps whose noise level it learned (:mod:`diffrecon.diffusion.experts`). MRI: the validation
 subjects' bench slices (1 of ``dipy-t1``, 4 of ``heudiconv-axasc35``). CT has one training
-subject, so its validation slices are ``cranium``'s held-out slab (slices 61, 64, 67, 70, as in its card), never
-the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV) and ``default``
+subject, so its validation slices are ``cranium``'s held-out slab (slices 61, 64, 67, 70, as in
+its card), never the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV) and ``default``
 (the modality's default, blended with TV by hold-out), each also with ``+e`` (the expert).
 The bundled ``mri-brain-lowt`` and ``ct-head-lowt`` were chosen with it (their cards have the figures).
 """
@@ -19,10 +19,10 @@ import time
 import torch
 
 from .. import modalities
+from ..bench.runner import load_bench_data
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.reconstruction import reconstruct_to_end
 from ..reconstruct import default_prior_path, solve
-from ..bench.runner import load_bench_data
 from .denoise_tuning import mean_psnr, validation_data, validation_problems
 
 VARIANTS = ("tv", "dds", "dds+e", "default", "default+e")
@@ -31,7 +31,7 @@ VARIANTS = ("tv", "dds", "dds+e", "default", "default+e")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("expert")
-    parser.add_argument("--model", help="the prior (default: the bundled MRI prior)")
+    parser.add_argument("--model", help="the prior (default: the modality's bundled prior)")
     parser.add_argument("--modality", choices=("mri", "ct"), default="mri")
     parser.add_argument("--acceleration", type=float, default=4.0, help="MRI")
     parser.add_argument("--views", type=int, default=60, help="CT")
