@@ -102,14 +102,16 @@ class DiffusionSetup:
         }
 
 
-def with_bundled_expert(options: "DiffusionOptions", prior_path: str | Path | None) -> "DiffusionOptions":
+def with_bundled_expert(options: "DiffusionOptions", prior_path: str | Path | None,
+                        settings: MeasurementSettings | None = None) -> "DiffusionOptions":
     """``options`` with a bundled prior's own low-noise expert (:data:`.bundled.LOW_NOISE_EXPERTS`)
-    when they chose none (None; ``""`` is "off"), so that the run and its provenance name it."""
+    for the task ``settings`` when they chose none (None; ``""`` is "off"), so that the run and
+    its provenance name it. Without ``settings`` only an expert of every task is added."""
     if options.low_noise_expert is not None or options.cfg_scale is not None:
         return options
     from .bundled import bundled_low_noise_expert
 
-    expert = bundled_low_noise_expert(prior_path)
+    expert = bundled_low_noise_expert(prior_path, settings)
     return options if expert is None else replace(options, low_noise_expert=expert)
 
 
@@ -146,6 +148,11 @@ class ReconRequest:
         self.methods = tuple(dict.fromkeys(self.methods))
         if DIFFUSION in self.methods and self.diffusion is None:
             raise SettingsError("the diffusion method needs a prior (pass --model or install the default one)")
+        if self.diffusion is not None:  # an expert that helps this task only (CT: noiseless), on a copy:
+            # one setup may serve requests of several tasks (bench)
+            options = with_bundled_expert(self.diffusion.options, self.diffusion.prior.path, self.settings)
+            if options is not self.diffusion.options:
+                self.diffusion = replace(self.diffusion, options=options)
         if self.batch_size < 1:
             raise SettingsError("--batch-size must be at least 1")
 

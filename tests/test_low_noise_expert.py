@@ -185,19 +185,45 @@ def test_a_run_with_an_expert_takes_the_sigma_scale_fitted_for_the_pair(tmp_path
     assert resolve_calibration(alone) == (None, 1.0)
 
 
-@pytest.mark.parametrize(("modality", "task", "by_default"), [("mri", "mri-4x", True), ("ct", "ct-views60", False)])
-def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task, by_default):
-    from diffrecon.bundled import (LOW_NOISE_EXPERTS, OPT_IN_EXPERTS, available_models, bundled_low_noise_expert,
-                                   models_dir)
+@pytest.mark.parametrize(("modality", "task", "settings"), [("mri", "mri-4x", {}), ("ct", "ct-views60", {"views": 60})])
+def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task, settings):
+    from diffrecon.bundled import LOW_NOISE_EXPERTS, available_models, bundled_low_noise_expert, models_dir
     from diffrecon.diffusion.calibration import calibrations
     from diffrecon.diffusion.checkpoint import load_prior
     from diffrecon.reconstruct import default_prior_path
 
     path = default_prior_path(modality)
-    name = (LOW_NOISE_EXPERTS if by_default else OPT_IN_EXPERTS)[path.name]
-    assert bundled_low_noise_expert(path) == (name if by_default else None)
+    name = LOW_NOISE_EXPERTS[path.name]
+    assert bundled_low_noise_expert(path, MeasurementSettings(modality, **settings)) == name
     assert models_dir() / name not in available_models()  # part of its prior, never a Model box entry
     expert = load_expert(name, load_prior(path))  # refuses one that does not fit
     assert expert.path == models_dir() / name
     assert expert.noise_range is not None and expert.noise_range[1] >= 0.5
     assert task in calibrations(expert.metadata)  # the pair's σ scale, in the expert's file
+
+
+def test_the_ct_expert_runs_by_default_on_noiseless_ct_only():
+    """ct-head-lowt helps noiseless CT from 60 views up and hurts low dose and 30 views on the
+    validation slab: a request resolves it per task, on a copy, so one setup serving several
+    tasks (bench) stays as it was."""
+    from diffrecon.bundled import bundled_low_noise_expert
+    from diffrecon.diffusion.checkpoint import load_prior
+    from diffrecon.reconstruct import DiffusionSetup, ReconRequest, default_prior_path
+
+    path = default_prior_path("ct")
+    assert bundled_low_noise_expert(path) is None  # no task known: no task-bound expert
+    assert bundled_low_noise_expert(path, MeasurementSettings("ct", dose=0.25)) is None
+    assert bundled_low_noise_expert(path, MeasurementSettings("ct", views=30)) is None
+    assert bundled_low_noise_expert(path, MeasurementSettings("ct", views=120)) == "ct-head-lowt.safetensors"
+    setup = DiffusionSetup(load_prior(path), modalities.get("ct").diffusion_options())
+    assert setup.options.low_noise_expert is None
+    volume = Volume(np.zeros((1, 16, 16), np.float32))
+    sparse = ReconRequest(volume, MeasurementSettings("ct", views=60), ["diffusion"], simulate=True, diffusion=setup)
+    low_dose = ReconRequest(volume, MeasurementSettings("ct", dose=0.25), ["diffusion"], simulate=True,
+                            diffusion=setup)
+    assert sparse.diffusion.options.low_noise_expert == "ct-head-lowt.safetensors"
+    assert low_dose.diffusion.options.low_noise_expert is None and setup.options.low_noise_expert is None
+    assert sparse.provenance()["model"]["options"]["low_noise_expert"] == "ct-head-lowt.safetensors"
+    off = DiffusionSetup(setup.prior, dataclasses.replace(setup.options, low_noise_expert=""))
+    named_off = ReconRequest(volume, MeasurementSettings("ct", views=60), ["diffusion"], simulate=True, diffusion=off)
+    assert named_off.diffusion.options.low_noise_expert == ""  # 'none' stays off

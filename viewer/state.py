@@ -182,7 +182,7 @@ class RunRequest:
             "simulate": self.simulate,
             "slices": sorted(int(s) for s in self.slices),
             "baseline": self.baseline,
-            "diffusion": with_bundled_expert(self.options, self.model).to_dict(),  # as the run has them
+            "diffusion": with_bundled_expert(self.options, self.model, self.settings).to_dict(),  # as the run has them
             "model": None if self.model is None else str(self.model),
             "device": describe_device(self.device),
             "backend": _prior_backend(),

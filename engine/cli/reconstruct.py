@@ -98,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="a prior trained only at low noise levels (diffrecon train --noise-range --init-from "
                          "MODEL) that takes over the last sampling steps, where it learned the noise levels; a "
                          "file or a bundled prior's name, or 'none' (default: the bundled prior's own expert, "
-                         "when it has one: mri-brain-lowt for mri-brain; ct-head-lowt runs only when named)")
+                         "when it has one: mri-brain-lowt for mri-brain; ct-head-lowt for ct-head on noiseless CT "
+                         "with 60 views or more, not at low dose)")
     df.add_argument("--tv-weight", default=None,
                     help="dds-tv's TV weight as a multiple of the TV baseline's tuned one, or 'auto' (default: "
                          "auto, chosen per scan by self-supervised hold-out; about 2.5x the time of dds)")

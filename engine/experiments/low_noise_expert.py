@@ -6,8 +6,9 @@ Scores PSNR (dB, mean over the validation slices; mask/noise seed 0) of reconstr
 steps whose noise level it learned (:mod:`diffrecon.diffusion.experts`). MRI: the validation
 subjects' bench slices (1 of ``dipy-t1``, 4 of ``heudiconv-axasc35``). CT has one training
 subject, so its validation slices are ``cranium``'s held-out slab (slices 61, 64, 67, 70, as in
-its card), never the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV) and ``default``
-(the modality's default, blended with TV by hold-out), each also with ``+e`` (the expert).
+its card), never the test subject. Variants: ``tv``; ``dds`` (DDS alone, no blend with TV),
+``ddsblend`` (DDS blended with TV by hold-out: the CT default, and MRI's without the dds-tv
+weight choice) and ``default`` (the modality's default), each also with ``+e`` (the expert).
 The bundled ``mri-brain-lowt`` and ``ct-head-lowt`` were chosen with it (their cards have the figures).
 """
 
@@ -25,7 +26,7 @@ from ..diffusion.reconstruction import reconstruct_to_end
 from ..reconstruct import default_prior_path, solve
 from .denoise_tuning import mean_psnr, validation_data, validation_problems
 
-VARIANTS = ("tv", "dds", "dds+e", "default", "default+e")
+VARIANTS = ("tv", "dds", "dds+e", "ddsblend", "ddsblend+e", "default", "default+e")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
             value = mean_psnr(problems, lambda p: solve("tv", p))
         else:
             base, _, expert = variant.partition("+")
-            if base not in ("dds", "default") or expert not in ("", "e"):
+            if base not in ("dds", "ddsblend", "default") or expert not in ("", "e"):
                 raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-            overrides = {"guidance": "dds", "blend_tv": False} if base == "dds" else {}
+            overrides = {"dds": {"guidance": "dds", "blend_tv": False}, "ddsblend": {"guidance": "dds", "blend_tv": True},
+                         "default": {}}[base]
             options = task.diffusion_options(**overrides, low_noise_expert=args.expert if expert else "")
             value = mean_psnr(problems, lambda p: reconstruct_to_end(p, prior, options).x0)
         print(f"{variant}: {value:.2f} dB ({time.perf_counter() - started:.0f} s)", flush=True)
