@@ -10,6 +10,7 @@ the events, this module scores them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -194,7 +195,7 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
 
         metadata = load_expert(setup.options.low_noise_expert, setup.prior).metadata
     cal, missing = lookup(metadata, modality, request.settings, setup.options)
-    if cal is None:
+    if cal is None or not _fitted_for(cal, setup.prior):
         return None, 1.0
     record = cal.provenance(extrapolated_from=missing)
     record["applied_to"] = task_key(modality, request.settings)
@@ -212,6 +213,18 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
         record["intensity_reference"] = cal.intensity_reference
         record["intensity_threshold"] = cal.intensity_threshold
     return record, float(cal.scale)
+
+
+def _fitted_for(cal: Any, prior: Any) -> bool:
+    """Was a pair's scale fitted with this prior? (An expert's file holds the scale of the pair
+    with the prior it was made for; with other weights, e.g. a retrained prior or the user's
+    own, that scale would be silently wrong, so σ stays uncalibrated instead.)"""
+    wanted = (cal.with_prior or {}).get("weights_sha256")
+    if not wanted or not getattr(prior, "path", None) or not Path(prior.path).is_file():
+        return True  # a prior's own scale, or one built in memory: nothing to check against
+    from .diffusion.checkpoint import weights_digests
+
+    return wanted in weights_digests(prior.path, prior.metadata)
 
 
 def _out_of_domain(estimate: np.ndarray, std: np.ndarray, sigma_calibration: dict[str, Any] | None,

@@ -185,11 +185,40 @@ def test_a_run_with_an_expert_takes_the_sigma_scale_fitted_for_the_pair(tmp_path
     assert resolve_calibration(alone) == (None, 1.0)
 
 
+def test_a_pair_scale_fitted_with_other_weights_is_not_applied(tmp_path):
+    """The scale in an expert's file belongs to the prior it was fitted with (``with_prior``):
+    the same expert behind other weights (a retrained prior, the user's own) leaves σ uncalibrated."""
+    from diffrecon.diffusion.calibration import SigmaCalibration, store_entries
+    from diffrecon.diffusion.checkpoint import load_prior, tensor_bytes_digest
+    from diffrecon.reconstruct import DiffusionSetup, ReconRequest, resolve_calibration
+
+    trained = train_tiny_prior(2)
+    meta = {"schedule": trained.schedule.to_metadata(), "normalisation": trained.normalisation, "modality": "mri"}
+    fitted = load_prior(save_prior(tmp_path / "fitted.safetensors", trained.model, meta))
+    with torch.no_grad():
+        trained.model.stem.bias.add_(0.01)  # the same network, retrained a little
+    other = load_prior(save_prior(tmp_path / "other.safetensors", trained.model, meta))
+    expert = _expert_file(tmp_path, fitted, (0.01, 0.3))
+    options = modalities.get("mri").diffusion_options(samples=4, low_noise_expert=str(expert))
+    sampler = {k: getattr(options, k) for k in ("sampler", "eta", "symmetric", "guidance", "branch_t")}
+    entry = SigmaCalibration(task="mri-4x", scale=1.7, sampler=sampler,
+                             with_prior={"path": "fitted.safetensors", "weights_sha256": tensor_bytes_digest(fitted.path)})
+    store_entries(expert, {"mri-4x": entry.to_dict()})
+    volume = Volume(np.ones((1, 16, 16), np.float32))
+
+    def scale_with(prior):
+        return resolve_calibration(ReconRequest(volume, MeasurementSettings("mri"), ["diffusion"], simulate=True,
+                                                diffusion=DiffusionSetup(prior, options)))[1]
+
+    assert scale_with(fitted) == pytest.approx(1.7)
+    assert scale_with(other) == 1.0
+
+
 @pytest.mark.parametrize(("modality", "task", "settings"), [("mri", "mri-4x", {}), ("ct", "ct-views60", {"views": 60})])
 def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task, settings):
     from diffrecon.bundled import LOW_NOISE_EXPERTS, available_models, bundled_low_noise_expert, models_dir
     from diffrecon.diffusion.calibration import calibrations
-    from diffrecon.diffusion.checkpoint import load_prior
+    from diffrecon.diffusion.checkpoint import load_prior, weights_digests
     from diffrecon.reconstruct import default_prior_path
 
     path = default_prior_path(modality)
@@ -200,6 +229,9 @@ def test_the_bundled_prior_has_a_calibrated_expert_that_fits_it(modality, task, 
     assert expert.path == models_dir() / name
     assert expert.noise_range is not None and expert.noise_range[1] >= 0.5
     assert task in calibrations(expert.metadata)  # the pair's σ scale, in the expert's file
+    # ... fitted with these very weights (a prior retrained without refitting the pair fails here)
+    pair = calibrations(expert.metadata)[task]
+    assert pair.with_prior and pair.with_prior["weights_sha256"] in weights_digests(path, load_prior(path).metadata)
 
 
 def test_the_ct_expert_runs_by_default_on_noiseless_ct_only():

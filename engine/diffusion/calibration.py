@@ -240,6 +240,9 @@ class SigmaCalibration:
     fitted: str = ""  # date
     command: str = ""
     sigma_model: dict[str, float] = field(default_factory=dict)  # SigmaModel fields; empty: the plain spread
+    # a pair's scale (stored in a low-noise expert's file): the prior whose steps the expert ends,
+    # {"path", "weights_sha256"}; None for a prior's own scale
+    with_prior: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -438,6 +438,16 @@ def tensor_bytes_digest(path: str | Path) -> str:
     return hashlib.sha256(raw[8 + length :]).hexdigest()
 
 
+def weights_digests(path: str | Path, metadata: dict[str, Any] | None = None) -> set[str]:
+    """Every digest a ``weights_sha256`` may use for this file's weights: its tensor bytes', and
+    for a file stored as float16 (:func:`save_half_precision`) the float32 weights' it came from."""
+    digests = {tensor_bytes_digest(path)}
+    stored = (metadata or {}).get("stored_as")
+    if isinstance(stored, dict) and isinstance(stored.get("float32_weights_sha256"), str):
+        digests.add(stored["float32_weights_sha256"])
+    return digests
+
+
 def load_ema_weights(path: str | Path, ema_model: nn.Module) -> dict[str, Any]:
     """Load a prior file's weights into an existing network (used when resuming)."""
     tensors, meta = _read(Path(path))
