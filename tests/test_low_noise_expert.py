@@ -157,6 +157,25 @@ def test_the_cli_runs_a_named_expert_and_records_it(cli, tmp_path):
     assert_one_sentence_error(cli(*args, "--low-noise-expert", model), mentions="every noise level")
 
 
+def test_bench_takes_none_for_no_expert_as_reconstruct_does(cli, tmp_path):
+    import json
+
+    from conftest import make_phantom
+    from diffrecon.io import save_volume
+
+    from tiny_priors import save_tiny_prior
+
+    model = save_tiny_prior(tmp_path / "prior.safetensors", train_tiny_prior(2))
+    scan = tmp_path / "phantom.npy"
+    save_volume(Volume(make_phantom(2, 16, 16), modality="MR"), scan)
+    result = cli("bench", scan, "--modality", "mri", "--settings", "4x", "--methods", "diffusion:ddim/dds/4/noblend",
+                 "--model", model, "--low-noise-expert", "none", "--grid-slices", "0", "--no-cases",
+                 "--slices-per-subject", "1", "--out", tmp_path / "bench")
+    assert result.code == 0, result.err
+    options = json.loads((tmp_path / "bench" / "results.json").read_text())["settings"]
+    assert '"low_noise_expert": ""' in json.dumps(options)
+
+
 def test_bench_methods_turn_the_expert_off_by_a_flag():
     from diffrecon.bench.tasks import parse_methods
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffreconError
-from .choices import BACKENDS, DEVICES, MODALITIES
+from .choices import BACKENDS, DEVICES, MODALITIES, low_noise_expert_setting
 
 
 def default_data(modality: str) -> list[str]:
@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--low-noise-expert", metavar="PRIOR",
                    help="the low-noise expert (diffrecon train --noise-range --init-from MODEL) that diffusion "
                         "methods without '+noexpert' run their last steps with (default: the bundled prior's own, "
-                        "when it has one)")
+                        "when it has one; 'none': the prior alone)")
     p.add_argument("--steps", dest="ablation", metavar="N,N,...",
                    help="steps ablation of the first diffusion method on the first task: e.g. 10,25,50,100,250,1000")
     p.add_argument("--ablation-slices", type=int, default=2,
@@ -118,10 +118,11 @@ def run(args: argparse.Namespace) -> int:
     chosen = modalities.get(modality)
     have_default_prior = chosen.default_prior is not None or args.model is not None
     methods = parse_methods(args.methods, modality, have_prior=have_default_prior)
-    if args.low_noise_expert:
+    expert = low_noise_expert_setting(args.low_noise_expert)
+    if expert is not None:
         for m in methods:
             if m.is_diffusion and "cfg_scale" not in m.overrides:
-                m.overrides.setdefault("low_noise_expert", args.low_noise_expert)
+                m.overrides.setdefault("low_noise_expert", expert)
     ablation_steps = parse_steps(args.ablation)
     if ablation_steps and not any(m.is_diffusion for m in methods):
         raise SettingsError("--steps (the steps ablation) needs a diffusion method in --methods")

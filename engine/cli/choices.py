@@ -15,3 +15,11 @@ DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
 DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES
 ADAPT_PARAMETERS = ("norm", "lora")  # diffrecon.diffusion.scan_adaptation.ADAPT_PARAMETERS
 BACKENDS = ("torch", "onnx-int8")  # diffrecon.diffusion.onnx_int8.BACKENDS
+
+
+def low_noise_expert_setting(text: str | None) -> str | None:
+    """``--low-noise-expert`` as the options take it: None keeps the bundled prior's own expert,
+    'none' turns it off (""), anything else names an expert's file or bundled name."""
+    if text is None:
+        return None
+    return "" if text.strip().lower() == "none" else text

@@ -33,6 +33,7 @@ from .choices import (
     MODALITIES,
     NOISE_MODELS,
     SAMPLERS,
+    low_noise_expert_setting,
 )
 
 if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
@@ -225,16 +226,9 @@ def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
                            through_plane=0.0 if args.independent_slices else args.through_plane,
-                           cfg_scale=args.cfg, low_noise_expert=_expert(args.low_noise_expert),
+                           cfg_scale=args.cfg, low_noise_expert=low_noise_expert_setting(args.low_noise_expert),
                            # a guided run's hold-out would change its condition (the degraded input)
                            blend_tv=args.blend_tv if args.blend_tv is not None or args.cfg is None else False)
-
-
-def _expert(text: str | None) -> str | None:
-    """``--low-noise-expert``: None keeps the bundled prior's own expert; 'none' turns it off."""
-    if text is None:
-        return None
-    return "" if text.lower() == "none" else text
 
 
 def _tv_weight(text: str | None) -> float | str | None:
