@@ -16,8 +16,9 @@ torch's threads):
 2. a stable counting sort to pixel-major order (SciPy's ``tocsc``): each pixel's taps are
    then ordered by ray, so a ray's duplicates sit next to each other and merge in one
    pass (``sum_duplicates`` on indices already in order): the block's rows of ``Aᵀ``;
-3. if the views come in pairs 90 degrees apart, the turned view's rows of ``Aᵀ`` are the
-   same rows permuted (:func:`_turn_rows`): half the views are built;
+3. a view that is a built one turned by 90 degrees, mirrored about the diagonal, or both,
+   has the same rows of ``Aᵀ``, permuted (:func:`_plan_views`, :func:`_pixel_rows`): of
+   equally spaced views over 180 degrees about a quarter are built;
 4. each block transposed (a small counting sort) is a band of rows of ``A``; the bands
    stack by concatenation, and ``Aᵀ`` is ``A`` transposed once more.
 
@@ -117,54 +118,140 @@ def build_forward_matrix(size: int, angles_deg: np.ndarray, det_count: int, chun
     Blocks of ``chunk_views`` views are built on ``threads`` threads (default: torch's
     thread setting): NumPy and SciPy's sparse kernels release the GIL. Small blocks keep
     each one's arrays in cache: 4 views took 0.6x the CPU time of 16 on this machine. Each
-    block is a band of rows of ``A``, so joining them is one concatenation (``hstack`` of
-    the ``Aᵀ`` blocks took 1 s of 1.5 at 180 views: it copies entry by entry).
+    block is a band of rows of ``A``; every view's rows are copied once into the result
+    (``hstack`` of the ``Aᵀ`` blocks took 1 s of 1.5 at 180 views, a ``vstack`` then a row
+    permutation 1 s of 1.5).
 
-    When the second half of the views is the first half turned by 90 degrees (any even
-    number of equally spaced views), only the first half is built: a view at θ + 90° samples
-    pixel ``(2c - col, row)`` where the view at θ samples ``(row, col)`` (``c`` the rotation
-    centre ``N // 2``), so its rows of ``Aᵀ`` are the first view's rows, permuted.
+    Views that are a built view turned by 90 degrees, mirrored about the diagonal (θ and
+    90° - θ) or both (180° - θ) are not built (:func:`_plan_views`): their rows of ``Aᵀ``
+    are a built view's rows, permuted (:func:`_pixel_rows`). Of equally spaced views over
+    180 degrees about a quarter are built.
     """
-    theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    angles = np.asarray(angles_deg, dtype=np.float64)
     n, d = int(size), int(det_count)
-    half = theta.size // 2
-    turned = (theta.size % 2 == 0 and half > 0
-              and np.allclose(angles_deg[half:], np.asarray(angles_deg[:half]) + 90.0, rtol=0, atol=1e-9))
-    built = theta[:half] if turned else theta
-    blocks = [built[first : first + chunk_views] for first in range(0, built.size, chunk_views)]
+    built, plan = _plan_views(angles, d)
+    theta = np.deg2rad(angles[built])
+    blocks = [np.arange(first, min(first + chunk_views, built.size)) for first in range(0, built.size, chunk_views)]
+    needed = [sorted({t for b, t in plan if block[0] <= b <= block[-1]}) for block in blocks]
+    extra = any(t != _SAME for _, t in plan)
+    rows = _pixel_rows(n) if extra else {}
     workers = max(1, min(len(blocks), threads if threads is not None else torch.get_num_threads()))
-    if turned:
-        direct, rotated = _turn_rows(n)
 
-    def job(th: np.ndarray) -> list[sp.csr_matrix]:
-        if not turned:
-            return [_adjoint_block(n, th, d).T.tocsr()]
-        wide = _adjoint_block(n, th, d, extra_column=True)
-        return [_select_rows(wide, direct).T.tocsr(), _select_rows(wide, rotated).T.tocsr()]
+    def job(index: int) -> list[sp.csr_matrix]:
+        block = _adjoint_block(n, theta[blocks[index]], d, extra=extra)
+        if not extra:
+            return [block.T.tocsr()]
+        return [_band(_select_rows(block, rows[t]), d, reverse_bins=t in _MIRRORED) for t in needed[index]]
 
     if workers == 1:
-        bands = [job(th) for th in blocks]
+        bands = [job(i) for i in range(len(blocks))]
     else:
         with ThreadPoolExecutor(workers) as pool:
-            bands = list(pool.map(job, blocks))
-    # Rays in view order: the built views, then (if any) the same views turned.
-    parts = [band[0] for band in bands] + ([band[1] for band in bands] if turned else [])
-    return sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+            bands = list(pool.map(job, range(len(blocks))))
+    # Each requested view's rays are d consecutive rows of one band: copy them into place.
+    where: dict[tuple[int, int], tuple[sp.csr_matrix, int]] = {}
+    for block, kinds, made in zip(blocks, needed, bands):
+        for t, band in zip(kinds, made):
+            for k, b in enumerate(block):
+                where[(int(b), t)] = (band, k * d)
+    return _join_views([where[step] for step in plan], d, n_columns=bands[0][0].shape[1], threads=workers)
 
 
-def _turn_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each pixel of the padded grid, its row in a block built with one extra column:
-    as the same view (``direct``) and as the view turned by 90 degrees (``rotated``).
+def _band(adjoint_rows: sp.csr_matrix, d: int, reverse_bins: bool) -> sp.csr_matrix:
+    """Rows of ``Aᵀ`` (pixels x rays of a block) to rows of ``A``, the bins of each view
+    reversed first if asked (a mirrored view: a relabelling of the columns, which the
+    transpose's counting sort puts in order)."""
+    if reverse_bins:
+        rays = adjoint_rows.indices
+        flipped = rays - rays % d + (d - 1 - rays % d)
+        adjoint_rows = sp.csr_matrix((adjoint_rows.data, flipped.astype(rays.dtype), adjoint_rows.indptr),
+                                     shape=adjoint_rows.shape)
+    return adjoint_rows.T.tocsr()
 
-    Pixel ``(r, c)`` (``-1 <= r, c <= N``) of the turned view is pixel ``(c, 2 N//2 - r)``
-    of the built one; that column can be ``N + 1``, hence the extra column.
+
+def _join_views(pieces: list[tuple[sp.csr_matrix, int]], d: int, n_columns: int, threads: int = 1) -> sp.csr_matrix:
+    """One CSR matrix of the ``d`` rows starting at row ``start`` of each ``(band, start)``,
+    in that order: one copy of every entry (a ``vstack`` then a row permutation was two),
+    on ``threads`` threads (NumPy's copies release the GIL)."""
+    lengths = np.concatenate([np.diff(band.indptr[start : start + d + 1]) for band, start in pieces])
+    total = int(lengths.sum())
+    # int32 offsets when they fit, like the bands' indices: mixed widths would copy both to int64
+    indptr = np.zeros(lengths.size + 1, dtype=np.int32 if total < 2**31 - 1 else np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    data = np.empty(int(indptr[-1]), dtype=np.float32)
+    indices = np.empty(int(indptr[-1]), dtype=pieces[0][0].indices.dtype)
+
+    def copy(views: range) -> None:
+        for i in views:
+            band, start = pieces[i]
+            a, b, at = int(band.indptr[start]), int(band.indptr[start + d]), int(indptr[i * d])
+            data[at : at + b - a] = band.data[a:b]
+            indices[at : at + b - a] = band.indices[a:b]
+
+    shares = [range(k, len(pieces), threads) for k in range(threads)]
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(copy, shares))
+    else:
+        copy(shares[0])
+    out = sp.csr_matrix((data, indices, indptr), shape=(lengths.size, n_columns), copy=False)
+    out.has_sorted_indices = True
+    return out
+
+
+#: how a requested view is made from a built one: itself, turned by 90 degrees (θ + 90°),
+#: mirrored about the diagonal (90° - θ), turned and mirrored (180° - θ)
+_SAME, _TURNED, _MIRROR, _TURNED_MIRROR = range(4)
+_MIRRORED = (_MIRROR, _TURNED_MIRROR)
+
+
+def _plan_views(angles: np.ndarray, det_count: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Which views to build (indices into ``angles``), and for every requested view the
+    built view (index into that list) and the symmetry that makes it.
+
+    Views in [0°, 45°] are built; any other view is made from a built one if it is one
+    turned (θ + 90°), mirrored (90° - θ) or both (180° - θ), and built itself otherwise
+    (angles that match no built view, e.g. uneven spacing). Mirroring reverses the detector
+    (bin ``u`` becomes ``-u``), so it needs bins symmetric about the centre: an odd count.
+    """
+    tol = 1e-9
+    built = [i for i, a in enumerate(angles) if -tol <= a <= 45.0 + tol]
+    relations = [(lambda a: a - 90.0, _TURNED)]
+    if det_count % 2 == 1:
+        relations += [(lambda a: 90.0 - a, _MIRROR), (lambda a: 180.0 - a, _TURNED_MIRROR)]
+    plan: list[tuple[int, int]] = []
+    for i, a in enumerate(angles):
+        if i in built:
+            plan.append((built.index(i), _SAME))
+            continue
+        for source, kind in relations:
+            match = [k for k, j in enumerate(built) if abs(angles[j] - source(a)) <= tol]
+            if match:
+                plan.append((match[0], kind))
+                break
+        else:
+            built.append(i)
+            plan.append((len(built) - 1, _SAME))
+    return np.asarray(built, dtype=np.int64), plan
+
+
+def _pixel_rows(n: int) -> dict[int, np.ndarray]:
+    """For each pixel ``(r, c)`` of the padded grid (``-1 <= r, c <= N``) and each symmetry,
+    its row in a block built on a grid one row and one column wider (indices up to ``N + 1``):
+    the built view's pixel whose weight the requested view's pixel takes.
+
+    With ``m = N // 2`` the rotation centre: turned by 90°, pixel ``(r, c)`` is ``(c, 2m - r)``
+    of the built view; mirrored about the diagonal ``(c, r)``; both ``(2m - r, c)``. ``2m - r``
+    can be ``N + 1``, hence the wider grid.
     """
     idx = np.arange(-1, n + 1)
     r, c = np.meshgrid(idx, idx, indexing="ij")
-    wide = n + 3
-    direct = (r + 1) * wide + (c + 1)
-    rotated = (c + 1) * wide + (2 * (n // 2) - r + 1)
-    return direct.ravel().astype(np.int64), rotated.ravel().astype(np.int64)
+    wide, m2 = n + 3, 2 * (n // 2)
+
+    def at(row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        return ((row + 1) * wide + (col + 1)).ravel().astype(np.int64)
+
+    return {_SAME: at(r, c), _TURNED: at(c, m2 - r), _MIRROR: at(c, r), _TURNED_MIRROR: at(m2 - r, c)}
 
 
 def _select_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
@@ -174,14 +261,15 @@ def _select_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-def _adjoint_block(n: int, th: np.ndarray, d: int, extra_column: bool = False) -> sp.csr_matrix:
+def _adjoint_block(n: int, th: np.ndarray, d: int, extra: bool = False) -> sp.csr_matrix:
     """The rows of ``Aᵀ`` for the views ``th`` (radians): pixels x (views x bins).
 
-    ``extra_column`` builds on a grid one column wider (index ``N + 1``), for :func:`_turn_rows`.
+    ``extra`` builds on a grid one row and one column wider (index ``N + 1``), for
+    :func:`_pixel_rows`.
     """
     offsets = (np.arange(d) - d // 2).astype(np.float32)  # detector offset u and ray position v
     centre = float(n // 2)
-    rows_, side = n + 2, n + 2 + int(extra_column)  # padded
+    rows_ = side = n + 2 + int(extra)  # padded
     pixels = rows_ * side
     taps = np.array([0, 1, side, side + 1], dtype=np.int32)  # (r, c), (r, c+1), (r+1, c), (r+1, c+1)
     cos, sin = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
@@ -191,7 +279,7 @@ def _adjoint_block(n: int, th: np.ndarray, d: int, extra_column: bool = False) -
     col = ((centre + u * cos).astype(np.float32) + v * sin.astype(np.float32))
     row = ((centre - u * sin).astype(np.float32) + v * cos.astype(np.float32))
     c0, r0 = np.floor(col), np.floor(row)
-    inside = (c0 >= -1) & (c0 < n + int(extra_column)) & (r0 >= -1) & (r0 < n)
+    inside = (c0 >= -1) & (c0 < n + int(extra)) & (r0 >= -1) & (r0 < n + int(extra))
     # About half of a view's samples miss a square image: drop them before the sort.
     col, row, c0, r0 = col[inside], row[inside], c0[inside], r0[inside]
     per_ray = inside.sum(axis=-1, dtype=np.int64).reshape(-1)
