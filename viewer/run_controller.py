@@ -280,7 +280,8 @@ class RunController(QObject):
                 if blends:  # how far the held-out measurements let the prior's image count against TV's
                     prior_share = round(100 * sum(blends) / len(blends))
                     parts.append(f"{prior_share} % prior, {100 - prior_share} % TV by held-out data")
-                parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
+                if self.fps.frames >= 2:  # one frame (a one-step denoise) has no rate: "0.0 frames/s" misled
+                    parts.append(f"{self.fps.per_second:.1f} frames/s drawn")
             parts.append(f"longest GUI stall {self.stall.longest_ms:.0f} ms")
             warning = (self.session.run.provenance.get("out_of_domain") or {}).get("warning")
             if warning:  # one sentence, first, in the status line's error colour
