@@ -172,9 +172,7 @@ class RunScores:
         diffusion_outcome = outcomes.get(DIFFUSION)
         if diffusion_outcome is not None and diffusion_outcome.variance is not None:
             provenance["sigma_units"] = request.volume.units or "a.u."
-            provenance["sigma_calibration"] = sigma_calibration or {
-                "method": "none", "note": "no calibration of this prior for this task and sampler: σ is the raw "
-                                          "spread of the samples"}
+            provenance["sigma_calibration"] = sigma_calibration or {"method": "none", "note": uncalibrated_note(request)}
             if diffusion_outcome.out_of_domain is not None:
                 provenance["out_of_domain"] = diffusion_outcome.out_of_domain
         return ReconRun(source.slice_index, np.concatenate(self.observed), outcomes, observed_metrics,
@@ -213,6 +211,23 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
         record["intensity_reference"] = cal.intensity_reference
         record["intensity_threshold"] = cal.intensity_threshold
     return record, float(cal.scale)
+
+
+def uncalibrated_note(request: ReconRequest) -> str:
+    """Why σ is the raw spread: no scale for this task and sampler, or (a pair with a low-noise
+    expert) a scale fitted with other weights of the prior, which :func:`resolve_calibration` refuses."""
+    setup = request.diffusion
+    if setup is not None and setup.options.low_noise_expert and setup.calibrate:
+        from .diffusion.calibration import lookup
+        from .diffusion.experts import load_expert
+
+        metadata = load_expert(setup.options.low_noise_expert, setup.prior).metadata
+        cal, _ = lookup(metadata, request.settings.modality, request.settings, setup.options)
+        if cal is not None and not _fitted_for(cal, setup.prior):
+            fitted = (cal.with_prior or {}).get("path") or "another prior"
+            return (f"the low-noise expert's σ scale was fitted with {fitted}, not these weights (a retrained "
+                    f"or another prior; refit the pair: README, Uncertainty): σ is the raw spread of the samples")
+    return "no calibration of this prior for this task and sampler: σ is the raw spread of the samples"
 
 
 def _fitted_for(cal: Any, prior: Any) -> bool:

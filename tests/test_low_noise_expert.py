@@ -231,6 +231,15 @@ def test_a_pair_scale_fitted_with_other_weights_is_not_applied(tmp_path):
 
     assert scale_with(fitted) == pytest.approx(1.7)
     assert scale_with(other) == 1.0
+    # and the run's provenance says why, not only that there is no calibration
+    from diffrecon.run_summary import uncalibrated_note
+
+    def note_with(prior):
+        return uncalibrated_note(ReconRequest(volume, MeasurementSettings("mri"), ["diffusion"], simulate=True,
+                                              diffusion=DiffusionSetup(prior, options)))
+
+    assert "fitted with fitted.safetensors, not these weights" in note_with(other)
+    assert note_with(fitted).startswith("no calibration")
 
 
 @pytest.mark.parametrize(("modality", "task", "settings"), [("mri", "mri-4x", {}), ("ct", "ct-views60", {"views": 60})])
