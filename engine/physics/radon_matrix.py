@@ -19,8 +19,9 @@ torch's threads):
 3. a view that is a built one turned by 90 degrees, mirrored about the diagonal, or both,
    has the same rows of ``Aᵀ``, permuted (:func:`_plan_views`, :func:`_pixel_rows`): of
    equally spaced views over 180 degrees about a quarter are built;
-4. each block transposed (a small counting sort) is a band of rows of ``A``; the bands
-   stack by concatenation, and ``Aᵀ`` is ``A`` transposed once more.
+4. each block transposed (a small counting sort) is a band of rows of ``A`` (a mirrored
+   view's bins relabelled first); every requested view's rows are copied once from their
+   band into ``A``, and ``Aᵀ`` is ``A`` transposed once more.
 
 Both are kept: torch's CPU sparse kernels are fast for ``CSR @ dense`` but not for a
 transposed product, so the adjoint multiplies by the stored ``Aᵀ``, which is exactly the
