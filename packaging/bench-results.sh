@@ -6,7 +6,10 @@
 # with one torch thread each, as below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIFFRECON="${DIFFRECON:-diffrecon}"
+# the checkout's environment (packaging/setup.sh) unless DIFFRECON names another command
+if [ -z "${DIFFRECON:-}" ]; then
+  if [ -x .venv/bin/diffrecon ]; then DIFFRECON="$PWD/.venv/bin/diffrecon"; else DIFFRECON=diffrecon; fi
+fi
 out=resources/results
 mri() {
   $DIFFRECON --threads 1 bench colin27 --modality mri --settings 4x,8x \
