@@ -181,20 +181,12 @@ class RunScores:
 
 def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, float]:
     """The prior's conformal σ scale for this task and sampler, as provenance, and the factor."""
-    setup = request.diffusion
-    if setup is None or DIFFUSION not in request.methods or not setup.calibrate:
+    setup, modality = request.diffusion, request.settings.modality
+    cal, missing = _calibration_entry(request)
+    if setup is None or cal is None or not _fitted_for(cal, setup.prior):
         return None, 1.0
-    from .diffusion.calibration import lookup, task_key
+    from .diffusion.calibration import task_key
 
-    modality = request.settings.modality
-    metadata = setup.prior.metadata
-    if setup.options.low_noise_expert:  # σ of the pair was fitted for the pair: its scale is in the expert's file
-        from .diffusion.experts import load_expert
-
-        metadata = load_expert(setup.options.low_noise_expert, setup.prior).metadata
-    cal, missing = lookup(metadata, modality, request.settings, setup.options)
-    if cal is None or not _fitted_for(cal, setup.prior):
-        return None, 1.0
     record = cal.provenance(extrapolated_from=missing)
     record["applied_to"] = task_key(modality, request.settings)
     fitted_steps = cal.sampler.get("steps")
@@ -216,18 +208,29 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
 def uncalibrated_note(request: ReconRequest) -> str:
     """Why σ is the raw spread: no scale for this task and sampler, or (a pair with a low-noise
     expert) a scale fitted with other weights of the prior, which :func:`resolve_calibration` refuses."""
+    cal, _ = _calibration_entry(request)  # again: only a run left uncalibrated asks why
+    if request.diffusion is not None and cal is not None and not _fitted_for(cal, request.diffusion.prior):
+        fitted = (cal.with_prior or {}).get("path") or "another prior"
+        return (f"the low-noise expert's σ scale was fitted with {fitted}, not these weights (a retrained "
+                f"or another prior; refit the pair: README, Uncertainty): σ is the raw spread of the samples")
+    return "no calibration of this prior for this task and sampler: σ is the raw spread of the samples"
+
+
+def _calibration_entry(request: ReconRequest) -> tuple[Any, str | None]:
+    """The σ calibration entry for this run's task and sampler, and what it was extrapolated
+    from: the prior's own, or with a low-noise expert the pair's (in the expert's file);
+    ``(None, None)`` when the run calibrates nothing."""
     setup = request.diffusion
-    if setup is not None and setup.options.low_noise_expert and setup.calibrate:
-        from .diffusion.calibration import lookup
+    if setup is None or DIFFUSION not in request.methods or not setup.calibrate:
+        return None, None
+    from .diffusion.calibration import lookup
+
+    metadata = setup.prior.metadata
+    if setup.options.low_noise_expert:  # σ of the pair was fitted for the pair: its scale is in the expert's file
         from .diffusion.experts import load_expert
 
         metadata = load_expert(setup.options.low_noise_expert, setup.prior).metadata
-        cal, _ = lookup(metadata, request.settings.modality, request.settings, setup.options)
-        if cal is not None and not _fitted_for(cal, setup.prior):
-            fitted = (cal.with_prior or {}).get("path") or "another prior"
-            return (f"the low-noise expert's σ scale was fitted with {fitted}, not these weights (a retrained "
-                    f"or another prior; refit the pair: README, Uncertainty): σ is the raw spread of the samples")
-    return "no calibration of this prior for this task and sampler: σ is the raw spread of the samples"
+    return lookup(metadata, request.settings.modality, request.settings, setup.options)
 
 
 def _fitted_for(cal: Any, prior: Any) -> bool:
