@@ -43,6 +43,10 @@ FLAGS: dict[str, dict[str, Any]] = {
     "blend": {"blend_tv": True},  # the hold-out blend with TV (the MRI and CT default)
     "noblend": {"blend_tv": False},  # the diffusion result alone
     "noexpert": {"low_noise_expert": ""},  # the prior alone at every step (no low-noise expert)
+    # MRI on the scan's own grid, or one 2 or 3 times finer (diffusion.fine_grid)
+    "grid1": {"fine_grid": 1},
+    "grid2": {"fine_grid": 2},
+    "grid3": {"fine_grid": 3},
 }
 
 

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "sigma=0.05,sigma=0.1 (denoise); looks=1 (ultrasound); join settings of "
                                       "one task with + (default: all of the modality's)")
     p.add_argument("--methods", help="comma-separated: the modality's baselines (zero-filled, fbp, tv, l1-wavelet, "
-                                     "median, bm3d) and diffusion[:sampler/guidance/steps[/hot+blend+noblend+noexpert]] "
+                                     "median, bm3d) and diffusion[:sampler/guidance/steps[/hot+blend+noblend+noexpert+grid2]] "
                                      "(default: every baseline and diffusion; noexpert: without the prior's "
                                      "low-noise expert)")
     p.add_argument("--slices", help="slices of each scan, Python style: 88:92 (default: the held-out block, or all)")

@@ -61,6 +61,9 @@ class DiffusionOptions:
     # a prior trained only at low noise levels (train --noise-range) that takes over every step
     # whose noise level it learned (.experts); a file or a bundled prior's name; None or "" = off
     low_noise_expert: str | None = None
+    # Cartesian MRI: reconstruct on a grid this many times finer than the scan's (its k-space
+    # zero-padded), then crop back (.fine_grid); 1 = the scan's own grid. Costs fine_grid² the time
+    fine_grid: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class DiffusionOptions:
         if self.branch_t < 1.0 and self.samples > 1 and (self.symmetric or (self.sampler == "ddim" and self.eta == 0)):
             raise SettingsError("branching samples from a shared trunk needs a stochastic sampler (ddim with eta > 0, "
                                 "ddpm or sde) without symmetric pairs")
+        if isinstance(self.fine_grid, bool) or not isinstance(self.fine_grid, int) or not 1 <= self.fine_grid <= 4:
+            raise SettingsError(f"the fine grid factor must be a whole number from 1 to 4; got {self.fine_grid!r}")
         if self.eta < 0 or self.cg_iters < 1:
             raise SettingsError(f"eta must be >= 0 and cg_iters >= 1; got {self.eta} and {self.cg_iters}")
 

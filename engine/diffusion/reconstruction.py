@@ -176,6 +176,11 @@ def stream_reconstruction(problem: ReconProblem, prior: Prior, options: Diffusio
     samples, ``variance`` their per-pixel variance (None for a single sample).
     """
     options.validate()  # a caller may have changed a field since it was made
+    if options.fine_grid > 1:
+        from .fine_grid import stream_on_fine_grid
+
+        yield from stream_on_fine_grid(problem, prior, options, baseline=baseline, neighbours=neighbours)
+        return
     cfg_condition = _check_conditioning(problem, prior, options)
     if cfg_condition == "blind-spot":  # DiffDenoise's self-supervised prior: its own sampler
         from .self_supervised import stream_self_supervised
