@@ -8,10 +8,11 @@ returns to the scan's grid by cropping its k-space back to the block (sinc inter
 and its exact inverse). Everything in between (dds-tv's weight choice, the blend with TV,
 the expert, the samples) runs on the fine problem as on any larger scan.
 
-Measured on the validation subjects (``resources/results/fine-grid.md``): on a grid twice
-as fine, DDS alone gains at 4x (+0.39 dB, +1.2 on the 256² slice) but loses at 8x (-0.42),
-and MRI's default (dds-tv blended with TV) loses 0.12 dB at 4x; so it is off by default
-(``fine_grid = 1``) and stays for comparisons (``bench ... diffusion:ddim/dds/25/noblend+grid2``).
+Measured on the validation subjects with the bundled expert
+(``resources/results/fine-grid/README.md``): on a grid twice as fine, DDS alone gains at 4x
+(+0.40 dB; +1.2 on the one 256² slice) but loses at 8x (-0.43), and MRI's default (dds-tv
+blended with TV) loses 0.22 dB at 4x and 0.14 at 8x; so it is off by default (``fine_grid = 1``)
+and stays for comparisons (``bench ... diffusion:ddim/dds/25/noblend+grid2``).
 It costs F² the pixels, so about F² the time.
 
 The variance (the σ map) is returned by the same k-space crop: a smoothed map, not the
@@ -96,6 +97,7 @@ class FineGrid:
 
 
 def check_fine_grid(problem: ReconProblem, options: DiffusionOptions) -> None:
+    """Refuse, in one sentence, a finer grid for anything but Cartesian MRI (CT's geometry has no such block)."""
     if not isinstance(problem.operator, MRIOperator):
         raise SettingsError(f"a finer reconstruction grid (fine_grid {options.fine_grid}) is for Cartesian MRI only; "
                             f"this is {problem.modality}")
