@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="comma-separated: the modality's baselines (zero-filled, fbp, tv, l1-wavelet, "
                                      "median, bm3d) and diffusion[:sampler/guidance/steps[/hot+blend+noblend+noexpert+grid2]] "
                                      "(default: every baseline and diffusion; noexpert: without the prior's "
-                                     "low-noise expert)")
+                                     "low-noise expert; grid2, grid3: MRI on a 2x or 3x finer grid)")
     p.add_argument("--slices", help="slices of each scan, Python style: 88:92 (default: the held-out block, or all)")
     p.add_argument("--slices-per-subject", type=int, default=8, metavar="N",
                    help="slices scored per test or validation subject, spread evenly over its object slices "
