@@ -84,6 +84,10 @@ _BRANCHED_DDIM = {**_STOCHASTIC_DDIM, "branch_t": 0.4}
 #: multiple of the TV baseline's tuned weight, chosen on validation subjects
 #: (heudiconv-axasc35, cranium's held-out slab): resources/results/volume/README.md
 THROUGH_PLANE = {"mri": 1.0, "ct": 4.0}
+#: MRI's sampling steps (DDIM): a plain reconstruction, and a run with uncertainty (--samples >= 2),
+#: whose σ calibration was fitted at 25 steps
+MRI_STEPS = 50
+CALIBRATED_STEPS = 25
 _NOISE_START = {"noise_start": True, "noise_start_scale": 0.9, "steps": 1, "ensemble": 4, "wiener": True}
 
 REGISTRY: dict[str, Modality] = {
@@ -98,10 +102,16 @@ REGISTRY: dict[str, Modality] = {
         # symmetric pairs and 0.19 for the SDE, all calibrated to ~94-95 % by their conformal scale;
         # PSNR of the mean within 0.05 dB); branched at t = 0.4 it costs half and, with the prior's
         # σ model, ranks them as well (0.385 against 0.392): resources/results/uncertainty/.
+        # 50 steps (session 14): the reconstruction was still improving at the last of 25 steps; on
+        # the validation subjects the default scored 28.64 dB at 4x with 50 steps against 28.19 with
+        # 25 (8x: 24.77 against 24.56; DDS alone 28.21 / 27.58, 100 steps 28.42), for 1.6x the time
+        # (resources/results/diffusion-defaults.md). Uncertainty runs keep 25 steps: their σ scale
+        # and out-of-domain thresholds were fitted there.
         Modality("mri", BUILDERS["mri"], "zero-filled", "colin27", "4x,8x",
-                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"], "blend_tv": True},
+                 {**_SYMMETRIC_DDIM, "guidance": "dds-tv", "through_plane": THROUGH_PLANE["mri"], "blend_tv": True,
+                  "steps": MRI_STEPS},
                  "mri-brain.safetensors", ("mri",),
-                 input_method="zero-filled", uncertainty_defaults=_BRANCHED_DDIM),
+                 input_method="zero-filled", uncertainty_defaults={**_BRANCHED_DDIM, "steps": CALIBRATED_STEPS}),
         # CT: DDS, blended with TV by a weight fitted per scan to a full-length run on held-out
         # views (blend_tv): on the validation slab it keeps DDS's 44.55 dB (TV 41.37; weight 1);
         # on an abdomen the head prior never saw it leans on TV instead of losing to it.

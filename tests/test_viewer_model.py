@@ -172,7 +172,10 @@ def test_a_scripted_run_request_has_the_panels_defaults_and_refuses_what_does_no
     measured = modalities.get("mri").diffusion_defaults
     assert task == "mri" and request.simulate and request.slices == [3] and request.batch_size == 1
     assert request.settings.acceleration == 4.0 and request.settings.mask == "random"
-    assert request.options.steps == 25 and request.options.guidance == measured.get("guidance", "dds")
+    assert request.options.steps == measured["steps"] and request.options.guidance == measured.get("guidance", "dds")
+    # asking for uncertainty takes the steps the σ calibration was fitted at
+    _, sampled = request_for(volume, 3, RunChoices(samples=8), default_model=lambda task: None)
+    assert sampled.options.steps == modalities.get("mri").uncertainty_defaults["steps"] < measured["steps"]
     assert request.baseline == modalities.get("mri").baselines[1] and request.model is None
     _, volume_request = request_for(volume, 3, RunChoices(whole_volume=True, baseline="none", steps=4, seed=7),
                                     default_model=lambda task: None)

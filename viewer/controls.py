@@ -319,8 +319,14 @@ class ControlPanel(QWidget):
 
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
-        return modalities.get(self.task).diffusion_options(
-            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
+        task = modalities.get(self.task)
+        # Steps left at the task's default: the task decides (MRI runs with uncertainty take the
+        # steps their σ calibration was fitted at)
+        steps = int(self.steps.value())
+        default_steps = int(task.diffusion_defaults.get("steps", 25))
+        return task.diffusion_options(
+            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
+            steps=None if steps == default_steps else steps,
             samples=int(self.samples.value()), seed=int(self.seed.value()),
             blend_tv=self.blend.isChecked() and self.task in HOLDOUT_MODALITIES,
             through_plane=0.0 if getattr(self, "independent_slices", False) else None)

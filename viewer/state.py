@@ -253,8 +253,9 @@ def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=
     measured = modalities.get(task).diffusion_defaults
     options = modalities.get(task).diffusion_options(
         sampler=c.sampler or measured.get("sampler", "ddim"), guidance=c.guidance or measured.get("guidance", "dds"),
-        # the task's steps: denoising and ultrasound take one, from the noise level
-        steps=int(measured.get("steps", 25)) if c.steps is None else int(c.steps),
+        # the task's steps (denoising and ultrasound take one, from the noise level; MRI with
+        # uncertainty the steps its σ calibration was fitted at)
+        steps=None if c.steps is None else int(c.steps),
         samples=1 if c.samples is None else int(c.samples),
         seed=settings.seed, through_plane=0.0 if c.independent_slices else None)
     model = Path(c.model) if c.model is not None else (default_model(task) if default_model else None)
