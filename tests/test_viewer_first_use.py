@@ -314,3 +314,21 @@ def test_closing_waits_for_a_job_longer_than_ten_seconds_instead_of_aborting(qtb
     window.close()
     assert not window.isVisible()
     assert thread.isFinished(), "close returned while the worker thread was still running"
+
+
+def test_steps_at_the_default_follow_the_samples_to_where_sigma_was_calibrated(qtbot, window, mr_nifti):
+    """MRI runs 50 steps, but 25 with uncertainty (its σ calibration's): the Steps box shows the
+    steps that will run, and a number the user typed stays."""
+    from diffrecon import modalities
+
+    open_scan(qtbot, window, mr_nifti)
+    controls, mri = window.controls, modalities.get("mri")
+    plain, calibrated = mri.diffusion_defaults["steps"], mri.uncertainty_defaults["steps"]
+    assert controls.task == "mri" and controls.steps.value() == plain != calibrated
+    controls.samples.setValue(8)
+    assert controls.steps.value() == calibrated and controls.diffusion_options().steps == calibrated
+    controls.samples.setValue(1)
+    assert controls.steps.value() == plain and controls.diffusion_options().steps == plain
+    controls.steps.setValue(40)
+    controls.samples.setValue(4)
+    assert controls.steps.value() == 40 and controls.diffusion_options().steps == 40

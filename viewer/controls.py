@@ -129,7 +129,8 @@ class ControlPanel(QWidget):
         _explain(self.guidance, "How each step is kept faithful to what was measured.", GUIDANCE_HELP)
         self.steps = _spin(1, 1000, 25)
         self.steps.setToolTip("Denoising steps from pure noise to the image: more steps are slower and "
-                              "usually a little sharper (25 is the measured default)")
+                              "usually a little sharper (the measured default: MRI 50, or 25 with 2 or more "
+                              "samples, where σ was calibrated; CT 25)")
         # One sample runs as a symmetric pair (+noise and -noise, SRDS): already a variance map, and
         # the fastest live view; more samples sharpen the uncertainty map at a proportional cost.
         self.samples = _spin(1, 16, 1)
@@ -148,6 +149,7 @@ class ControlPanel(QWidget):
         dform.addRow("Guidance", self.guidance)
         dform.addRow("Steps", self.steps)
         dform.addRow("Samples", self.samples)
+        self.samples.valueChanged.connect(self._follow_default_steps)
         dform.addRow("Slices", self.scope)
         dform.addRow(self.blend)
         outer.addWidget(diffusion)
@@ -249,7 +251,7 @@ class ControlPanel(QWidget):
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
         self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
         # denoising and ultrasound start at the noise level: one step (8 network evaluations)
-        self.steps.setValue(int(measured.get("steps", 25)))
+        self.steps.setValue(self._default_steps(int(self.samples.value())))
         self.blend.setChecked(bool(measured.get("blend_tv", False)))
         self._diffusion_form.setRowVisible(self.blend, task in HOLDOUT_MODALITIES)  # a hold-out needs measurements
         current = self.baseline.currentData()
@@ -317,16 +319,23 @@ class ControlPanel(QWidget):
             noise_sigma=self.noise_sigma.value(), seed=int(self.seed.value()),
         )
 
+    def _default_steps(self, samples: int) -> int:
+        """The task's steps for this many samples (MRI with uncertainty: where σ was calibrated)."""
+        task = modalities.get(self.task)
+        plain = int(task.diffusion_defaults.get("steps", 25))
+        return int(task.uncertainty_defaults.get("steps", plain)) if samples >= 2 else plain
+
+    def _follow_default_steps(self, samples: int) -> None:
+        """Steps left at one default follow the samples to the other (MRI: 50 plain, 25 with σ)."""
+        if self.steps.value() == self._default_steps(1 if samples >= 2 else 2):
+            self.steps.setValue(self._default_steps(samples))
+
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
         task = modalities.get(self.task)
-        # Steps left at the task's default: the task decides (MRI runs with uncertainty take the
-        # steps their σ calibration was fitted at)
         steps = int(self.steps.value())
-        default_steps = int(task.diffusion_defaults.get("steps", 25))
         return task.diffusion_options(
-            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(),
-            steps=None if steps == default_steps else steps,
+            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=steps,
             samples=int(self.samples.value()), seed=int(self.seed.value()),
             blend_tv=self.blend.isChecked() and self.task in HOLDOUT_MODALITIES,
             through_plane=0.0 if getattr(self, "independent_slices", False) else None)
