@@ -320,10 +320,9 @@ class ControlPanel(QWidget):
         )
 
     def _default_steps(self, samples: int) -> int:
-        """The task's steps for this many samples (MRI with uncertainty: where σ was calibrated)."""
-        task = modalities.get(self.task)
-        plain = int(task.diffusion_defaults.get("steps", 25))
-        return int(task.uncertainty_defaults.get("steps", plain)) if samples >= 2 else plain
+        """The task's steps for this many samples (MRI with uncertainty: where σ was calibrated),
+        as the task's own options resolve them."""
+        return modalities.get(self.task).diffusion_options(samples=samples).steps
 
     def _follow_default_steps(self, samples: int) -> None:
         """Steps left at one default follow the samples to the other (MRI: 50 plain, 25 with σ)."""
@@ -332,10 +331,8 @@ class ControlPanel(QWidget):
 
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
-        task = modalities.get(self.task)
-        steps = int(self.steps.value())
-        return task.diffusion_options(
-            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=steps,
+        return modalities.get(self.task).diffusion_options(
+            sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
             samples=int(self.samples.value()), seed=int(self.seed.value()),
             blend_tv=self.blend.isChecked() and self.task in HOLDOUT_MODALITIES,
             through_plane=0.0 if getattr(self, "independent_slices", False) else None)
