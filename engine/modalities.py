@@ -15,11 +15,11 @@ them are in ``resources/results/diffusion-defaults.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .baselines import METHODS_FOR_MODALITY
 from .errors import SettingsError
-from .measurements import BUILDERS, MODALITIES, ModalityMeasurements
+from .measurements import BUILDERS, MODALITIES, MeasurementSettings, ModalityMeasurements
 
 if TYPE_CHECKING:
     from .diffusion.options import DiffusionOptions
@@ -41,6 +41,10 @@ class Modality:
     #: (samples >= 2): the sampler setting whose σ calibrated best on the validation subjects
     #: (resources/results/uncertainty/); explicit choices still win
     uncertainty_defaults: dict[str, Any] = field(default_factory=dict)
+    #: DiffusionOptions fields that differ between this modality's tasks (CT: the steps of
+    #: noiseless sparse views), given the task's settings; they replace the defaults, and the
+    #: uncertainty defaults and explicit choices replace them
+    task_defaults: Callable[[MeasurementSettings], dict[str, Any]] | None = None
 
     @property
     def baselines(self) -> tuple[str, ...]:
@@ -52,13 +56,16 @@ class Modality:
         """The classical method a diffusion hot start enters from (the iterative one: TV)."""
         return self.baselines[1]
 
-    def diffusion_options(self, **overrides: Any) -> DiffusionOptions:
-        """:class:`DiffusionOptions` with this modality's measured defaults; ``overrides``
+    def diffusion_options(self, settings: MeasurementSettings | None = None, /, **overrides: Any) -> DiffusionOptions:
+        """:class:`DiffusionOptions` with this modality's measured defaults for the task
+        ``settings`` (None: the modality's own, those of no task in particular); ``overrides``
         that are not None win."""
         from .diffusion.options import DiffusionOptions
 
         given = {k: v for k, v in overrides.items() if v is not None}
         chosen = dict(self.diffusion_defaults)
+        if settings is not None and self.task_defaults is not None:
+            chosen.update(self.task_defaults(settings))
         if int(given.get("samples", chosen.get("samples", 1))) >= 2:
             chosen.update(self.uncertainty_defaults)
         merged = {**chosen, **given}
@@ -88,6 +95,17 @@ THROUGH_PLANE = {"mri": 1.0, "ct": 4.0}
 #: whose σ calibration was fitted at 25 steps
 MRI_STEPS = 50
 CALIBRATED_STEPS = 25
+#: CT's sampling steps for noiseless sparse views (no dose setting); low-dose tasks keep 25: on
+#: cranium's validation slab 50 steps gained 1.5-2.0 dB at 30, 60 and 120 views, on every slice,
+#: but lost 0.38 dB at 25 % dose, where more steps follow the noisy data further
+#: (resources/results/diffusion-defaults.md)
+CT_SPARSE_VIEW_STEPS = 50
+
+
+def _ct_task_defaults(settings: MeasurementSettings) -> dict[str, Any]:
+    return {"steps": CT_SPARSE_VIEW_STEPS} if settings.dose is None else {}
+
+
 _NOISE_START = {"noise_start": True, "noise_start_scale": 0.9, "steps": 1, "ensemble": 4, "wiener": True}
 
 REGISTRY: dict[str, Modality] = {
@@ -120,10 +138,12 @@ REGISTRY: dict[str, Modality] = {
         # spread (Spearman 0.54 against 0.37), but with the prior's σ model (disagreement with TV)
         # both reach 0.70-0.72, and the pairs' mean is 1.2 dB better (36.74 against 35.58 dB):
         # resources/results/uncertainty/README.md.
+        # 50 steps on noiseless views, 25 with dose noise and with uncertainty (CT_SPARSE_VIEW_STEPS).
         Modality("ct", BUILDERS["ct"], "FBP", "cranium", "views=30,views=60,views=120,dose=0.25",
                  {**_SYMMETRIC_DDIM, "guidance": "dds", "cg_iters": 10, "through_plane": THROUGH_PLANE["ct"],
                   "blend_tv": True},
-                 "ct-head.safetensors", ("ct",)),
+                 "ct-head.safetensors", ("ct",),
+                 uncertainty_defaults={"steps": CALIBRATED_STEPS}, task_defaults=_ct_task_defaults),
         # A = I: start at the noise level (diffusion.noise_start), symmetric pairs x 4 flips, one
         # step: 8 network evaluations, with the denoising prior (mri-brain's real channel trained
         # on the noise levels denoising enters at). Entered at the matched level (x1.0) and

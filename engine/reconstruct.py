@@ -115,11 +115,13 @@ def with_bundled_expert(options: "DiffusionOptions", prior_path: str | Path | No
     return options if expert is None else replace(options, low_noise_expert=expert)
 
 
-def diffusion_setup(prior: "Prior", modality: str, **overrides: Any) -> DiffusionSetup:
-    """``prior`` with the modality's measured options and ``overrides`` (None keeps a default),
-    checked. A hot start enters from the modality's iterative baseline (TV), as the viewer's does."""
+def diffusion_setup(prior: "Prior", modality: str, settings: MeasurementSettings | None = None,
+                    **overrides: Any) -> DiffusionSetup:
+    """``prior`` with the modality's measured options for the task ``settings`` and ``overrides``
+    (None keeps a default), checked. A hot start enters from the modality's iterative baseline
+    (TV), as the viewer's does."""
     chosen = modalities.get(modality)
-    options = chosen.diffusion_options(**overrides)  # DiffusionOptions checks itself
+    options = chosen.diffusion_options(settings, **overrides)  # DiffusionOptions checks itself
     return DiffusionSetup(prior, options, baseline=chosen.hot_start_baseline)
 
 

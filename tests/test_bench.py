@@ -105,6 +105,9 @@ def test_quick_bench_writes_every_part_of_the_report(cli, tmp_path, tiny_prior_f
     comps = results["comparisons"]
     assert comps and all(c["reference"] in ("zero-filled", "tv") for c in comps)
     assert all(c["p_bonferroni"] >= c["p"] for c in comps if not math.isnan(c["p"]))
+    # the options each diffusion method ran with, per task (quick: 3 steps)
+    ran = results["diffusion_options"]["8x"]
+    assert ran["diffusion:ddim/projection"]["guidance"] == "projection" and ran["diffusion"]["steps"] == 3
     # the ablation keeps several step counts even in quick mode
     assert len({r["steps"] for r in results["ablation_table"]}) >= 2
     md = (out / "results.md").read_text()
@@ -137,6 +140,21 @@ def test_quick_bench_writes_every_part_of_the_report(cli, tmp_path, tiny_prior_f
     assert again.code == 0, again.err
     rerun = json.loads((tmp_path / "again" / "results.json").read_text())["per_slice"]
     assert [(r["method"], r["psnr"]) for r in rerun] == [(r["method"], r["psnr"]) for r in results["per_slice"]]
+
+
+def test_each_bench_task_runs_with_its_own_default_steps(mri_prior):
+    """CT's noiseless views take more steps than its low-dose task (modalities.task_defaults):
+    one bench over both tasks gives each its own, and an explicit step count holds for both."""
+    from diffrecon.bench.runner import _diffusion_setups
+    from diffrecon.modalities import CALIBRATED_STEPS, CT_SPARSE_VIEW_STEPS
+
+    tasks = parse_settings("views=60,dose=0.25", "ct")
+    methods = parse_methods("diffusion,diffusion:ddim/dds/10", "ct", have_prior=True)
+    steps = {t.label: {label: setup.options.steps
+                       for label, setup in _diffusion_setups(methods, mri_prior, t.settings(0), 0, 1, False).items()}
+             for t in tasks}
+    assert steps == {"views=60": {"diffusion": CT_SPARSE_VIEW_STEPS, "diffusion:ddim/dds/10": 10},
+                     "dose=0.25": {"diffusion": CALIBRATED_STEPS, "diffusion:ddim/dds/10": 10}}
 
 
 def test_ct_bench_scores_fbp_and_tv_on_the_same_sinogram(cli, tmp_path):

@@ -66,3 +66,21 @@ def test_a_few_steps_start_from_the_baseline_unless_the_user_chose() -> None:
         assert not modalities.get(name).diffusion_options(steps=2, hot_start=False).hot_start
         assert not modalities.get(name).diffusion_options(steps=MIN_STEPS_FROM_NOISE).hot_start
     assert not modalities.get("denoise").diffusion_options(steps=1).hot_start  # starts at the noise level
+
+
+def test_ct_takes_more_steps_on_noiseless_views_than_at_low_dose() -> None:
+    """CT's steps depend on its task (measured on the validation slab): 50 for noiseless sparse
+    views, 25 with dose noise, 25 with uncertainty (where σ was calibrated); the modality's own
+    options (no task) and an explicit choice are unchanged."""
+    from diffrecon.modalities import CALIBRATED_STEPS, CT_SPARSE_VIEW_STEPS
+
+    ct = modalities.get("ct")
+    noiseless, low_dose = MeasurementSettings("ct", views=60), MeasurementSettings("ct", dose=0.25)
+    assert ct.diffusion_options(noiseless).steps == CT_SPARSE_VIEW_STEPS != CALIBRATED_STEPS
+    assert ct.diffusion_options(MeasurementSettings("ct", views=120)).steps == CT_SPARSE_VIEW_STEPS
+    assert ct.diffusion_options(low_dose).steps == ct.diffusion_options().steps == CALIBRATED_STEPS
+    assert ct.diffusion_options(noiseless, samples=4).steps == CALIBRATED_STEPS
+    assert ct.diffusion_options(noiseless, steps=10).steps == 10
+    # other modalities have no per-task defaults: the task changes nothing
+    mri = modalities.get("mri")
+    assert mri.diffusion_options(MeasurementSettings("mri", acceleration=8.0)) == mri.diffusion_options()

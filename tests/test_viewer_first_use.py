@@ -332,3 +332,21 @@ def test_steps_at_the_default_follow_the_samples_to_where_sigma_was_calibrated(q
     controls.steps.setValue(40)
     controls.samples.setValue(4)
     assert controls.steps.value() == 40 and controls.diffusion_options().steps == 40
+
+
+def test_ct_steps_follow_the_dose_while_at_the_default(qtbot, window):
+    """CT runs 50 steps on noiseless views and 25 with dose noise: the Steps box follows the dose
+    while it shows the default, and a number the user typed stays."""
+    from diffrecon.modalities import CALIBRATED_STEPS, CT_SPARSE_VIEW_STEPS
+
+    controls = window.controls
+    controls.modality.setCurrentIndex(controls.modality.findData("ct"))
+    assert controls.task == "ct" and controls.dose.value() == 0.0
+    assert controls.steps.value() == CT_SPARSE_VIEW_STEPS == controls.diffusion_options().steps
+    controls.dose.setValue(0.25)
+    assert controls.steps.value() == CALIBRATED_STEPS == controls.diffusion_options().steps
+    controls.dose.setValue(0.0)
+    assert controls.steps.value() == CT_SPARSE_VIEW_STEPS
+    controls.steps.setValue(30)
+    controls.dose.setValue(0.5)
+    assert controls.steps.value() == 30 and controls.diffusion_options().steps == 30

@@ -130,7 +130,8 @@ class ControlPanel(QWidget):
         self.steps = _spin(1, 1000, 25)
         self.steps.setToolTip("Denoising steps from pure noise to the image: more steps are slower and "
                               "usually a little sharper (the measured default: MRI 50, or 25 with 2 or more "
-                              "samples, where σ was calibrated; CT 25)")
+                              "samples, where σ was calibrated; CT 50 for noiseless views, 25 with dose "
+                              "noise or 2 or more samples)")
         # One sample runs as a symmetric pair (+noise and -noise, SRDS): already a variance map, and
         # the fastest live view; more samples sharpen the uncertainty map at a proportional cost.
         self.samples = _spin(1, 16, 1)
@@ -149,7 +150,8 @@ class ControlPanel(QWidget):
         dform.addRow("Guidance", self.guidance)
         dform.addRow("Steps", self.steps)
         dform.addRow("Samples", self.samples)
-        self.samples.valueChanged.connect(self._follow_default_steps)
+        self.samples.valueChanged.connect(lambda _: self._follow_default_steps())
+        self._shown_default_steps = int(self.steps.value())  # the task default the Steps box last showed
         dform.addRow("Slices", self.scope)
         dform.addRow(self.blend)
         outer.addWidget(diffusion)
@@ -180,6 +182,8 @@ class ControlPanel(QWidget):
         self.modality.currentIndexChanged.connect(self._task_changed)
         for w in (self.acceleration, self.views, self.dose, self.noise_sigma, self.seed):
             w.valueChanged.connect(self.measurementChanged)
+        for w in (self.views, self.dose):  # CT's steps differ with and without noise
+            w.valueChanged.connect(lambda _: self._follow_default_steps())
         self.mask_kind.currentIndexChanged.connect(self.measurementChanged)
         self.simulate.toggled.connect(self.measurementChanged)
         self.model.activated.connect(self._model_activated)
@@ -251,7 +255,8 @@ class ControlPanel(QWidget):
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(measured.get("sampler", "ddim"))))
         self.guidance.setCurrentIndex(max(0, self.guidance.findData(measured.get("guidance", "dds"))))
         # denoising and ultrasound start at the noise level: one step (8 network evaluations)
-        self.steps.setValue(self._default_steps(int(self.samples.value())))
+        self._shown_default_steps = self._default_steps()
+        self.steps.setValue(self._shown_default_steps)
         self.blend.setChecked(bool(measured.get("blend_tv", False)))
         self._diffusion_form.setRowVisible(self.blend, task in HOLDOUT_MODALITIES)  # a hold-out needs measurements
         current = self.baseline.currentData()
@@ -300,8 +305,9 @@ class ControlPanel(QWidget):
             self.seed.setValue(m.seed)
             self.sampler.setCurrentIndex(max(0, self.sampler.findData(o.sampler)))
             self.guidance.setCurrentIndex(max(0, self.guidance.findData(o.guidance)))
-            self.steps.setValue(o.steps)
             self.samples.setValue(o.samples)
+            self.steps.setValue(o.steps)  # after what its default follows
+            self._shown_default_steps = self._default_steps()
             self.blend.setChecked(o.blend_tv)
             self.baseline.setCurrentIndex(max(0, self.baseline.findData(request.baseline)))
             self._fill_models(request.model)
@@ -319,19 +325,25 @@ class ControlPanel(QWidget):
             noise_sigma=self.noise_sigma.value(), seed=int(self.seed.value()),
         )
 
-    def _default_steps(self, samples: int) -> int:
-        """The task's steps for this many samples (MRI with uncertainty: where σ was calibrated),
-        as the task's own options resolve them."""
-        return modalities.get(self.task).diffusion_options(samples=samples).steps
+    def _default_steps(self) -> int:
+        """The task's steps for these measurements and samples (with uncertainty: where σ was
+        calibrated), as the task's own options resolve them."""
+        return modalities.get(self.task).diffusion_options(
+            self.measurement_settings(), samples=int(self.samples.value())).steps
 
-    def _follow_default_steps(self, samples: int) -> None:
-        """Steps left at one default follow the samples to the other (MRI: 50 plain, 25 with σ)."""
-        if self.steps.value() == self._default_steps(1 if samples >= 2 else 2):
-            self.steps.setValue(self._default_steps(samples))
+    def _follow_default_steps(self) -> None:
+        """Steps left at the task's default follow it when the samples or the measurements change
+        it (MRI: 50, 25 with σ; CT: 50 for noiseless views, 25 with dose or σ); a number the
+        user typed stays."""
+        default = self._default_steps()
+        if self.steps.value() == self._shown_default_steps:
+            self.steps.setValue(default)
+        self._shown_default_steps = default
 
     def diffusion_options(self) -> DiffusionOptions:
         """The task's measured defaults (symmetric pairs, eta) with the choices made here."""
         return modalities.get(self.task).diffusion_options(
+            self.measurement_settings(),
             sampler=self.sampler.currentData(), guidance=self.guidance.currentData(), steps=int(self.steps.value()),
             samples=int(self.samples.value()), seed=int(self.seed.value()),
             blend_tv=self.blend.isChecked() and self.task in HOLDOUT_MODALITIES,

@@ -252,9 +252,10 @@ def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=
         noise_sigma=0.1 if c.noise_sigma is None else c.noise_sigma, seed=0 if c.seed is None else int(c.seed))
     measured = modalities.get(task).diffusion_defaults
     options = modalities.get(task).diffusion_options(
-        sampler=c.sampler or measured.get("sampler", "ddim"), guidance=c.guidance or measured.get("guidance", "dds"),
-        # the task's steps (denoising and ultrasound take one, from the noise level; MRI with
-        # uncertainty the steps its σ calibration was fitted at)
+        settings, sampler=c.sampler or measured.get("sampler", "ddim"),
+        guidance=c.guidance or measured.get("guidance", "dds"),
+        # the task's steps (denoising and ultrasound take one, from the noise level; CT's depend
+        # on its dose; with uncertainty the steps σ's calibration was fitted at)
         steps=None if c.steps is None else int(c.steps),
         samples=1 if c.samples is None else int(c.samples),
         seed=settings.seed, through_plane=0.0 if c.independent_slices else None)

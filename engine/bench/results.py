@@ -52,6 +52,7 @@ def build_results(run: BenchRun, data: list[BenchData], tasks: list[Task], metho
         "data": [{"label": d.label, "slices": d.slices, "held_out": d.held_out, "role": d.role, "subject": d.subject,
                   "slices_text": _ranges(d.slices),
                   "source": str(d.volume.source_path) if d.volume.source_path else d.label} for d in data],
+        "diffusion_options": run.options,  # per task and method, as they ran
         "model": model_description(prior),
         **({"cfg_model": {**(model_description(cfg_prior) or {}),
                           "conditioning": cfg_prior.metadata.get("conditioning")}} if cfg_prior is not None else {}),

@@ -24,7 +24,8 @@ from ..io.loader import file_suffix
 from ..io.volume import Volume
 from ..measurements import MeasurementSettings
 from ..slices import slice_indices
-from ..reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, ReconRun, diffusion_setup, run_to_end
+from ..reconstruct import (DIFFUSION, DiffusionSetup, ReconRequest, ReconRun, diffusion_setup, run_to_end,
+                           with_bundled_expert)
 from .tasks import MethodSpec, Task
 
 INPUT = "input"  # the column of the unreconstructed input (zero-filled / FBP / noisy image)
@@ -101,10 +102,14 @@ class BenchRun:
     grids: list[SliceImages] = field(default_factory=list)
     ablation: list[dict[str, Any]] = field(default_factory=list)
     case_dirs: list[Path] = field(default_factory=list)
+    #: per task and diffusion method, the options as they ran (a task's own defaults and expert)
+    options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
-def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int, samples: int,
+def _diffusion_setups(methods: list[MethodSpec], prior, settings: MeasurementSettings, seed: int, samples: int,
                       quick: bool, cfg_prior=None) -> dict[str, DiffusionSetup]:
+    """Each diffusion method's prior and options for the task ``settings`` (a task's own
+    defaults: CT's noiseless views take more steps than its low-dose tasks)."""
     setups = {}
     for m in methods:
         if not m.is_diffusion:
@@ -120,7 +125,7 @@ def _diffusion_setups(methods: list[MethodSpec], prior, modality: str, seed: int
             chosen = cfg_prior
         if chosen is None:
             continue  # run_bench says that the diffusion method needs a prior
-        setups[m.label] = diffusion_setup(chosen, modality, **overrides)
+        setups[m.label] = diffusion_setup(chosen, settings.modality, settings, **overrides)
     return setups
 
 
@@ -149,7 +154,6 @@ def run_bench(
     (1000 steps cost 40x the 25 of the main run). Every method runs on ``device``.
     """
     modality = tasks[0].modality
-    setups = _diffusion_setups(methods, prior, modality, seed, samples, quick, cfg_prior)
     if any(m.is_diffusion and "cfg_scale" not in m.overrides for m in methods) and prior is None:
         raise SettingsError("the diffusion method needs a prior (pass --model or install the default one)")
     classical = [m.base for m in methods if not m.is_diffusion]
@@ -157,6 +161,9 @@ def run_bench(
     run = BenchRun()
     for task in tasks:
         settings = task.settings(seed)
+        setups = _diffusion_setups(methods, prior, settings, seed, samples, quick, cfg_prior)
+        run.options[task.label] = {label: with_bundled_expert(setup.options, setup.prior.path, settings).to_dict()
+                                   for label, setup in setups.items()}
         for d_index, d in enumerate(data):
             for s_index, s in enumerate(d.slices):
                 outcomes: dict[str, tuple[ReconRun, str]] = {}
@@ -180,7 +187,8 @@ def run_bench(
                 if progress is not None:
                     progress(f"{task.label} {d.label}:{s}")
     if ablation_steps:
-        run.ablation = _ablation(data[0], tasks[0], methods, setups, ablation_steps, seed, quick, progress,
+        first_setups = _diffusion_setups(methods, prior, tasks[0].settings(seed), seed, samples, quick, cfg_prior)
+        run.ablation = _ablation(data[0], tasks[0], methods, first_setups, ablation_steps, seed, quick, progress,
                                  slices=data[0].slices[: max(1, ablation_slices)], device=device)
     return run
 

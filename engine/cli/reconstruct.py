@@ -38,6 +38,7 @@ from .choices import (
 
 if TYPE_CHECKING:  # the engine (and torch) is imported when the command runs, not to parse it
     from ..io.volume import Volume
+    from ..measurements import MeasurementSettings
     from ..reconstruct import DiffusionSetup, ReconRun
 
 
@@ -117,7 +118,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "every 3x3 convolution) (default norm)")
     df.add_argument("--steps", type=int, default=None,
                     help="sampling steps (default: the modality's: MRI 50, or 25 with --samples 2 or more, where σ "
-                         "was calibrated; CT 25; 1 from the noise level for denoise and ultrasound)")
+                         "was calibrated; CT 50 for noiseless views, 25 with --dose or --samples 2 or more; 1 from "
+                         "the noise level for denoise and ultrasound)")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
                          "variance <out>_var (default 1, which with symmetric sampling is a pair); 2 or more "
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SettingsError("--batch-size must be at least 1")
     device = resolve_device(args.device)
-    diffusion = _diffusion_setup(args, modality, device.type) if DIFFUSION in methods else None
+    diffusion = _diffusion_setup(args, settings, device.type) if DIFFUSION in methods else None
     run = Reconstruction(ReconRequest(volume, settings, methods, simulate=args.simulate, slices=selection,
                                       diffusion=diffusion, batch_size=args.batch_size, device=device.type))
 
@@ -209,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu") -> DiffusionSetup:
-    """The prior (``--model`` or the modality's default) and the sampling options."""
+def _diffusion_setup(args: argparse.Namespace, settings: MeasurementSettings, device: str = "cpu") -> DiffusionSetup:
+    """The prior (``--model`` or the modality's default) and the sampling options for the task."""
+    modality = settings.modality
     from ..diffusion.checkpoint import load_prior
     from ..reconstruct import default_prior_path, diffusion_setup
 
@@ -222,7 +225,7 @@ def _diffusion_setup(args: argparse.Namespace, modality: str, device: str = "cpu
 
     prior = with_backend(load_prior(path), args.backend, device)
     guidance = args.guidance or ("dds" if args.cfg is not None else None)  # dds-tv's hold-out would change the task
-    return diffusion_setup(prior, modality, sampler=args.sampler, guidance=guidance, steps=args.steps,
+    return diffusion_setup(prior, modality, settings, sampler=args.sampler, guidance=guidance, steps=args.steps,
                            samples=args.samples, eta=args.eta, symmetric=args.symmetric, hot_start=args.hot_start,
                            hot_start_t=args.hot_start_t, seed=args.seed, tv_weight=_tv_weight(args.tv_weight),
                            adapt_steps=args.adapt_steps, adapt_parameters=args.adapt_parameters,
