@@ -359,3 +359,36 @@ def test_sigma_out_of_domain_test_is_made_only_at_the_calibrated_number_of_steps
     assert ood["warning"] is None and ood["threshold"] is None and ood["score"] > 0
     assert "fitted at 25 steps" in other.provenance["sigma_calibration"]["steps_note"]
     assert other.provenance["sigma_calibration"]["scale"] == 1.0  # the scale itself still applies
+
+
+def test_a_task_keeps_fits_at_several_step_counts_and_each_run_takes_its_own(tmp_path, ct_prior):
+    """CT runs 50 steps on noiseless views and 25 with uncertainty: a prior holds a σ fit of the
+    task at each, a refit replaces only the fit of its own steps, and a run takes the fit of its
+    steps (of its own task first, else of another task of the modality); at other steps the first."""
+    from dataclasses import replace
+
+    from diffrecon import modalities
+    from diffrecon.diffusion.calibration import lookup, store_entries
+    from diffrecon.diffusion.checkpoint import load_prior, read_metadata
+    from diffrecon.measurements import MeasurementSettings
+    from tiny_priors import save_tiny_prior
+
+    path = save_tiny_prior(tmp_path / "prior.safetensors", ct_prior)
+    options = modalities.get("ct").diffusion_options(samples=4)
+    sampler = {k: getattr(options, k) for k in ("sampler", "eta", "symmetric", "guidance")}
+
+    def fit(steps, scale):
+        return {"ct-views60": SigmaCalibration("ct-views60", scale, sampler={**sampler, "steps": steps}).to_dict()}
+
+    store_entries(path, fit(25, 0.4))
+    store_entries(path, fit(50, 0.5))
+    store_entries(path, fit(50, 0.6))  # a refit at 50 steps replaces the 50-step fit only
+    assert sorted(read_metadata(path)[METADATA_KEY]) == ["ct-views60", "ct-views60@50steps"]
+    metadata = load_prior(path).metadata
+    views60, views30 = MeasurementSettings("ct", views=60), MeasurementSettings("ct", views=30)
+    for steps, scale in ((25, 0.4), (50, 0.6)):
+        cal, note = lookup(metadata, "ct", views60, replace(options, steps=steps))
+        assert cal.scale == scale and note is None
+    cal, note = lookup(metadata, "ct", views30, replace(options, steps=50))
+    assert cal.scale == 0.6 and note == "ct-views30"
+    assert lookup(metadata, "ct", views60, replace(options, steps=10))[0].scale == 0.4

@@ -40,6 +40,7 @@ def test_calibrated_sigma_overlay_export_and_out_of_domain_warning(qtbot, window
     raw_sigma = session.image("sigma").copy()
     assert "Warning" not in window.last_status  # no calibration: no threshold, no warning
     assert session.run.provenance["sigma_calibration"]["method"] == "none"
+    assert "raw spread" in window.grid["variance"].title_text  # the reader is told which σ is shown
 
     options = window.controls.diffusion_options()
     calibrated = _calibrated_copy(tiny_prior, tmp_path, options, scale=2.5, ood_threshold=0.0)
@@ -48,6 +49,7 @@ def test_calibrated_sigma_overlay_export_and_out_of_domain_warning(qtbot, window
     # The σ the pane shows is the scaled one (same seed, same samples).
     np.testing.assert_allclose(session.image("sigma"), 2.5 * raw_sigma, rtol=1e-4, atol=1e-6)
     assert session.run.provenance["sigma_calibration"]["scale"] == 2.5
+    assert "calibrated x2.50" in window.grid["variance"].title_text
     assert window.last_status.startswith("Warning: this scan looks unlike the brain MRI")
     assert window.last_status_error
 

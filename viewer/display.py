@@ -209,7 +209,18 @@ class PaneRenderer:
             label = f"σ² ({units}²)" if units else "σ²"
         else:
             label = f"σ ({units})" if units else "σ"
-        return f"Uncertainty {label}" + self._run_state()
+        return f"Uncertainty {label}{self._calibration_note()}" + self._run_state()
+
+    def _calibration_note(self) -> str:
+        """Whether the finished run's σ carries the prior's conformal scale (fitted on validation
+        subjects) or is the samples' raw spread: a reader should know which one is on screen."""
+        run = self.session.run if self.session is not None else None
+        cal = (getattr(run, "provenance", None) or {}).get("sigma_calibration") if run is not None else None
+        if not cal:
+            return ""
+        if cal.get("method") == "none":
+            return ", raw spread"
+        return f", calibrated x{float(cal['scale']):.2f}" + (" (approx.)" if cal.get("steps_note") else "")
 
     def uncertainty_scale(self, image: np.ndarray | None) -> float:
         """Top of the σ (or σ²) colour scale: the map's own range, capped by the image window.

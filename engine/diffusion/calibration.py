@@ -257,6 +257,15 @@ class SigmaCalibration:
         return all(_same(self.sampler.get(k), getattr(options, k, None)) for k in SAMPLER_FIELDS
                    if k in self.sampler)
 
+    def same_steps(self, steps: Any) -> bool:
+        """Was it fitted at ``steps`` sampling steps? (σ's spread depends on them.)"""
+        return _same(self.sampler.get("steps"), steps)
+
+    def replaces(self, other: SigmaCalibration) -> bool:
+        """Is this a refit of ``other`` (same task, sampler setting and steps)?"""
+        fields = (*SAMPLER_FIELDS, "steps")
+        return self.task == other.task and all(_same(self.sampler.get(k), other.sampler.get(k)) for k in fields)
+
     def provenance(self, *, extrapolated_from: str | None = None) -> dict[str, Any]:
         """What an output records about the scale applied to its σ."""
         out = {"method": "split-conformal", "task": self.task, "scale": self.scale,
@@ -297,13 +306,12 @@ def lookup(metadata: dict[str, Any], modality: str, settings: Any, options: Any
     """The scale for this task and sampler: the task's own, else (``note``) another task of
     the same modality fitted with this sampler setting; ``(None, None)`` when none fits."""
     key = task_key(modality, settings)
-    table = calibrations(metadata)
-    own = table.get(key)
-    if own is not None and own.matches(options):
-        return own, None
-    for other_key, cal in table.items():
-        if other_key.startswith(f"{modality}-") and cal.matches(options):
-            return cal, key
+    fitting = [cal for cal in calibrations(metadata).values() if cal.matches(options)]
+    own = [cal for cal in fitting if cal.task == key]
+    others = [cal for cal in fitting if cal.task != key and cal.task.startswith(f"{modality}-")]
+    for group, note in ((own, None), (others, key)):
+        if group:  # one fitted at the run's steps first (a task may hold fits at several)
+            return next((cal for cal in group if cal.same_steps(getattr(options, "steps", None))), group[0]), note
     return None, None
 
 
@@ -338,10 +346,17 @@ __all__ = [
 
 
 def store_entries(path: Any, entries: dict[str, Any]) -> None:
-    """Merge calibration entries (by task key) into a prior file's metadata; the weights stay
-    byte-identical (the experiments that fit σ write through this)."""
+    """Merge calibration entries into a prior file's metadata; the weights stay byte-identical
+    (the experiments that fit σ write through this). An entry replaces a fit of the same task,
+    sampler setting and steps; a fit of the task at other steps stays beside it, under
+    ``<task>@<steps>steps`` (the first of a task is keyed by the task alone)."""
     from .checkpoint import read_metadata, update_metadata
 
     table = dict(read_metadata(path).get(METADATA_KEY) or {})
-    table.update(entries)
+    for entry in entries.values():
+        new = SigmaCalibration.from_dict(entry)
+        table = {k: v for k, v in table.items()
+                 if not (isinstance(v, dict) and new.replaces(SigmaCalibration.from_dict(v)))}
+        key = new.task if new.task not in table else f"{new.task}@{new.sampler.get('steps')}steps"
+        table[key] = entry
     update_metadata(path, {METADATA_KEY: table})

@@ -73,6 +73,8 @@ MAX_SIZE = 128
 #: sampler settings compared by ``sweep`` (K samples each; the symmetric pair counts 2 per sample)
 SETTINGS: dict[str, dict[str, Any]] = {
     "ddim-symmetric": {"sampler": "ddim", "eta": 0.0, "symmetric": True, "samples": 4},
+    # one symmetric pair: what a run without --samples (the viewer's default) draws its σ from
+    "ddim-pair": {"sampler": "ddim", "eta": 0.0, "symmetric": True, "samples": 1},
     "ddim-eta0.5": {"sampler": "ddim", "eta": 0.5, "symmetric": False, "samples": 8},
     "ddim-eta1": {"sampler": "ddim", "eta": 1.0, "symmetric": False, "samples": 8},
     "ddim-eta1-branch0.4": {"sampler": "ddim", "eta": 1.0, "symmetric": False, "samples": 8, "branch_t": 0.4},
