@@ -364,7 +364,8 @@ def test_sigma_out_of_domain_test_is_made_only_at_the_calibrated_number_of_steps
 def test_a_task_keeps_fits_at_several_step_counts_and_each_run_takes_its_own(tmp_path, ct_prior):
     """CT runs 50 steps on noiseless views and 25 with uncertainty: a prior holds a σ fit of the
     task at each, a refit replaces only the fit of its own steps, and a run takes the fit of its
-    steps (of its own task first, else of another task of the modality); at other steps the first."""
+    steps (of its own task first, else of another task of the modality, one of the same kind
+    first); at other steps the first."""
     from dataclasses import replace
 
     from diffrecon import modalities
@@ -392,3 +393,9 @@ def test_a_task_keeps_fits_at_several_step_counts_and_each_run_takes_its_own(tmp
     cal, note = lookup(metadata, "ct", views30, replace(options, steps=50))
     assert cal.scale == 0.6 and note == "ct-views30"
     assert lookup(metadata, "ct", views60, replace(options, steps=10))[0].scale == 0.4
+    # another task's fit of the same kind first: a low-dose run takes a dose fit, at any steps
+    store_entries(path, {"ct-dose0.25": SigmaCalibration("ct-dose0.25", 0.9, sampler={**sampler, "steps": 25}).to_dict()})
+    metadata = load_prior(path).metadata
+    cal, note = lookup(metadata, "ct", MeasurementSettings("ct", dose=0.1), replace(options, steps=50))
+    assert cal.scale == 0.9 and note == "ct-dose0.1"
+    assert lookup(metadata, "ct", views30, replace(options, steps=50))[0].scale == 0.6

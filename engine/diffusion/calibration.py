@@ -306,13 +306,23 @@ def lookup(metadata: dict[str, Any], modality: str, settings: Any, options: Any
     """The scale for this task and sampler: the task's own, else (``note``) another task of
     the same modality fitted with this sampler setting; ``(None, None)`` when none fits."""
     key = task_key(modality, settings)
+    steps = getattr(options, "steps", None)
     fitting = [cal for cal in calibrations(metadata).values() if cal.matches(options)]
     own = [cal for cal in fitting if cal.task == key]
-    others = [cal for cal in fitting if cal.task != key and cal.task.startswith(f"{modality}-")]
-    for group, note in ((own, None), (others, key)):
-        if group:  # one fitted at the run's steps first (a task may hold fits at several)
-            return next((cal for cal in group if cal.same_steps(getattr(options, "steps", None))), group[0]), note
-    return None, None
+    if own:  # one fitted at the run's steps first (a task may hold fits at several)
+        return next((cal for cal in own if cal.same_steps(steps)), own[0]), None
+    others = [cal for cal in fitting if cal.task.startswith(f"{modality}-")]
+    if not others:
+        return None, None
+    # another task's: of the same kind first (a low-dose CT's σ is wider than a noiseless one's),
+    # then at the run's steps
+    family = _task_family(key)
+    return max(others, key=lambda cal: (_task_family(cal.task) == family, cal.same_steps(steps))), key
+
+
+def _task_family(key: str) -> str:
+    """``ct-dose0.25`` -> ``ct-dose``, ``mri-4x`` -> ``mri-x``: what a task's number varies."""
+    return "".join(ch for ch in key if not (ch.isdigit() or ch == "."))
 
 
 def hallucination_map(recon: np.ndarray, baseline: np.ndarray, sigma: np.ndarray, *, k: float = FLAG_K,
