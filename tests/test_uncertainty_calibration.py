@@ -399,3 +399,21 @@ def test_a_task_keeps_fits_at_several_step_counts_and_each_run_takes_its_own(tmp
     cal, note = lookup(metadata, "ct", MeasurementSettings("ct", dose=0.1), replace(options, steps=50))
     assert cal.scale == 0.9 and note == "ct-dose0.1"
     assert lookup(metadata, "ct", views30, replace(options, steps=50))[0].scale == 0.6
+
+
+def test_the_hu_test_allows_what_the_method_makes_of_an_in_domain_scan():
+    """A low-dose reconstruction's histogram is wider than its reference's: the intensity
+    threshold allows each validation slice's larger distance, so that slab passes its own test."""
+    from diffrecon.diffusion.calibration import intensity_distance, intensity_quantiles
+    from diffrecon.experiments.uncertainty import allow_estimates
+
+    rng = np.random.default_rng(0)
+    references = [np.clip(rng.normal(0.5, 0.1, (32, 32)), 0, 1) for _ in range(3)]
+    pooled = list(np.mean([intensity_quantiles(r) for r in references], axis=0))
+    ref_scores = [intensity_distance(r, pooled) for r in references]
+    noisy = [r + rng.normal(0, 0.05, r.shape) for r in references]  # as a low-dose estimate is
+    scores = allow_estimates(ref_scores, noisy, pooled)
+    assert all(s >= r for s, r in zip(scores, ref_scores))
+    assert max(ref_scores) < intensity_distance(noisy[0], pooled) <= max(scores)  # beyond the references alone
+    with pytest.raises(ValueError):
+        allow_estimates(ref_scores, noisy[:2], pooled)  # one estimate per slice

@@ -206,7 +206,8 @@ def fit(args: argparse.Namespace) -> None:
         subjects = sorted({f.stem.split("_", 2)[2].rsplit("-", 1)[0] for f in files})
         # a run with a low-noise expert is calibrated as the pair: its entry goes into the expert's file
         target = resolve_expert_path(args.low_noise_expert) if args.low_noise_expert else Path(prior.path)
-        entry = calibration_entry(task, summary, options, subjects, target, command)
+        entry = calibration_entry(task, summary, options, subjects, target, command,
+                                  estimates=[c["mean"] for c in cases])
         entry["sigma_model"] = model.to_dict()
         if args.low_noise_expert:  # the pair's scale: the prior whose last steps the expert takes
             entry["with_prior"] = {"path": Path(prior.path).name, "weights_sha256": tensor_bytes_digest(prior.path)}
