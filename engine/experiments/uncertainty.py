@@ -64,6 +64,7 @@ TASKS: dict[str, tuple[str, dict[str, Any], tuple[str, ...], int]] = {
     "mri-4x": ("mri", {"acceleration": 4.0}, ("dipy-t1", "heudiconv-axasc35"), 3),
     "mri-8x": ("mri", {"acceleration": 8.0}, ("dipy-t1", "heudiconv-axasc35"), 3),
     "ct-views60": ("ct", {"views": 60}, ("cranium",), 3),
+    "ct-views30": ("ct", {"views": 30}, ("cranium",), 3),
     # dose noise widens the spread: a noiseless task's σ threshold calls every low-dose head CT foreign
     "ct-dose0.25": ("ct", {"dose": 0.25}, ("cranium",), 3),
 }
