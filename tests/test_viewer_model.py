@@ -188,3 +188,10 @@ def test_a_scripted_run_request_has_the_panels_defaults_and_refuses_what_does_no
     # denoising starts at the noise level: one step by default, as the panel's task change sets
     _, denoise = request_for(volume, 3, RunChoices(modality="denoise"), default_model=lambda task: None)
     assert denoise.options.steps == 1 and denoise.options.noise_start
+    # CT: the views and steps a scripted run takes are the CLI's for the same task
+    from diffrecon.measurements import MeasurementSettings
+
+    ct = Volume(np.ones((2, 8, 8), np.float32), modality="CT", units="HU")
+    for dose, views, steps in ((None, 60, modalities.CT_SPARSE_VIEW_STEPS), (0.25, 180, modalities.CALIBRATED_STEPS)):
+        _, r = request_for(ct, 0, RunChoices(modality="ct", dose=dose), default_model=lambda task: None)
+        assert r.settings.views == views == MeasurementSettings("ct", dose=dose).views and r.options.steps == steps

@@ -248,7 +248,8 @@ def request_for(volume, slice_index: int, choices: RunChoices, *, default_model=
     c = choices
     settings = MeasurementSettings(
         modality=task, acceleration=4.0 if c.acceleration is None else c.acceleration, mask=c.mask or "random",
-        views=60 if c.views is None else int(c.views), dose=c.dose if c.dose else None,
+        # CT views left unset: MeasurementSettings' own rule (60 noiseless, 180 at low dose), as the CLI
+        views=None if c.views is None else int(c.views), dose=c.dose if c.dose else None,
         noise_sigma=0.1 if c.noise_sigma is None else c.noise_sigma, seed=0 if c.seed is None else int(c.seed))
     measured = modalities.get(task).diffusion_defaults
     options = modalities.get(task).diffusion_options(

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     mri.add_argument("--acceleration", type=float, help="undersampling factor, 2-12 (default 4)")
     mri.add_argument("--mask", choices=MASK_KINDS, help="sampling pattern (default random)")
     ct = p.add_argument_group("CT")
-    ct.add_argument("--views", type=int, help="projection views over 180 degrees (default 60)")
+    ct.add_argument("--views", type=int, help="projection views over 180 degrees (default 60; 180 with --dose)")
     ct.add_argument("--dose", type=float, help="dose fraction for low-dose CT, e.g. 0.25")
     dn = p.add_argument_group("denoising")
     dn.add_argument("--noise-sigma", type=float, help="noise std relative to the image's 99.5th percentile")
