@@ -103,6 +103,19 @@ def test_cli_choices_match_the_engine() -> None:
     from diffrecon.diffusion.onnx_int8 import BACKENDS
 
     assert choices.BACKENDS == BACKENDS
+    # the --steps help states the steps the tasks' options resolve to
+    from diffrecon import modalities
+    from diffrecon.measurements import MeasurementSettings
+
+    mri, ct, noiseless = modalities.get("mri"), modalities.get("ct"), MeasurementSettings("ct")
+    plain, calibrated = mri.diffusion_options().steps, mri.diffusion_options(samples=2).steps
+    ct_views, ct_dose = ct.diffusion_options(noiseless).steps, ct.diffusion_options(MeasurementSettings("ct", dose=0.25)).steps
+    assert ct.diffusion_options(noiseless, samples=2).steps == ct_dose
+    first_step = {modalities.get(m).diffusion_options().steps for m in ("denoise", "ultrasound")}
+    assert choices.STEPS_DEFAULTS == (
+        f"MRI {plain}, or {calibrated} with --samples 2 or more, where σ was calibrated; CT {ct_views} for noiseless "
+        f"views, {ct_dose} with --dose or --samples 2 or more; {first_step.pop()} for denoising and ultrasound, "
+        "which start at the noise level") and not first_step
 
 
 def test_a_closed_pipe_is_not_an_error(tmp_path) -> None:

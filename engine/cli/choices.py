@@ -15,6 +15,11 @@ DIFFUSION = "diffusion"  # diffrecon.reconstruct.DIFFUSION
 DEVICES = ("auto", "cpu", "cuda")  # diffrecon.runtime.DEVICES
 ADAPT_PARAMETERS = ("norm", "lora")  # diffrecon.diffusion.scan_adaptation.ADAPT_PARAMETERS
 BACKENDS = ("torch", "onnx-int8")  # diffrecon.diffusion.onnx_int8.BACKENDS
+#: what --steps defaults to, per task (diffrecon.modalities: MRI_STEPS, CALIBRATED_STEPS,
+#: CT_SPARSE_VIEW_STEPS); one text for every command that takes --steps
+STEPS_DEFAULTS = ("MRI 50, or 25 with --samples 2 or more, where σ was calibrated; CT 50 for noiseless views, "
+                  "25 with --dose or --samples 2 or more; 1 for denoising and ultrasound, which start at the "
+                  "noise level")
 
 
 def low_noise_expert_setting(text: str | None) -> str | None:

@@ -33,6 +33,7 @@ from .choices import (
     MODALITIES,
     NOISE_MODELS,
     SAMPLERS,
+    STEPS_DEFAULTS,
     low_noise_expert_setting,
 )
 
@@ -117,9 +118,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="what adaptation tunes: norm (GroupNorm scales and shifts) or lora (rank-4 updates of "
                          "every 3x3 convolution) (default norm)")
     df.add_argument("--steps", type=int, default=None,
-                    help="sampling steps (default: the modality's: MRI 50, or 25 with --samples 2 or more, where σ "
-                         "was calibrated; CT 50 for noiseless views, 25 with --dose or --samples 2 or more; 1 from "
-                         "the noise level for denoise and ultrasound)")
+                    help=f"sampling steps (default: the task's: {STEPS_DEFAULTS})")
     df.add_argument("--samples", type=int, default=1,
                     help="posterior samples per slice, run as one batch: their mean is the output, their "
                          "variance <out>_var (default 1, which with symmetric sampling is a pair); 2 or more "

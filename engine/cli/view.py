@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .choices import BACKENDS, DEVICES, GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS
+from .choices import BACKENDS, DEVICES, GUIDANCE, MASK_KINDS, MODALITIES, SAMPLERS, STEPS_DEFAULTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--model", type=Path, help="prior file (.safetensors; default: the bundled one for the task)")
     df.add_argument("--sampler", choices=tuple(SAMPLERS))
     df.add_argument("--guidance", choices=GUIDANCE)
-    df.add_argument("--steps", type=int, help="sampling steps (default: the task's: MRI 50, or 25 with --samples "
-                                              "2 or more; CT 25; 1 for denoising and ultrasound, which start at "
-                                              "the noise level)")
+    df.add_argument("--steps", type=int, help=f"sampling steps (default: the task's: {STEPS_DEFAULTS})")
     df.add_argument("--samples", type=int, help="posterior samples for the uncertainty map, each run as a symmetric pair (default 1)")
     disp = p.add_argument_group("display")
     disp.add_argument("--baseline", help="classical baseline: tv, l1-wavelet, median, bm3d or none")

@@ -49,12 +49,16 @@ class FineGrid:
     def _block(self) -> tuple[slice, slice]:
         return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
 
+    def _embed(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (scan grid, centred) as the block of a fine-grid array that is zero elsewhere."""
+        out = t.new_zeros((*t.shape[:-2], *self.fine))
+        rows, cols = self._block()
+        out[..., rows, cols] = t
+        return out
+
     def pad_kspace(self, k: torch.Tensor) -> torch.Tensor:
         """Centred k-space on the scan's grid -> the fine grid's (zero outside the block, times F)."""
-        out = k.new_zeros((*k.shape[:-2], *self.fine))
-        rows, cols = self._block()
-        out[..., rows, cols] = k * self.factor
-        return out
+        return self._embed(k * self.factor)
 
     def crop_kspace(self, k: torch.Tensor) -> torch.Tensor:
         rows, cols = self._block()
@@ -75,11 +79,8 @@ class FineGrid:
         """The same measurements, posed on the fine grid."""
         op = problem.operator
         assert isinstance(op, MRIOperator)
-        mask = op.mask.new_zeros((*op.mask.shape[:-2], *self.fine))
-        rows, cols = self._block()
-        mask[..., rows, cols] = op.mask
         maps = None if op.maps is None else self.up(op.maps)
-        fine_op = MRIOperator(mask, maps)
+        fine_op = MRIOperator(self._embed(op.mask), maps)  # nothing measured outside the block
         y = self.pad_kspace(problem.y)
         reference = None if problem.reference is None else self.up(problem.reference).clamp_min(0)
         return replace(problem, operator=fine_op, y=y, observed=fine_op.zero_filled(y), reference=reference,
