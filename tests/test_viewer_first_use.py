@@ -350,3 +350,24 @@ def test_ct_steps_follow_the_dose_while_at_the_default(qtbot, window):
     controls.steps.setValue(30)
     controls.dose.setValue(0.5)
     assert controls.steps.value() == 30 and controls.diffusion_options().steps == 30
+
+
+def test_ct_views_follow_the_dose_as_the_cli_takes_them(qtbot, window):
+    """'25 % dose' means 180 views in the panel as in `reconstruct --dose 0.25` (one rule,
+    MeasurementSettings'), 60 noiseless; views the user typed stay through dose changes."""
+    from diffrecon.measurements import MeasurementSettings
+
+    controls = window.controls
+    controls.modality.setCurrentIndex(controls.modality.findData("ct"))
+    assert controls.views.value() == MeasurementSettings("ct").views == 60
+    controls.dose.setValue(0.25)
+    assert controls.measurement_settings().views == MeasurementSettings("ct", dose=0.25).views == 180
+    controls.dose.setValue(0.5)
+    assert controls.views.value() == 180
+    controls.dose.setValue(0.0)
+    assert controls.measurement_settings().views == 60
+    controls.views.setValue(90)
+    controls.dose.setValue(0.25)
+    assert controls.measurement_settings().views == 90 and controls.measurement_settings().dose == 0.25
+    controls.dose.setValue(0.0)
+    assert controls.views.value() == 90

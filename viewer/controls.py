@@ -98,7 +98,9 @@ class ControlPanel(QWidget):
         self.mask_kind = _combo([(m, m) for m in MASK_KINDS], "random")
         self.mask_kind.setToolTip("Which k-space lines are kept: random, evenly spaced (equispaced), ...")
         self.views = _spin(2, 720, 60)
-        self.views.setToolTip("CT projection angles over 180 degrees: fewer views, less dose, more streaks")
+        self.views.setToolTip("CT projection angles over 180 degrees: fewer views, less dose, more streaks "
+                              "(default 60 noiseless, 180 with dose noise, as the CLI; follows the dose while "
+                              "left at its default)")
         self.dose = _spin(0.0, 1.0, 0.0, 0.05, 2, special="noiseless")
         self.dose.setToolTip("Dose fraction of 4096 photons per detector bin; 'noiseless' adds no noise")
         self.noise_sigma = _spin(0.005, 1.0, 0.1, 0.01, 3)
@@ -182,6 +184,8 @@ class ControlPanel(QWidget):
         self.modality.currentIndexChanged.connect(self._task_changed)
         for w in (self.acceleration, self.views, self.dose, self.noise_sigma, self.seed):
             w.valueChanged.connect(self.measurementChanged)
+        self._shown_default_views = self._default_views()  # the views default the box last showed
+        self.dose.valueChanged.connect(lambda _: self._follow_default_views())
         for w in (self.views, self.dose):  # CT's steps differ with and without noise
             w.valueChanged.connect(lambda _: self._follow_default_steps())
         self.mask_kind.currentIndexChanged.connect(self.measurementChanged)
@@ -301,6 +305,7 @@ class ControlPanel(QWidget):
             if m.views is not None:
                 self.views.setValue(m.views)
             self.dose.setValue(m.dose or 0.0)
+            self._shown_default_views = self._default_views()
             self.noise_sigma.setValue(m.noise_sigma)
             self.seed.setValue(m.seed)
             self.sampler.setCurrentIndex(max(0, self.sampler.findData(o.sampler)))
@@ -324,6 +329,21 @@ class ControlPanel(QWidget):
             views=int(self.views.value()), dose=dose if dose > 0 else None,
             noise_sigma=self.noise_sigma.value(), seed=int(self.seed.value()),
         )
+
+    def _default_views(self) -> int:
+        """CT's views for the dose shown, by :class:`MeasurementSettings`' one rule (60 noiseless,
+        180 with dose noise), so the panel's "25 % dose" is the CLI's."""
+        dose = self.dose.value()
+        views = MeasurementSettings(modality="ct", dose=dose if dose > 0 else None).views
+        assert views is not None  # the rule always fills CT's views
+        return views
+
+    def _follow_default_views(self) -> None:
+        """Views left at the default follow the dose; a number the user typed stays."""
+        default = self._default_views()
+        if self.views.value() == self._shown_default_views:
+            self.views.setValue(default)
+        self._shown_default_views = default
 
     def _default_steps(self) -> int:
         """The task's steps for these measurements and samples (with uncertainty: where σ was
