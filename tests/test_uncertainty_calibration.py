@@ -417,3 +417,20 @@ def test_the_hu_test_allows_what_the_method_makes_of_an_in_domain_scan():
     assert max(ref_scores) < intensity_distance(noisy[0], pooled) <= max(scores)  # beyond the references alone
     with pytest.raises(ValueError):
         allow_estimates(ref_scores, noisy[:2], pooled)  # one estimate per slice
+
+
+def test_a_calibration_experiment_runs_the_steps_a_user_run_of_its_task_takes():
+    """σ is fitted on runs like the user's: noiseless CT views take the task's 50 steps and a
+    dose task 25 (the task's defaults, not the modality's), and an explicit --steps still wins."""
+    from diffrecon import modalities
+    from diffrecon.experiments.uncertainty import SETTINGS, _options
+    from diffrecon.measurements import MeasurementSettings
+
+    ct = modalities.get("ct")
+    for task, settings in (("ct-views60", MeasurementSettings("ct", views=60)),
+                           ("ct-dose0.25", MeasurementSettings("ct", dose=0.25))):
+        expected = ct.diffusion_options(settings, samples=1).steps
+        assert _options(task, SETTINGS["ddim-pair"], 0, None).steps == expected
+    assert _options("ct-views60", SETTINGS["ddim-pair"], 0, None).steps == modalities.CT_SPARSE_VIEW_STEPS
+    assert _options("ct-dose0.25", SETTINGS["ddim-pair"], 0, None).steps == modalities.CALIBRATED_STEPS
+    assert _options("ct-views60", SETTINGS["ddim-pair"], 0, 40).steps == 40

@@ -168,11 +168,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _options(task: str, setting: dict[str, Any], seed: int, steps: int | None, expert: str | None = None
              ) -> DiffusionOptions:
-    modality = TASKS[task][0]
+    """The options a user's run of ``task`` with this sampler ``setting`` takes (the task's own
+    defaults: e.g. 50 steps on noiseless CT views, 25 at dose), unless ``steps`` is given."""
+    modality, values, _, _ = TASKS[task]
     overrides = {**setting, "seed": seed, "low_noise_expert": expert}
     if steps is not None:
         overrides["steps"] = steps
-    return modalities.get(modality).diffusion_options(**overrides)
+    return modalities.get(modality).diffusion_options(MeasurementSettings(modality=modality, **values), **overrides)
 
 
 def _prior_for(task: str, path: str | None) -> Prior:
