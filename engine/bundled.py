@@ -61,8 +61,9 @@ LOW_NOISE_EXPERTS = {"mri-brain.safetensors": "mri-brain-lowt.safetensors",
                      "ct-head.safetensors": "ct-head-lowt.safetensors"}
 
 
-#: the fewest noiseless CT views where ct-head-lowt is measured to help (validation slab, DDS:
-#: 30 views -0.98 dB, 60 views +0.17, 120 views +0.37)
+#: the fewest noiseless CT views where ct-head-lowt is measured to help (validation slab, DDS at
+#: 25 steps: 30 views -0.98 dB, 60 views +0.17, 120 views +0.37; the default at today's 50 steps:
+#: 30 views -0.87, 60 views +0.39, 120 views +0.17)
 CT_EXPERT_MIN_VIEWS = 60
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -23,6 +24,7 @@ from .. import modalities
 from ..bench.runner import load_bench_data
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.reconstruction import reconstruct_to_end
+from ..measurements import MeasurementSettings
 from ..reconstruct import default_prior_path, solve
 from .denoise_tuning import mean_psnr, validation_data, validation_problems
 
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     prior = load_prior(args.model or default_prior_path(args.modality))
     task = modalities.get(args.modality)
     if args.modality == "mri":
-        problems = validation_problems(validation_data("mri", 4), "mri", acceleration=args.acceleration)
+        setting: dict[str, Any] = {"acceleration": args.acceleration}
+        problems = validation_problems(validation_data("mri", 4), "mri", **setting)
         print(f"{len(problems)} validation slices, MRI {args.acceleration:g}x", flush=True)
     else:
         setting = {"dose": args.dose} if args.dose else {"views": args.views}
@@ -60,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
             overrides = {"dds": {"guidance": "dds", "blend_tv": False}, "ddsblend": {"guidance": "dds", "blend_tv": True},
                          "default": {}}[base]
-            options = task.diffusion_options(**overrides, low_noise_expert=args.expert if expert else "")
+            # the task's own defaults (CT's steps differ with and without dose), as a user's run takes them
+            options = task.diffusion_options(MeasurementSettings(args.modality, **setting), **overrides,
+                                             low_noise_expert=args.expert if expert else "")
             value = mean_psnr(problems, lambda p: reconstruct_to_end(p, prior, options).x0)
         print(f"{variant}: {value:.2f} dB ({time.perf_counter() - started:.0f} s)", flush=True)
 
