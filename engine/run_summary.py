@@ -44,6 +44,7 @@ class MethodOutcome:
     sigma_calibration: dict[str, Any] | None = None  # the conformal scale applied to σ (None: uncalibrated)
     out_of_domain: dict[str, Any] | None = None  # score, threshold, warning (diffusion with a calibrated σ)
     normalised_errors: np.ndarray | None = None  # |error| / σ over the object's pixels (with a reference)
+    object_pixels: list[int] | None = None  # per slice, its share of normalised_errors (in slice order)
 
     @property
     def seconds_per_slice(self) -> float:
@@ -160,6 +161,7 @@ class RunScores:
                         obj = ref > CALIBRATION_OBJECT_FRACTION * float(ref.max())
                         outcome.calibration = dict(calibration(ref, est, std_w, mask=obj))
                         outcome.normalised_errors = normalised_errors(ref, est, std_w, obj).astype(np.float32)
+                        outcome.object_pixels = [int(n) for n in obj.reshape(len(obj), -1).sum(1)]
                         outcome.calibration["curve"] = {
                             "nominal": list(CURVE_LEVELS), "observed": coverage_curve(outcome.normalised_errors)}
                         # the yardstick assumes independent, unscaled samples
@@ -202,7 +204,21 @@ def resolve_calibration(request: ReconRequest) -> tuple[dict[str, Any] | None, f
     if cal.intensity_reference is not None and cal.intensity_threshold is not None:
         record["intensity_reference"] = cal.intensity_reference
         record["intensity_threshold"] = cal.intensity_threshold
-    return record, float(cal.scale)
+    scale = float(cal.scale)
+    if through_plane_is_on(request):
+        # the volume factor brings σ back to the single-slice level, so σ's out-of-domain threshold holds as fitted
+        scale, volume_record = cal.volume_scale()
+        record.update(volume_record, scale=scale)
+    return record, float(scale)
+
+
+def through_plane_is_on(request: ReconRequest) -> bool:
+    """Does this run tie slices together (a volume of several slices with a through-plane weight),
+    as no single-slice calibration run did?"""
+    setup = request.diffusion
+    if setup is None or setup.options.through_plane <= 0:
+        return False
+    return int(np.arange(request.volume.n_slices)[request.slices].size) > 1
 
 
 def uncalibrated_note(request: ReconRequest) -> str:

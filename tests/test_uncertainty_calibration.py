@@ -434,3 +434,47 @@ def test_a_calibration_experiment_runs_the_steps_a_user_run_of_its_task_takes():
     assert _options("ct-views60", SETTINGS["ddim-pair"], 0, None).steps == modalities.CT_SPARSE_VIEW_STEPS
     assert _options("ct-dose0.25", SETTINGS["ddim-pair"], 0, None).steps == modalities.CALIBRATED_STEPS
     assert _options("ct-views60", SETTINGS["ddim-pair"], 0, 40).steps == 40
+
+
+def test_a_whole_volume_run_takes_the_volume_factor_and_a_slice_run_does_not(ct_prior):
+    """Slices tied together by the through-plane term spread less than single slices, so a fitted
+    volume factor multiplies σ of whole-volume runs only (recorded in provenance); without one the
+    provenance says σ may cover less; single slices and independent slices keep the slice scale.
+    The fitting experiment's per-slice scores are the run's own normalised errors."""
+    from dataclasses import replace
+
+    from diffrecon.experiments.volume_sigma import per_slice_scores
+    from diffrecon.io.volume import Volume
+    from diffrecon.measurements import MeasurementSettings
+    from diffrecon.reconstruct import DIFFUSION, DiffusionSetup, ReconRequest, diffusion_setup, run_to_end
+    from tiny_priors import disks
+
+    hu = (disks(3, torch.Generator().manual_seed(7), False)[:, 0].numpy() * 1400.0 - 300.0).astype(np.float32)
+    volume = Volume(hu, (1.0, 1.0, 1.0), modality="CT", units="HU")
+    settings = MeasurementSettings("ct", views=12, seed=0)
+    setup = diffusion_setup(ct_prior, "ct", steps=3, seed=0, blend_tv=False)
+    assert setup.options.through_plane > 0  # CT's default ties a volume's slices
+    sampler = {k: getattr(setup.options, k) for k in ("sampler", "eta", "symmetric", "guidance")}
+
+    def run(factor, slices=slice(None), through_plane=None):
+        cal = SigmaCalibration("ct-views12", 2.0, sampler=sampler, ood_threshold=1e9, volume_factor=factor)
+        prior = replace(ct_prior, metadata={METADATA_KEY: {"ct-views12": cal.to_dict()}})
+        options = setup.options if through_plane is None else replace(setup.options, through_plane=through_plane)
+        return run_to_end(ReconRequest(volume, settings, [DIFFUSION], simulate=True, slices=slices,
+                                       diffusion=DiffusionSetup(prior, options, setup.baseline)))
+
+    plain, scaled = run(None), run(1.5)
+    assert "may cover less" in plain.provenance["sigma_calibration"]["volume_note"]
+    assert plain.provenance["sigma_calibration"]["scale"] == 2.0
+    record = scaled.provenance["sigma_calibration"]
+    assert record["volume_factor"] == 1.5 and record["scale"] == pytest.approx(3.0)
+    var_plain, var_scaled = plain.outcomes[DIFFUSION].variance, scaled.outcomes[DIFFUSION].variance
+    assert np.allclose(var_scaled, 1.5**2 * var_plain, rtol=1e-4, atol=1e-6) and var_plain.max() > 0
+    for single in (run(1.5, slices=[1]), run(1.5, through_plane=0.0)):  # nothing tied: the slice scale
+        assert single.provenance["sigma_calibration"]["scale"] == 2.0
+        assert "volume_factor" not in single.provenance["sigma_calibration"]
+
+    outcome = scaled.outcomes[DIFFUSION]
+    scores = per_slice_scores(outcome)
+    assert [s.size for s in scores] == outcome.object_pixels and len(scores) == 3
+    assert np.array_equal(np.concatenate(scores), outcome.normalised_errors) and min(s.size for s in scores) > 0

@@ -50,6 +50,16 @@ def test_calibrated_sigma_overlay_export_and_out_of_domain_warning(qtbot, window
     np.testing.assert_allclose(session.image("sigma"), 2.5 * raw_sigma, rtol=1e-4, atol=1e-6)
     assert session.run.provenance["sigma_calibration"]["scale"] == 2.5
     assert "calibrated x2.50" in window.grid["variance"].title_text
+    assert "volume" not in window.grid["variance"].title_text and "slice fit" not in window.grid["variance"].title_text
+    record = session.run.provenance["sigma_calibration"]
+    session.run.provenance["sigma_calibration"] = {**record, "scale": 3.0, "volume_factor": 1.2}
+    window.renderer.render_all()  # a whole-volume run's σ: its scale carries the volume factor
+    assert "calibrated x3.00 for volumes" in window.grid["variance"].title_text
+    session.run.provenance["sigma_calibration"] = {**record, "volume_note": "fitted on single slices"}
+    window.renderer.render_all()
+    assert "calibrated x2.50 (slice fit)" in window.grid["variance"].title_text
+    session.run.provenance["sigma_calibration"] = record
+    window.renderer.render_all()
     assert window.last_status.startswith("Warning: this scan looks unlike the brain MRI")
     assert window.last_status_error
 

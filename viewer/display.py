@@ -220,7 +220,10 @@ class PaneRenderer:
             return ""
         if cal.get("method") == "none":
             return ", raw spread"
-        return f", calibrated x{float(cal['scale']):.2f}" + (" (approx.)" if cal.get("steps_note") else "")
+        # a whole-volume run's scale carries the factor fitted on whole volumes (or, without one, the
+        # single-slice scale, which the through-plane term makes cover less): say which
+        scope = " for volumes" if "volume_factor" in cal else " (slice fit)" if "volume_note" in cal else ""
+        return f", calibrated x{float(cal['scale']):.2f}{scope}" + (" (approx.)" if cal.get("steps_note") else "")
 
     def uncertainty_scale(self, image: np.ndarray | None) -> float:
         """Top of the σ (or σ²) colour scale: the map's own range, capped by the image window.

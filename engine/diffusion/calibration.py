@@ -243,6 +243,11 @@ class SigmaCalibration:
     # a pair's scale (stored in a low-noise expert's file): the prior whose steps the expert ends,
     # {"path", "weights_sha256"}; None for a prior's own scale
     with_prior: dict[str, Any] | None = None
+    # whole-volume runs: the through-plane term ties each slice to its neighbours and narrows the
+    # samples' spread, so a scale fitted on single slices under-covers there; this factor on
+    # ``scale`` was fitted on whole validation volumes (experiments.volume_sigma). None: not fitted
+    volume_factor: float | None = None
+    volume_fit: dict[str, Any] = field(default_factory=dict)  # its subjects, slices, coverage, command
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -275,6 +280,13 @@ class SigmaCalibration:
         if extrapolated_from:
             out["note"] = f"no scale for {extrapolated_from}; the one fitted for {self.task} was applied"
         return out
+
+    def volume_scale(self) -> tuple[float, dict[str, Any]]:
+        """The scale of a whole-volume run (through-plane term on), and what to record about it."""
+        if self.volume_factor is None:
+            return self.scale, {"volume_note": "fitted on single slices; a whole-volume run's through-plane term "
+                                               "narrows the spread, so σ may cover less than stated"}
+        return self.scale * self.volume_factor, {"volume_factor": self.volume_factor, "volume_fit": self.volume_fit}
 
 
 def _same(a: Any, b: Any) -> bool:
